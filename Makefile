@@ -1,0 +1,52 @@
+# necrocode-cancel developer commands. `make help` lists them.
+SHELL := /bin/bash
+PY := .venv/bin/python
+CACHE ?= $(HOME)/.cache/necrocode
+CLUSTER_DIR ?= $(CACHE)/cluster
+export NECROCODE_CACHE := $(CACHE)
+
+.PHONY: help venv tools cluster-up cluster-down cluster-status test unit lint crds demo run clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+venv: ## create/update .venv from pyproject.toml (idempotent)
+	@hack/venv.sh
+
+tools: ## build etcd, kube-apiserver & co, kwok, helm, kubeconform into $(CACHE)/bin (cached)
+	@hack/build-tools.sh >/dev/null
+
+cluster-up: venv tools ## start the local control plane (kubeconfig: $(CLUSTER_DIR)/kubeconfig)
+	@$(PY) hack/localcluster.py up --dir $(CLUSTER_DIR) >/dev/null
+	@echo "export KUBECONFIG=$(CLUSTER_DIR)/kubeconfig"
+
+cluster-down: ## stop the local control plane
+	@$(PY) hack/localcluster.py down --dir $(CLUSTER_DIR)
+
+cluster-status: ## is the local control plane running?
+	@$(PY) hack/localcluster.py status --dir $(CLUSTER_DIR)
+
+lint: venv ## ruff, mypy --strict, import-linter layer rules, CRDs up to date
+	@.venv/bin/ruff check operator tests hack
+	@.venv/bin/mypy
+	@.venv/bin/lint-imports --no-cache
+	@$(PY) hack/gen_crds.py --check
+
+crds: venv ## regenerate crds/ from hack/gen_crds.py
+	@$(PY) hack/gen_crds.py
+
+unit: venv ## unit tests only (no server)
+	@$(PY) -m pytest -m "not cluster" -q
+
+test: venv tools lint ## the whole suite: lint, unit and real-control-plane tests, leftover check
+	@$(PY) -m pytest -q
+	@hack/check-leftovers.sh
+
+demo: venv tools ## the main job: a local control plane, the operator, a job, its cancellation, live
+	@$(PY) hack/demo.py
+
+run: venv ## run the operator against $$KUBECONFIG (text logs)
+	@.venv/bin/necrocode-operator --log-format text
+
+clean: cluster-down ## stop the cluster and remove .venv
+	rm -rf .venv

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Fails when a control-plane process started from our cache (etcd, kube-apiserver,
+# kube-controller-manager, kube-scheduler, kwok) or an operator of ours is still running,
+# except one started on purpose with `make cluster-up`.
+set -uo pipefail
+cache=${NECROCODE_CACHE:-$HOME/.cache/necrocode}
+keep=""
+if [[ -f $cache/cluster/pids ]]; then
+  keep=$(python3 -c "import json,sys; print(' '.join(str(p) for p in json.load(open(sys.argv[1])).values()))" "$cache/cluster/pids" 2>/dev/null)
+fi
+left=()
+for pid in $(pgrep -f "$cache/bin/(etcd|kube-apiserver|kube-controller-manager|kube-scheduler|kwok)" || true) \
+           $(pgrep -f "necrocode-operator|necrocode.main" || true); do
+  [[ " $keep " == *" $pid "* ]] && continue
+  [[ $pid == "$$" ]] && continue
+  left+=("$pid: $(tr '\0' ' ' </proc/$pid/cmdline 2>/dev/null | cut -c1-120)")
+done
+if ((${#left[@]})); then
+  echo "leftover processes after the test run:" >&2
+  printf '  %s\n' "${left[@]}" >&2
+  exit 1
+fi
+echo "leftover check: no control-plane or operator process left behind"

@@ -1,0 +1,65 @@
+"""Operator start and stop: kopf settings, the shared API client and service, /metrics."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+from necrocode.kube import Kube, load_credentials
+from necrocode.logs import log
+from necrocode.service import CancellationService
+from necrocode.settings import Settings
+
+_service: CancellationService | None = None
+_metrics_started = False
+
+
+def service() -> CancellationService:
+    if _service is None:  # pragma: no cover - startup always runs first
+        raise RuntimeError("operator not started")
+    return _service
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    global _service, _metrics_started
+    conf = Settings.from_env()
+    settings.persistence.finalizer = "necrocode.io/operator"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="necrocode.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="necrocode.io", key="last-handled-configuration")
+    settings.posting.enabled = False  # we write our own, deduplicated Events
+    settings.watching.server_timeout = 300
+    settings.networking.request_timeout = conf.request_timeout * 2
+    peering = os.environ.get("NECROCODE_PEERING", "")
+    if peering:
+        settings.peering.name = peering
+        settings.peering.mandatory = True
+        settings.peering.standalone = False
+        settings.peering.priority = int(os.environ.get("NECROCODE_PEERING_PRIORITY", "0"))
+    else:
+        settings.peering.standalone = True
+    kube = Kube(load_credentials(os.environ.get("NECROCODE_KUBECONFIG") or None), concurrency=conf.concurrency,
+                timeout=conf.request_timeout)
+    _service = CancellationService(kube, conf)
+    if conf.metrics_port and not _metrics_started:
+        try:
+            start_http_server(conf.metrics_port, addr=os.environ.get("NECROCODE_METRICS_ADDR", "0.0.0.0"))
+            _metrics_started = True
+        except OSError as exc:
+            log("metrics server not started", logging.WARNING, error=str(exc), port=conf.metrics_port)
+    log("operator started", concurrency=conf.concurrency, namespaces=list(conf.namespaces) or "all",
+        peering=peering or "standalone")
+
+
+@kopf.on.cleanup()
+async def cleanup(**_: Any) -> None:
+    global _service
+    if _service is not None:
+        await _service.kube.close()
+        _service = None
+    log("operator stopped")

@@ -1,0 +1,305 @@
+"""A small asyncio client for the Kubernetes API, and the one error tree mapped at its boundary.
+
+Why not the official client: it is synchronous (it would block kopf's event loop or need a
+thread pool) and it turns every pod into a model object, which is slow for thousands of pods.
+This client speaks JSON dicts over one aiohttp connection pool, sized to the operator's
+concurrency; credentials come from the official client's kubeconfig/in-cluster loader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+
+from necrocode.model import FIELD_MANAGER, GROUP, VERSION
+
+Obj = dict[str, Any]
+
+
+# ----------------------------------------------------------------------------- errors
+class ApiError(Exception):
+    """Any non-2xx answer of the API server."""
+
+    def __init__(self, status: int, reason: str, message: str, body: Mapping[str, Any] | None = None):
+        super().__init__(f"{status} {reason}: {message}")
+        self.status, self.reason, self.message = status, reason, message
+        self.body = dict(body or {})
+
+
+class NotFound(ApiError):
+    pass
+
+
+class Conflict(ApiError):
+    pass
+
+
+class AlreadyExists(Conflict):
+    pass
+
+
+class Forbidden(ApiError):
+    pass
+
+
+class Unauthorized(ApiError):
+    pass
+
+
+class Invalid(ApiError):
+    pass
+
+
+class Gone(ApiError):
+    """410: a watch's resourceVersion is too old; list again."""
+
+
+class TransientError(ApiError):
+    """429, 5xx and connection failures: worth retrying."""
+
+
+def map_error(status: int, body: Mapping[str, Any]) -> ApiError:
+    reason = str(body.get("reason") or "")
+    message = str(body.get("message") or body)
+    cls: type[ApiError]
+    if status == 404:
+        cls = NotFound
+    elif status == 409:
+        cls = AlreadyExists if reason == "AlreadyExists" else Conflict
+    elif status == 403:
+        cls = Forbidden
+    elif status == 401:
+        cls = Unauthorized
+    elif status == 410:
+        cls = Gone
+    elif status in (400, 422):
+        cls = Invalid
+    elif status == 429 or status >= 500:
+        cls = TransientError
+    else:
+        cls = ApiError
+    return cls(status, reason, message, body)
+
+
+# ----------------------------------------------------------------------------- paths
+def core_path(ns: str | None, plural: str, name: str | None = None, sub: str | None = None) -> str:
+    p = "/api/v1" + (f"/namespaces/{ns}" if ns else "") + f"/{plural}"
+    return _tail(p, name, sub)
+
+
+def group_path(group: str, version: str, ns: str | None, plural: str, name: str | None = None,
+               sub: str | None = None) -> str:
+    p = f"/apis/{group}/{version}" + (f"/namespaces/{ns}" if ns else "") + f"/{plural}"
+    return _tail(p, name, sub)
+
+
+def nc_path(ns: str | None, plural: str, name: str | None = None, sub: str | None = None) -> str:
+    return group_path(GROUP, VERSION, ns, plural, name, sub)
+
+
+def lease_path(ns: str, name: str | None = None) -> str:
+    return group_path("coordination.k8s.io", "v1", ns, "leases", name)
+
+
+def _tail(p: str, name: str | None, sub: str | None) -> str:
+    if name:
+        p += "/" + quote(name, safe="")
+    if sub:
+        p += "/" + sub
+    return p
+
+
+# ----------------------------------------------------------------------------- config
+@dataclass
+class Credentials:
+    host: str
+    ssl: ssl.SSLContext | bool
+    configuration: k8s_client.Configuration
+
+    def headers(self) -> dict[str, str]:
+        token = self.configuration.get_api_key_with_prefix("authorization")
+        return {"Authorization": token} if token else {}
+
+
+def load_credentials(kubeconfig: str | None = None, context: str | None = None) -> Credentials:
+    """Kubeconfig (explicit path, $KUBECONFIG or ~/.kube/config) or the in-cluster ServiceAccount."""
+    cfg = k8s_client.Configuration()
+    try:
+        k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig, context=context, client_configuration=cfg)
+    except (k8s_config.ConfigException, FileNotFoundError, TypeError):
+        if kubeconfig:
+            raise
+        k8s_config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+    ctx: ssl.SSLContext | bool
+    if cfg.verify_ssl:
+        ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert) if cfg.ssl_ca_cert else ssl.create_default_context()
+    else:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if cfg.cert_file and cfg.key_file:
+        ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
+    return Credentials(host=cfg.host.rstrip("/"), ssl=ctx, configuration=cfg)
+
+
+# ----------------------------------------------------------------------------- client
+class Kube:
+    """JSON over HTTP to the API server, with at most `concurrency` requests in flight."""
+
+    def __init__(self, creds: Credentials, concurrency: int = 50, timeout: float = 30.0,
+                 extra_headers: Mapping[str, str] | None = None):
+        self.creds = creds
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self.extra_headers = dict(extra_headers or {})
+        self.calls: dict[str, int] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._watch_session: aiohttp.ClientSession | None = None
+
+    def _new_session(self, limit: int) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=limit, ssl=self.creds.ssl),
+            json_serialize=json.dumps,
+        )
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = self._new_session(self.concurrency)
+        return self._session
+
+    async def close(self) -> None:
+        for s in (self._session, self._watch_session):
+            if s is not None and not s.closed:
+                await s.close()
+
+    def _count(self, verb: str) -> None:
+        self.calls[verb] = self.calls.get(verb, 0) + 1
+
+    async def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
+                      body: Any = None, content_type: str = "application/json") -> Obj:
+        headers = {"Accept": "application/json", **self.creds.headers(), **self.extra_headers}
+        data = None
+        if body is not None:
+            headers["Content-Type"] = content_type
+            data = json.dumps(body)
+        q = {k: _param(v) for k, v in (params or {}).items() if v is not None}
+        self._count(method)
+        try:
+            async with self.session.request(
+                method, self.creds.host + path, params=q, data=data, headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+            ) as resp:
+                raw = await resp.read()
+                payload: Obj = json.loads(raw) if raw else {}
+                if resp.status >= 400:
+                    raise map_error(resp.status, payload)
+                return payload
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise TransientError(0, "ConnectionError", f"{type(exc).__name__}: {exc}") from exc
+        except json.JSONDecodeError as exc:
+            raise TransientError(0, "BadResponse", str(exc)) from exc
+
+    # ---- verbs
+    async def get(self, path: str) -> Obj:
+        return await self.request("GET", path)
+
+    async def list_page(self, path: str, *, label_selector: str | None = None, field_selector: str | None = None,
+                   limit: int | None = None, continue_: str | None = None) -> Obj:
+        return await self.request("GET", path, params={
+            "labelSelector": label_selector, "fieldSelector": field_selector,
+            "limit": limit, "continue": continue_,
+        })
+
+    async def list_all(self, path: str, *, label_selector: str | None = None,
+                       field_selector: str | None = None, page: int = 500) -> tuple[list[Obj], str]:
+        """All items across pages, and the list's resourceVersion (to start a watch from)."""
+        items: list[Obj] = []
+        cont: str | None = None
+        rv = ""
+        while True:
+            out = await self.list_page(path, label_selector=label_selector, field_selector=field_selector,
+                                  limit=page, continue_=cont)
+            items.extend(out.get("items") or [])
+            meta = out.get("metadata") or {}
+            rv = meta.get("resourceVersion") or rv
+            cont = meta.get("continue")
+            if not cont:
+                return items, rv
+
+    async def create(self, path: str, body: Obj) -> Obj:
+        return await self.request("POST", path, body=body, params={"fieldManager": FIELD_MANAGER})
+
+    async def merge_patch(self, path: str, body: Obj) -> Obj:
+        return await self.request("PATCH", path, body=body, content_type="application/merge-patch+json",
+                                  params={"fieldManager": FIELD_MANAGER})
+
+    async def json_patch(self, path: str, ops: list[Obj]) -> Obj:
+        return await self.request("PATCH", path, body=ops, content_type="application/json-patch+json",
+                                  params={"fieldManager": FIELD_MANAGER})
+
+    async def delete(self, path: str, *, grace_period_seconds: int | None = None,
+                     uid: str | None = None, propagation: str | None = "Background") -> Obj | None:
+        """Delete; None when the object was already gone (404 on delete is success)."""
+        body: Obj = {"kind": "DeleteOptions", "apiVersion": "v1"}
+        if grace_period_seconds is not None:
+            body["gracePeriodSeconds"] = grace_period_seconds
+        if uid:
+            body["preconditions"] = {"uid": uid}
+        if propagation:
+            body["propagationPolicy"] = propagation
+        try:
+            return await self.request("DELETE", path, body=body)
+        except NotFound:
+            return None
+        except Conflict as exc:
+            if uid and "UID" in exc.message:  # precondition failed: a new object took the name
+                return None
+            raise
+
+    async def watch(self, path: str, *, label_selector: str | None = None, resource_version: str = "",
+                    timeout_seconds: int = 290) -> AsyncIterator[Obj]:
+        """Watch events as dicts {type, object}; raises Gone when the resourceVersion expired."""
+        if self._watch_session is None or self._watch_session.closed:
+            self._watch_session = self._new_session(0)
+        params = {"watch": "1", "labelSelector": label_selector, "resourceVersion": resource_version,
+                  "allowWatchBookmarks": "true", "timeoutSeconds": timeout_seconds}
+        headers = {"Accept": "application/json", **self.creds.headers(), **self.extra_headers}
+        self._count("WATCH")
+        try:
+            async with self._watch_session.get(
+                self.creds.host + path, params={k: _param(v) for k, v in params.items() if v is not None},
+                headers=headers, timeout=aiohttp.ClientTimeout(total=None, sock_read=timeout_seconds + 30),
+            ) as resp:
+                if resp.status >= 400:
+                    raise map_error(resp.status, json.loads(await resp.read() or b"{}"))
+                async for line in resp.content:
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    if event.get("type") == "ERROR":
+                        status = event.get("object") or {}
+                        raise map_error(int(status.get("code") or 500), status)
+                    yield event
+        except (aiohttp.ClientError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            raise TransientError(0, "WatchBroken", str(exc)) from exc
+
+
+def _param(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def make_kube(kubeconfig: str | None = None, context: str | None = None, concurrency: int = 50) -> Kube:
+    return Kube(load_credentials(kubeconfig, context), concurrency=concurrency)

@@ -1,0 +1,260 @@
+"""The public contract as Python values: API names, label keys, and pydantic models of the
+cancellation resources' spec and status (the seed's CancellationStatus/Record/Step/Result).
+
+The status stored by the API server is the durable record of a cancellation: these models
+read it back on resume and write it on every change, so their field names are the CRD's.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+GROUP = "necrocode.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# Label and annotation keys (fixed by the issues).
+LABEL_JOB = "necrocode.io/job"
+LABEL_TASK = "necrocode.io/task"
+LABEL_ROLE = "necrocode.io/role"
+ROLE_RUNNER = "runner"
+LABEL_REPO_POOL = "necrocode.io/repo-pool"
+LABEL_SLOT_STATE = "necrocode.io/slot-state"
+LABEL_ARTIFACT = "necrocode.io/artifact"
+LABEL_SCRATCH = "necrocode.io/scratch"
+LABEL_DISPATCH_BLOCKED = "necrocode.io/dispatch-blocked"
+ANNOTATION_CANCEL_REQUESTED = "necrocode.io/cancel-requested"
+ANNOTATION_CANCELLED_BY = "necrocode.io/cancelled-by"
+FIELD_MANAGER = "necrocode-cancel"
+
+JOB_CANCELLATION = "JobCancellation"
+TASK_CANCELLATION = "TaskCancellation"
+PLURAL = {JOB_CANCELLATION: "jobcancellations", TASK_CANCELLATION: "taskcancellations"}
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(t: datetime | None) -> str | None:
+    return None if t is None else t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+class JobPhase(enum.StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    CANCELLING = "Cancelling"
+    CANCELLED = "Cancelled"
+
+
+FINISHED_JOB_PHASES = frozenset({JobPhase.SUCCEEDED, JobPhase.FAILED, JobPhase.CANCELLED})
+
+
+class TaskState(enum.StrEnum):
+    PENDING = "Pending"
+    READY = "Ready"
+    RUNNING = "Running"
+    DONE = "Done"
+    FAILED = "Failed"
+    BLOCKED = "Blocked"
+    CANCELLED = "Cancelled"
+
+
+FINISHED_TASK_STATES = frozenset({TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED})
+PENDING_TASK_STATES = frozenset({TaskState.PENDING, TaskState.READY, TaskState.BLOCKED})
+
+
+class Phase(enum.StrEnum):
+    """Phase of a JobCancellation or TaskCancellation."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    COMPLETED = "Completed"
+    PARTIALLY_COMPLETED = "PartiallyCompleted"
+    FAILED = "Failed"
+    REJECTED = "Rejected"
+
+
+TERMINAL_PHASES = frozenset({Phase.COMPLETED, Phase.PARTIALLY_COMPLETED, Phase.FAILED, Phase.REJECTED})
+
+
+class StepState(enum.StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SKIPPED = "Skipped"
+
+
+DONE_STEP_STATES = frozenset({StepState.SUCCEEDED, StepState.FAILED, StepState.SKIPPED})
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="ignore", use_enum_values=False)
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+# ----------------------------------------------------------------------------- spec
+class CancellationSpec(_Model):
+    """The spec both kinds share; `taskId`/`cascade` only exist on TaskCancellation."""
+
+    job_name: str = Field(alias="jobName", min_length=1)
+    reason: str = ""
+    requested_by: str | None = Field(default=None, alias="requestedBy")
+    force: bool = False
+    grace_period_seconds: int = Field(default=30, alias="gracePeriodSeconds", ge=0, le=3600)
+    escalate_after_seconds: int = Field(default=10, alias="escalateAfterSeconds", ge=0, le=3600)
+    preserve_artifacts: bool = Field(default=True, alias="preserveArtifacts")
+    ttl_seconds_after_finished: int | None = Field(default=None, alias="ttlSecondsAfterFinished", ge=0)
+    dry_run: bool = Field(default=False, alias="dryRun")
+    task_id: str | None = Field(default=None, alias="taskId")
+    cascade: bool = True
+
+    @property
+    def effective_grace(self) -> int:
+        return 0 if self.force else self.grace_period_seconds
+
+
+# ----------------------------------------------------------------------------- status
+class Step(_Model):
+    name: str
+    state: StepState = StepState.PENDING
+    started_at: str | None = Field(default=None, alias="startedAt")
+    finished_at: str | None = Field(default=None, alias="finishedAt")
+    message: str | None = None
+
+
+class Progress(_Model):
+    runners_total: int = Field(default=0, alias="runnersTotal")
+    runners_terminated: int = Field(default=0, alias="runnersTerminated")
+    runners_forced: int = Field(default=0, alias="runnersForced")
+    tasks_cancelled: int = Field(default=0, alias="tasksCancelled")
+    tasks_blocked: int = Field(default=0, alias="tasksBlocked")
+    tasks_unaffected: int = Field(default=0, alias="tasksUnaffected")
+    leases_released: int = Field(default=0, alias="leasesReleased")
+    resources_deleted: int = Field(default=0, alias="resourcesDeleted")
+    artifacts_preserved: int = Field(default=0, alias="artifactsPreserved")
+
+
+class AffectedTask(_Model):
+    task_id: str = Field(alias="taskId")
+    name: str
+    before: str
+    after: str
+    reason: str
+    runner: str | None = None
+
+
+class ErrorEntry(_Model):
+    step: str
+    object: str
+    message: str
+    attempts: int = 1
+
+
+class Condition(_Model):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: str | None = Field(default=None, alias="lastTransitionTime")
+
+
+class RunnerOutcome(_Model):
+    pod: str
+    task: str | None = None
+    outcome: Literal["Terminated", "Forced", "Stuck", "AlreadyGone"]
+    seconds: float | None = None
+
+
+class CleanupReport(_Model):
+    released: list[str] = Field(default_factory=list)
+    deleted: list[str] = Field(default_factory=list)
+    preserved: list[str] = Field(default_factory=list)
+    failed: list[str] = Field(default_factory=list)
+
+
+class Plan(_Model):
+    """What a cancellation acts on; written to status for dry runs."""
+
+    runner_pods: list[str] = Field(default_factory=list, alias="runnerPods")
+    leases: list[str] = Field(default_factory=list)
+    scratch_resources: list[str] = Field(default_factory=list, alias="scratchResources")
+    artifacts: list[str] = Field(default_factory=list)
+
+
+class CancellationStatus(_Model):
+    phase: Phase = Phase.PENDING
+    message: str | None = None
+    steps: list[Step] = Field(default_factory=list)
+    progress: Progress = Field(default_factory=Progress)
+    affected_tasks: list[AffectedTask] = Field(default_factory=list, alias="affectedTasks")
+    runner_outcomes: list[RunnerOutcome] = Field(default_factory=list, alias="runnerOutcomes")
+    cleanup: CleanupReport | None = None
+    plan: Plan | None = None
+    errors: list[ErrorEntry] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list)
+    started_at: str | None = Field(default=None, alias="startedAt")
+    completed_at: str | None = Field(default=None, alias="completedAt")
+    observed_generation: int | None = Field(default=None, alias="observedGeneration")
+    duplicate_of: str | None = Field(default=None, alias="duplicateOf")
+    requested_by: str | None = Field(default=None, alias="requestedBy")
+    runner_summary: str | None = Field(default=None, alias="runnerSummary")
+    cascade_warnings: list[str] = Field(default_factory=list, alias="cascadeWarnings")
+
+    def step(self, name: str) -> Step:
+        for s in self.steps:
+            if s.name == name:
+                return s
+        s = Step(name=name)
+        self.steps.append(s)
+        return s
+
+    def set_condition(self, type_: str, status: bool, reason: str, message: str = "") -> None:
+        value: Literal["True", "False"] = "True" if status else "False"
+        for c in self.conditions:
+            if c.type == type_:
+                if c.status != value:
+                    c.last_transition_time = iso(now_utc())
+                c.status, c.reason, c.message = value, reason, message
+                return
+        self.conditions.append(
+            Condition(type=type_, status=value, reason=reason, message=message,
+                      last_transition_time=iso(now_utc()))
+        )
+
+    def add_error(self, step: str, obj: str, message: str, attempts: int = 1) -> None:
+        for e in self.errors:
+            if e.step == step and e.object == obj:
+                e.message, e.attempts = message, attempts
+                return
+        self.errors.append(ErrorEntry(step=step, object=obj, message=message, attempts=attempts))
+
+    @property
+    def terminal(self) -> bool:
+        return self.phase in TERMINAL_PHASES
+
+
+class CancellationResult(_Model):
+    """What the CLI and REST API return: the resource's identity and its status."""
+
+    kind: str
+    name: str
+    namespace: str
+    job_name: str = Field(alias="jobName")
+    task_id: str | None = Field(default=None, alias="taskId")
+    status: CancellationStatus = Field(default_factory=CancellationStatus)

@@ -1,0 +1,287 @@
+"""Pure decisions: what to cancel, terminate and release, and when to escalate or retry.
+
+Nothing here does I/O or reads a clock: callers pass `now` in. The executors (terminator,
+cleaner, taskregistry) carry these decisions out against the API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from necrocode.model import (
+    FINISHED_TASK_STATES,
+    LABEL_TASK,
+    PENDING_TASK_STATES,
+    AffectedTask,
+    Phase,
+    TaskState,
+    parse_time,
+)
+
+Obj = Mapping[str, Any]
+
+
+# ----------------------------------------------------------------------------- tasks
+def task_id(task: Obj) -> str:
+    spec = task.get("spec") or {}
+    labels = (task.get("metadata") or {}).get("labels") or {}
+    return str(spec.get("taskId") or labels.get(LABEL_TASK) or task["metadata"]["name"])
+
+
+def task_state(task: Obj) -> TaskState:
+    raw = (task.get("status") or {}).get("state") or TaskState.PENDING.value
+    try:
+        return TaskState(raw)
+    except ValueError:
+        return TaskState.PENDING
+
+
+@dataclass(frozen=True)
+class Classification:
+    """Tasks of a job split the way JobCancellation treats them (seed 5.2)."""
+
+    running: tuple[str, ...] = ()
+    pending: tuple[str, ...] = ()
+    finished: tuple[str, ...] = ()
+
+
+def classify_tasks(tasks: Iterable[Obj]) -> Classification:
+    """running: has a runner or is Running; pending: Pending, Ready, Blocked; finished: left alone."""
+    running: list[str] = []
+    pending: list[str] = []
+    finished: list[str] = []
+    for t in tasks:
+        state = task_state(t)
+        name = t["metadata"]["name"]
+        if state in FINISHED_TASK_STATES:
+            finished.append(name)
+        elif state == TaskState.RUNNING or (t.get("status") or {}).get("runner"):
+            running.append(name)
+        elif state in PENDING_TASK_STATES:
+            pending.append(name)
+        else:  # pragma: no cover - every state is covered above
+            pending.append(name)
+    return Classification(tuple(sorted(running)), tuple(sorted(pending)), tuple(sorted(finished)))
+
+
+def job_affected_tasks(tasks: Iterable[Obj], reason: str) -> list[AffectedTask]:
+    """Every unfinished task of a job, with its state now and the state it will get."""
+    out = []
+    for t in sorted(tasks, key=lambda o: o["metadata"]["name"]):
+        state = task_state(t)
+        if state in FINISHED_TASK_STATES:
+            continue
+        out.append(AffectedTask(
+            task_id=task_id(t), name=t["metadata"]["name"], before=state.value,
+            after=TaskState.CANCELLED.value, reason=reason, runner=(t.get("status") or {}).get("runner"),
+        ))
+    return out
+
+
+# ----------------------------------------------------------------------------- cascade
+@dataclass(frozen=True)
+class Cascade:
+    """The dependents of one task through spec.dependsOn, and what was odd about the graph."""
+
+    root: str
+    dependents: tuple[str, ...]
+    cycles: tuple[str, ...] = ()
+    dangling: tuple[str, ...] = ()
+
+    @property
+    def warnings(self) -> list[str]:
+        w = [f"dependsOn cycle through task {t}" for t in self.cycles]
+        w += [f"task {t} depends on a task that does not exist" for t in self.dangling]
+        return w
+
+
+def compute_cascade(root: str, depends_on: Mapping[str, Sequence[str]]) -> Cascade:
+    """Transitive dependents of `root`. `depends_on` maps taskId -> the taskIds it needs.
+
+    Breadth-first over the reverse graph, so a cycle is visited once and reported, never looped;
+    references to unknown taskIds are reported as dangling.
+    """
+    dependents_of: dict[str, list[str]] = {t: [] for t in depends_on}
+    dangling: set[str] = set()
+    for t, needs in depends_on.items():
+        for n in needs:
+            if n in dependents_of:
+                dependents_of[n].append(t)
+            else:
+                dangling.add(t)
+    seen: set[str] = set()
+    cycles: set[str] = set()
+    frontier = [root]
+    while frontier:
+        nxt: list[str] = []
+        for t in frontier:
+            for d in dependents_of.get(t, []):
+                if d == root:
+                    cycles.add(t)
+                    continue
+                if d in seen:
+                    continue
+                seen.add(d)
+                nxt.append(d)
+        frontier = nxt
+    # cycles among the dependents that do not pass through the root
+    for component in _strongly_connected(seen | {root}, dependents_of):
+        if len(component) > 1 or any(n in dependents_of.get(n, []) for n in component):
+            cycles.update(component - {root})
+    return Cascade(root, tuple(sorted(seen)), tuple(sorted(cycles)), tuple(sorted(dangling)))
+
+
+def _strongly_connected(nodes: set[str], graph: Mapping[str, Sequence[str]]) -> list[set[str]]:
+    """Tarjan's algorithm, iterative (no recursion limit on a long chain), within `nodes`."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    out: list[set[str]] = []
+    counter = 0
+    for start in sorted(nodes):
+        if start in index:
+            continue
+        work: list[tuple[str, int]] = [(start, 0)]
+        while work:
+            node, i = work.pop()
+            if i == 0:
+                index[node] = low[node] = counter
+                counter += 1
+                stack.append(node)
+                on_stack.add(node)
+            succ = [n for n in graph.get(node, []) if n in nodes]
+            if i < len(succ):
+                work.append((node, i + 1))
+                nxt = succ[i]
+                if nxt not in index:
+                    work.append((nxt, 0))
+                elif nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+                continue
+            if low[node] == index[node]:
+                comp: set[str] = set()
+                while True:
+                    w = stack.pop()
+                    on_stack.discard(w)
+                    comp.add(w)
+                    if w == node:
+                        break
+                out.append(comp)
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+    return out
+
+
+def task_affected_tasks(
+    tasks: Iterable[Obj], root: str, cascade: bool, reason: str
+) -> tuple[list[AffectedTask], Cascade]:
+    """What a TaskCancellation does to each task (seed 5.3): the root becomes Cancelled; its
+    unfinished dependents become Cancelled (cascade) or Blocked (no cascade)."""
+    by_id = {task_id(t): t for t in tasks}
+    graph = {tid: [str(d) for d in ((t.get("spec") or {}).get("dependsOn") or [])] for tid, t in by_id.items()}
+    cas = compute_cascade(root, graph)
+    out: list[AffectedTask] = []
+    root_obj = by_id[root]
+    out.append(AffectedTask(task_id=root, name=root_obj["metadata"]["name"], before=task_state(root_obj).value,
+                            after=TaskState.CANCELLED.value, reason=reason,
+                            runner=(root_obj.get("status") or {}).get("runner")))
+    for tid in cas.dependents:
+        t = by_id[tid]
+        state = task_state(t)
+        if state in FINISHED_TASK_STATES:
+            continue
+        after = TaskState.CANCELLED if cascade else TaskState.BLOCKED
+        if not cascade and state == TaskState.BLOCKED:
+            after = TaskState.BLOCKED
+        out.append(AffectedTask(task_id=tid, name=t["metadata"]["name"], before=state.value,
+                                after=after.value, reason=f"dependency {root} cancelled",
+                                runner=(t.get("status") or {}).get("runner") if cascade else None))
+    return out, cas
+
+
+# ----------------------------------------------------------------------------- escalation
+@dataclass(frozen=True)
+class RunnerClock:
+    """When a deleted runner pod's grace ends and when it gets force-deleted.
+
+    The grace end is the pod's own `metadata.deletionTimestamp` (the API server sets it to the
+    deletion time plus the grace period), so the deadline survives an operator restart.
+    """
+
+    grace_end: datetime
+    escalate_at: datetime
+
+
+def runner_clock(pod: Obj, escalate_after_seconds: int) -> RunnerClock | None:
+    ts = parse_time((pod.get("metadata") or {}).get("deletionTimestamp"))
+    if ts is None:
+        return None
+    return RunnerClock(ts, ts + timedelta(seconds=escalate_after_seconds))
+
+
+def escalation_delay(clock: RunnerClock | None, now: datetime) -> float | None:
+    """Seconds until this runner must be force-deleted: 0 means now; None means not deleted yet.
+
+    Re-entrant: call it again at any time (after a restart too) and it gives the right answer.
+    """
+    if clock is None:
+        return None
+    return max(0.0, (clock.escalate_at - now).total_seconds())
+
+
+def next_wakeup(delays: Iterable[float | None], ceiling: float) -> float:
+    """How long a terminator may wait for watch events before some runner needs escalation."""
+    pending = [d for d in delays if d is not None]
+    return min([ceiling, *pending]) if pending else ceiling
+
+
+# ----------------------------------------------------------------------------- retries
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 5
+    base_seconds: float = 0.5
+    factor: float = 2.0
+    max_seconds: float = 30.0
+
+    def delays(self) -> list[float]:
+        """The pauses between attempts: `attempts - 1` of them, exponential, capped."""
+        return [min(self.max_seconds, self.base_seconds * self.factor**i) for i in range(self.attempts - 1)]
+
+
+# ----------------------------------------------------------------------------- outcome
+@dataclass
+class VerifyFindings:
+    """What the Verify step found still wrong; empty means consistent."""
+
+    runner_pods: list[str] = field(default_factory=list)
+    held_leases: list[str] = field(default_factory=list)
+    live_tasks: list[str] = field(default_factory=list)
+    job_phase: str | None = None
+
+    @property
+    def clean(self) -> bool:
+        return not (self.runner_pods or self.held_leases or self.live_tasks or self.job_phase)
+
+    def describe(self) -> list[tuple[str, str]]:
+        out = [(f"pod/{p}", "runner pod still present") for p in self.runner_pods]
+        out += [(f"lease/{x}", "repo slot still held for the job") for x in self.held_leases]
+        out += [(f"agenttask/{t}", "task still Pending, Ready or Running") for t in self.live_tasks]
+        if self.job_phase:
+            out.append(("agentjob", f"job phase is {self.job_phase}, not Cancelled"))
+        return out
+
+
+def final_phase(errors: int, failed_critical: bool) -> Phase:
+    if failed_critical:
+        return Phase.FAILED
+    return Phase.PARTIALLY_COMPLETED if errors else Phase.COMPLETED
+
+
+def runner_summary(terminated: int, total: int, forced: int) -> str:
+    s = f"{terminated}/{total}"
+    return f"{s} ({forced} forced)" if forced else s

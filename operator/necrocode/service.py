@@ -1,0 +1,185 @@
+"""CancellationService: runs a cancellation's steps in order, records each in the status,
+emits an Event per step transition, and decides the final phase (seed 5).
+
+Level-triggered: `run` may be called for a cancellation in any state (new, half done after an
+operator restart, finished) and only does what is still missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from necrocode import metrics
+from necrocode.cleaner import ResourceCleaner
+from necrocode.clock import Clock, SystemClock
+from necrocode.events import EventRecorder
+from necrocode.kube import ApiError, Kube
+from necrocode.logs import Bound
+from necrocode.model import (
+    DONE_STEP_STATES,
+    TASK_CANCELLATION,
+    CancellationSpec,
+    CancellationStatus,
+    Phase,
+    StepState,
+    iso,
+    parse_time,
+)
+from necrocode.planning import final_phase
+from necrocode.settings import Settings
+from necrocode.steps import STEPS, Ctx, StepDef, StepResult
+from necrocode.taskregistry import TaskRegistry
+from necrocode.tracker import CancellationTracker
+
+Obj = dict[str, Any]
+
+
+class CancellationService:
+    def __init__(self, kube: Kube, settings: Settings, clock: Clock | None = None):
+        self.kube, self.settings = kube, settings
+        self.clock: Clock = clock or SystemClock()
+
+    def context(self, body: Obj) -> tuple[Ctx, CancellationTracker]:
+        kind = body["kind"]
+        meta = body["metadata"]
+        spec = CancellationSpec.model_validate(body.get("spec") or {})
+        status = CancellationStatus.model_validate(body.get("status") or {})
+        log = Bound(cancellation=meta["name"], kind=kind, namespace=meta["namespace"], job=spec.job_name,
+                    task=spec.task_id)
+        tracker = CancellationTracker(self.kube, kind, meta["namespace"], meta["name"], status,
+                                      interval=self.settings.status_write_interval, clock=self.clock, log=log)
+        s = self.settings
+        ctx = Ctx(
+            kube=self.kube, settings=s, clock=self.clock, kind=kind, namespace=meta["namespace"],
+            name=meta["name"], uid=meta.get("uid", ""), spec=spec, status=status, log=log,
+            events=EventRecorder(self.kube, self.clock, meta.get("uid", ""), log),
+            registry=TaskRegistry(self.kube, meta["namespace"], clock=self.clock, log=log, policy=s.retry,
+                                  concurrency=s.concurrency),
+            cleaner=ResourceCleaner(self.kube, meta["namespace"], policy=s.retry, clock=self.clock, log=log,
+                                    concurrency=s.concurrency, include_secrets=s.include_secrets),
+            changed=tracker.changed, flush=tracker.flush, body=body,
+        )
+        return ctx, tracker
+
+    async def run(self, body: Obj) -> CancellationStatus:
+        ctx, tracker = self.context(body)
+        status = ctx.status
+        if status.terminal:
+            return status
+        kind_label = ctx.kind
+        metrics.IN_PROGRESS.labels(kind=kind_label).inc()
+        try:
+            return await self._run(ctx, tracker)
+        finally:
+            metrics.IN_PROGRESS.labels(kind=kind_label).dec()
+
+    async def _run(self, ctx: Ctx, tracker: CancellationTracker) -> CancellationStatus:
+        status = ctx.status
+        steps = STEPS[ctx.kind]
+        resumed = status.phase == Phase.RUNNING
+        if not status.steps:
+            for d in steps:
+                status.step(d.name)
+        if status.started_at is None:
+            status.started_at = iso(self.clock.now())
+        status.requested_by = ctx.spec.requested_by
+        status.observed_generation = (ctx.body.get("metadata") or {}).get("generation")
+        status.phase = Phase.RUNNING
+        ctx.log.info("cancellation resumed" if resumed else "cancellation started", reason=ctx.spec.reason,
+                     force=ctx.spec.force, grace_period_seconds=ctx.spec.grace_period_seconds,
+                     escalate_after_seconds=ctx.spec.escalate_after_seconds, dry_run=ctx.spec.dry_run,
+                     cascade=ctx.spec.cascade if ctx.kind == TASK_CANCELLATION else None)
+        if not resumed:
+            await ctx.events.emit(ctx.body, "started", "Started",
+                                  f"cancelling job {ctx.spec.job_name}" +
+                                  (f" task {ctx.spec.task_id}" if ctx.spec.task_id else "") +
+                                  (f": {ctx.spec.reason}" if ctx.spec.reason else ""))
+        await tracker.flush()
+
+        failed_critical = False
+        for d in steps:
+            step = status.step(d.name)
+            if step.state in DONE_STEP_STATES:
+                continue
+            if ctx.stop or failed_critical:
+                step.state = StepState.SKIPPED
+                step.message = "not needed" if ctx.stop else "skipped after a failed step"
+                continue
+            result = await self._step(ctx, tracker, d)
+            if result.state == StepState.FAILED and d.critical and not ctx.stop:
+                failed_critical = True
+
+        if ctx.final is not None:
+            status.phase, status.message = ctx.final
+        if not status.terminal:
+            status.phase = final_phase(len(status.errors) + sum(
+                1 for s in status.steps if s.state == StepState.FAILED), failed_critical)
+            if status.message is None:
+                status.message = _summary(status)
+        status.completed_at = iso(self.clock.now())
+        status.set_condition("Complete", True, status.phase.value, status.message or "")
+        await ctx.events.emit(ctx.body, "finished", status.phase.value, status.message or "",
+                              "Normal" if status.phase == Phase.COMPLETED else "Warning")
+        await tracker.flush()
+        elapsed = _elapsed(status)
+        metrics.REQUESTS.labels(kind=ctx.kind, result=status.phase.value).inc()
+        if elapsed is not None:
+            metrics.DURATION.labels(kind=ctx.kind).observe(elapsed)
+        ctx.log.info("cancellation finished", phase=status.phase.value, duration=elapsed,
+                     message=status.message, progress=status.progress.dump(), errors=len(status.errors))
+        return status
+
+    async def _step(self, ctx: Ctx, tracker: CancellationTracker, d: StepDef) -> StepResult:
+        step = ctx.status.step(d.name)
+        log = ctx.log.bind(step=d.name)
+        first = step.state == StepState.PENDING
+        step.state = StepState.RUNNING
+        step.started_at = step.started_at or iso(self.clock.now())
+        await tracker.flush()
+        if first:
+            await ctx.events.emit(ctx.body, f"step-{d.name}-running", f"{d.name}Started", f"step {d.name} started")
+        log.info("step started" if first else "step resumed")
+        started = self.clock.monotonic()
+        ctx.log, ctx.step_name = log, d.name
+        try:
+            result = await d.run(ctx)
+        except asyncio.CancelledError:
+            raise
+        except ApiError as exc:
+            result = StepResult(StepState.FAILED, f"API error: {exc}")
+            ctx.status.add_error(d.name, exc.body.get("details", {}).get("name", "-") if exc.body else "-", str(exc))
+        except Exception as exc:  # a bug must not leave the cancellation Running forever
+            log.error("step crashed", error=repr(exc))
+            result = StepResult(StepState.FAILED, f"internal error: {exc!r}")
+            ctx.status.add_error(d.name, "-", repr(exc))
+        finally:
+            ctx.log = log.bind(step=None)
+        duration = self.clock.monotonic() - started
+        step.state = result.state
+        step.message = result.message
+        step.finished_at = iso(self.clock.now())
+        metrics.STEP_DURATION.labels(kind=ctx.kind, step=d.name).observe(duration)
+        if result.state == StepState.FAILED:
+            metrics.FAILURES.labels(kind=ctx.kind, step=d.name).inc()
+        await tracker.flush()
+        await ctx.events.emit(ctx.body, f"step-{d.name}-done", f"{d.name}{result.state.value}",
+                              f"step {d.name} {result.state.value.lower()}: {result.message}",
+                              "Warning" if result.state == StepState.FAILED else "Normal")
+        log.info("step finished", state=result.state.value, duration=round(duration, 3), message=result.message)
+        return result
+
+
+def _summary(status: CancellationStatus) -> str:
+    p = status.progress
+    s = (f"{p.runners_terminated}/{p.runners_total} runner(s) stopped ({p.runners_forced} forced), "
+         f"{p.tasks_cancelled} task(s) cancelled, {p.leases_released} lease(s) released, "
+         f"{p.resources_deleted} resource(s) deleted, {p.artifacts_preserved} artifact(s) kept")
+    if status.errors:
+        s += f"; {len(status.errors)} error(s)"
+    return s
+
+
+def _elapsed(status: CancellationStatus) -> float | None:
+    a, b = parse_time(status.started_at), parse_time(status.completed_at)
+    return None if a is None or b is None else (b - a).total_seconds()

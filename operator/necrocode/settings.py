@@ -1,0 +1,53 @@
+"""Operator settings, from environment variables (documented in docs/operations.md)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from necrocode.planning import RetryPolicy
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+@dataclass(frozen=True)
+class Settings:
+    concurrency: int = 50
+    """API requests in flight at once (also the connection pool size)."""
+    status_write_interval: float = 0.5
+    """At most one status write per this many seconds per cancellation while work goes on."""
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    """Backoff for failed cleanup operations and task updates."""
+    stuck_timeout: float = 30.0
+    """After a force delete, how long a pod may linger (a finalizer) before it is an error."""
+    request_timeout: float = 30.0
+    include_secrets: bool = False
+    """Also delete Secrets labelled as the job's scratch (needs RBAC on secrets)."""
+    namespaces: tuple[str, ...] = ()
+    """Namespaces to serve; empty means the whole cluster."""
+    log_format: str = "json"
+    metrics_port: int = 8080
+    liveness_port: int = 8081
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        ns = tuple(n.strip() for n in _env("NECROCODE_NAMESPACES", "").split(",") if n.strip())
+        return cls(
+            concurrency=int(_env("NECROCODE_CONCURRENCY", "50")),
+            status_write_interval=float(_env("NECROCODE_STATUS_WRITE_INTERVAL", "0.5")),
+            retry=RetryPolicy(
+                attempts=int(_env("NECROCODE_RETRY_ATTEMPTS", "5")),
+                base_seconds=float(_env("NECROCODE_RETRY_BASE_SECONDS", "0.5")),
+                factor=float(_env("NECROCODE_RETRY_FACTOR", "2")),
+                max_seconds=float(_env("NECROCODE_RETRY_MAX_SECONDS", "30")),
+            ),
+            stuck_timeout=float(_env("NECROCODE_STUCK_TIMEOUT_SECONDS", "30")),
+            request_timeout=float(_env("NECROCODE_REQUEST_TIMEOUT_SECONDS", "30")),
+            include_secrets=_env("NECROCODE_INCLUDE_SECRETS", "false").lower() in ("1", "true", "yes"),
+            namespaces=ns,
+            log_format=_env("NECROCODE_LOG_FORMAT", "json"),
+            metrics_port=int(_env("NECROCODE_METRICS_PORT", "8080")),
+            liveness_port=int(_env("NECROCODE_LIVENESS_PORT", "8081")),
+        )

@@ -1,0 +1,520 @@
+"""The steps of a cancellation, for both kinds (seed 5.2, 5.3). Each step is idempotent: it
+looks at the world and the cancellation's status and does only what is still missing, so the
+engine can run it again after a restart at any point.
+
+A step returns a StepResult; the engine (service.py) records it, emits the event, and moves on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from necrocode.cleaner import CleanupOutcome, ResourceCleaner
+from necrocode.clock import Clock
+from necrocode.concurrency import bounded
+from necrocode.events import EventRecorder
+from necrocode.kube import Conflict, Kube, NotFound, core_path, nc_path
+from necrocode.logs import Bound
+from necrocode.model import (
+    ANNOTATION_CANCELLED_BY,
+    FINISHED_JOB_PHASES,
+    FINISHED_TASK_STATES,
+    JOB_CANCELLATION,
+    LABEL_ARTIFACT,
+    LABEL_JOB,
+    LABEL_ROLE,
+    LABEL_SCRATCH,
+    LABEL_TASK,
+    PLURAL,
+    ROLE_RUNNER,
+    TASK_CANCELLATION,
+    AffectedTask,
+    CancellationSpec,
+    CancellationStatus,
+    CleanupReport,
+    JobPhase,
+    Phase,
+    Plan,
+    RunnerOutcome,
+    StepState,
+    TaskState,
+)
+from necrocode.planning import (
+    VerifyFindings,
+    classify_tasks,
+    job_affected_tasks,
+    runner_summary,
+    task_affected_tasks,
+    task_id,
+    task_state,
+)
+from necrocode.settings import Settings
+from necrocode.taskregistry import TaskRegistry
+from necrocode.terminator import RunnerTerminator, Termination
+
+Obj = dict[str, Any]
+MAX_LISTED = 2000  # entries kept in status lists (affectedTasks, cleanup report); counts are exact
+
+
+@dataclass
+class StepResult:
+    state: StepState = StepState.SUCCEEDED
+    message: str = ""
+
+
+@dataclass
+class Ctx:
+    """Everything one cancellation's steps share."""
+
+    kube: Kube
+    settings: Settings
+    clock: Clock
+    kind: str
+    namespace: str
+    name: str
+    uid: str
+    spec: CancellationSpec
+    status: CancellationStatus
+    log: Bound
+    events: EventRecorder
+    registry: TaskRegistry
+    cleaner: ResourceCleaner
+    changed: Callable[[], None]
+    flush: Callable[[], Awaitable[None]]
+    body: Obj = field(default_factory=dict)
+    stop: bool = False
+    final: tuple[Phase, str] | None = None
+    step_name: str = ""
+    job: Obj | None = None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.kind.lower()}/{self.name}"
+
+    @property
+    def is_job(self) -> bool:
+        return self.kind == JOB_CANCELLATION
+
+    @property
+    def job_selector(self) -> str:
+        return f"{LABEL_JOB}={self.spec.job_name}"
+
+    @property
+    def runner_selector(self) -> str:
+        return f"{self.job_selector},{LABEL_ROLE}={ROLE_RUNNER}"
+
+    def cancelled_task_ids(self) -> frozenset[str] | None:
+        """For a TaskCancellation: the tasks whose runners and resources go; None: the whole job."""
+        if self.is_job:
+            return None
+        return frozenset(a.task_id for a in self.status.affected_tasks if a.after == TaskState.CANCELLED.value)
+
+    def affected_task_ids(self) -> frozenset[str] | None:
+        if self.is_job:
+            return None
+        return frozenset(a.task_id for a in self.status.affected_tasks)
+
+    def end(self, phase: Phase, message: str) -> None:
+        """Finish early (rejected, duplicate, dry run); the engine writes the phase last, after
+        the remaining steps are marked Skipped, so a reader never sees a half-written end."""
+        self.final = (phase, message)
+        self.status.message = message
+        self.stop = True
+
+
+# ============================================================================ Validate
+async def validate(ctx: Ctx) -> StepResult:
+    """The job (and task) exist and are not finished; a second request for a job that is being,
+    or has been, cancelled records duplicateOf and acts on nothing."""
+    spec = ctx.spec
+    while True:
+        try:
+            job = await ctx.kube.get(ctx.registry.job_path(spec.job_name))
+        except NotFound:
+            ctx.end(Phase.REJECTED, f"AgentJob {spec.job_name!r} not found in namespace {ctx.namespace}")
+            ctx.status.set_condition("Rejected", True, "JobNotFound", ctx.status.message or "")
+            return StepResult(StepState.FAILED, ctx.status.message or "")
+        ctx.job = job
+        claimed_by = ((job["metadata"].get("annotations") or {}).get(ANNOTATION_CANCELLED_BY))
+        if claimed_by and claimed_by != ctx.name and await _exists(ctx, JOB_CANCELLATION, claimed_by):
+            ctx.status.duplicate_of = f"jobcancellation/{claimed_by}"
+            what = "job" if ctx.is_job else f"task {spec.task_id} with the rest of the job"
+            ctx.end(Phase.COMPLETED, f"job {spec.job_name} is already cancelled by jobcancellation/"
+                                     f"{claimed_by}; this request acts on nothing ({what} is covered by it)")
+            ctx.status.set_condition("Duplicate", True, "AlreadyCancelling", ctx.status.message or "")
+            return StepResult(StepState.SUCCEEDED, ctx.status.message or "")
+        phase = (job.get("status") or {}).get("phase") or JobPhase.PENDING.value
+        if phase in FINISHED_JOB_PHASES and claimed_by != ctx.name:
+            ctx.end(Phase.REJECTED, f"AgentJob {spec.job_name!r} is already {phase}; nothing to cancel")
+            ctx.status.set_condition("Rejected", True, "JobFinished", ctx.status.message or "")
+            return StepResult(StepState.FAILED, ctx.status.message or "")
+        if not ctx.is_job:
+            res = await _validate_task(ctx)
+            if res is not None:
+                return res
+        if spec.dry_run or not ctx.is_job or claimed_by == ctx.name:
+            break
+        try:
+            ctx.job = await ctx.registry.claim_job(job, ctx.name)
+            break
+        except Conflict:
+            continue  # the job changed under us: decide again
+    await _label_self(ctx)
+    return StepResult(message=f"AgentJob {spec.job_name} is {phase}" +
+                      (f", task {spec.task_id} can be cancelled" if not ctx.is_job else ""))
+
+
+async def _validate_task(ctx: Ctx) -> StepResult | None:
+    tasks = await ctx.registry.list_tasks(ctx.spec.job_name, f"{LABEL_TASK}={ctx.spec.task_id}")
+    tasks = [t for t in tasks if task_id(t) == ctx.spec.task_id]
+    if not tasks:
+        ctx.end(Phase.REJECTED, f"task {ctx.spec.task_id!r} not found in job {ctx.spec.job_name!r}")
+        ctx.status.set_condition("Rejected", True, "TaskNotFound", ctx.status.message or "")
+        return StepResult(StepState.FAILED, ctx.status.message or "")
+    state = task_state(tasks[0])
+    mine = ((tasks[0].get("status") or {}).get("cancellation") or {}).get("cancelledBy") == ctx.name
+    if state in FINISHED_TASK_STATES and not mine:
+        ctx.end(Phase.REJECTED, f"task {ctx.spec.task_id!r} is already {state.value}; nothing to cancel")
+        ctx.status.set_condition("Rejected", True, "TaskFinished", ctx.status.message or "")
+        return StepResult(StepState.FAILED, ctx.status.message or "")
+    return None
+
+
+async def _exists(ctx: Ctx, kind: str, name: str) -> bool:
+    try:
+        obj = await ctx.kube.get(nc_path(ctx.namespace, PLURAL[kind], name))
+    except NotFound:
+        return False
+    return bool((obj.get("status") or {}).get("phase") != Phase.REJECTED.value)
+
+
+async def _label_self(ctx: Ctx) -> None:
+    """Label the cancellation with its job (and task) so CLI and API can list by job."""
+    labels = {LABEL_JOB: ctx.spec.job_name}
+    if ctx.spec.task_id:
+        labels[LABEL_TASK] = ctx.spec.task_id
+    current = (ctx.body.get("metadata") or {}).get("labels") or {}
+    if all(current.get(k) == v for k, v in labels.items()):
+        return
+    try:
+        await ctx.kube.merge_patch(nc_path(ctx.namespace, PLURAL[ctx.kind], ctx.name), {"metadata": {"labels": labels}})
+    except NotFound:
+        pass
+
+
+# ============================================================================ BlockDispatch
+async def block_dispatch(ctx: Ctx) -> StepResult:
+    if ctx.spec.dry_run:
+        return StepResult(StepState.SKIPPED, "dry run: dispatch left open")
+    job = await ctx.registry.block_dispatch(ctx.spec.job_name)
+    await ctx.events.emit(job, "job-cancelling", "Cancelling",
+                          f"{ctx.ref} blocked dispatch: {ctx.spec.reason or 'no reason given'}")
+    return StepResult(message="dispatch blocked; AgentJob phase Cancelling; new runner pods are refused at admission")
+
+
+# ============================================================================ ClassifyTasks / ComputeCascade
+async def classify_tasks_step(ctx: Ctx) -> StepResult:
+    tasks = await ctx.registry.list_tasks(ctx.spec.job_name)
+    cls = classify_tasks(tasks)
+    affected = job_affected_tasks(tasks, _reason(ctx))
+    _set_affected(ctx, affected)
+    ctx.status.progress.tasks_unaffected = len(cls.finished)
+    msg = f"{len(cls.running)} running, {len(cls.pending)} pending, {len(cls.finished)} finished (left as they are)"
+    if ctx.spec.dry_run:
+        await _dry_run(ctx, affected)
+    return StepResult(message=msg)
+
+
+async def compute_cascade_step(ctx: Ctx) -> StepResult:
+    tasks = await ctx.registry.list_tasks(ctx.spec.job_name)
+    assert ctx.spec.task_id is not None
+    affected, cascade = task_affected_tasks(tasks, ctx.spec.task_id, ctx.spec.cascade, _reason(ctx))
+    _set_affected(ctx, affected)
+    ctx.status.cascade_warnings = cascade.warnings
+    for w in cascade.warnings:
+        ctx.log.warning("dependency graph problem", detail=w)
+    dependents = len(affected) - 1
+    how = "cancelled" if ctx.spec.cascade else "blocked"
+    msg = f"task {ctx.spec.task_id} and {dependents} unfinished dependent(s) ({how})"
+    if cascade.warnings:
+        msg += "; " + "; ".join(cascade.warnings[:5])
+    if ctx.spec.dry_run:
+        await _dry_run(ctx, affected)
+    return StepResult(message=msg)
+
+
+def _set_affected(ctx: Ctx, affected: list[AffectedTask]) -> None:
+    ctx.status.affected_tasks = affected[:MAX_LISTED] if ctx.is_job else affected
+    if len(affected) > MAX_LISTED and ctx.is_job:
+        ctx.log.info("affected task list truncated in status", total=len(affected), listed=MAX_LISTED)
+
+
+def _reason(ctx: Ctx) -> str:
+    return ctx.spec.reason or f"cancelled by {ctx.ref}"
+
+
+async def _dry_run(ctx: Ctx, affected: list[AffectedTask]) -> None:
+    """Write what would be acted on, and end: nothing in the cluster is changed."""
+    only = ctx.cancelled_task_ids()
+    term = _terminator(ctx, Termination())
+    pods, _ = await term.list_runners()
+    sel = ctx.job_selector
+    leases = await ctx.cleaner.held_leases(sel, only)
+    scratch = await ctx.cleaner.labelled(sel, LABEL_SCRATCH, only)
+    artifacts = await ctx.cleaner.labelled(sel, LABEL_ARTIFACT, only)
+    plan = Plan(
+        runner_pods=sorted(p["metadata"]["name"] for p in pods)[:MAX_LISTED],
+        leases=sorted(o["metadata"]["name"] for o in leases)[:MAX_LISTED],
+        scratch_resources=sorted(f"{k.lower()}/{o['metadata']['name']}" for k, o in scratch)[:MAX_LISTED],
+        artifacts=sorted(f"{k.lower()}/{o['metadata']['name']}" for k, o in artifacts)[:MAX_LISTED],
+    )
+    if not ctx.spec.preserve_artifacts:
+        plan.scratch_resources += plan.artifacts
+    ctx.status.plan = plan
+    ctx.status.progress.runners_total = len(pods)
+    ctx.status.set_condition("DryRun", True, "DryRun",
+                             "dry run: status shows what would be affected; nothing was changed")
+    ctx.end(Phase.COMPLETED, f"dry run: would stop {len(pods)} runner(s), change {len(affected)} task(s), "
+                             f"release {len(leases)} lease(s), delete {len(plan.scratch_resources)} resource(s), "
+                             f"keep {0 if not ctx.spec.preserve_artifacts else len(artifacts)} artifact(s)")
+
+
+# ============================================================================ runners
+def _terminator(ctx: Ctx, state: Termination) -> RunnerTerminator:
+    async def forced(name: str) -> None:
+        await ctx.events.emit(ctx.body, f"forced-{name}", "RunnerForced",
+                              f"runner pod {name} force-deleted (grace {ctx.spec.effective_grace}s "
+                              f"+ {ctx.spec.escalate_after_seconds}s ran out)", "Warning")
+
+    def progress(t: Termination) -> None:
+        p = ctx.status.progress
+        p.runners_total = t.total
+        p.runners_terminated = t.terminated
+        p.runners_forced = len(t.forced & t.gone)
+        ctx.status.runner_summary = runner_summary(p.runners_terminated, p.runners_total, p.runners_forced)
+        ctx.changed()
+
+    return RunnerTerminator(
+        ctx.kube, ctx.namespace, ctx.runner_selector, grace=ctx.spec.effective_grace,
+        escalate_after=ctx.spec.escalate_after_seconds, stuck_timeout=ctx.settings.stuck_timeout,
+        concurrency=ctx.settings.concurrency, clock=ctx.clock, log=ctx.log, on_progress=progress,
+        on_forced=forced, adopt_new=ctx.is_job, owner=ctx.ref, task_filter=ctx.cancelled_task_ids(),
+    )
+
+
+async def signal_runners(ctx: Ctx) -> StepResult:
+    if ctx.spec.force:
+        return StepResult(StepState.SKIPPED, "force: runners are deleted without a cooperative stop")
+    term = _terminator(ctx, Termination())
+    pods, _ = await term.list_runners()
+    n = await term.signal(pods, _reason(ctx), ctx.ref)
+    return StepResult(message=f"{n} runner(s) annotated necrocode.io/cancel-requested")
+
+
+async def terminate_runners(ctx: Ctx) -> StepResult:
+    p = ctx.status.progress
+    prior = Termination(total=p.runners_total)
+    # resumed: what earlier runs recorded (outcomes) seeds the sets, so nothing is counted twice
+    for o in ctx.status.runner_outcomes:
+        if o.outcome in ("Terminated", "Forced", "AlreadyGone"):
+            prior.gone.add(o.pod)
+        if o.outcome == "Forced":
+            prior.forced.add(o.pod)
+        if o.outcome == "Stuck":
+            prior.stuck[o.pod] = "stuck"
+    missing = p.runners_terminated - len(prior.gone)
+    for i in range(max(0, missing)):  # counted before a restart but not listed by name
+        prior.gone.add(f"(earlier-{i})")
+    term = _terminator(ctx, prior)
+    out = await term.terminate(prior)
+    outcomes = [RunnerOutcome(pod=n, outcome="Forced") for n in sorted(out.forced & out.gone)]
+    outcomes += [RunnerOutcome(pod=n, outcome="Stuck") for n in sorted(out.stuck)]
+    outcomes += [RunnerOutcome(pod=n, outcome="Terminated") for n in sorted(out.gone - out.forced)
+                 if not n.startswith("(earlier-")]
+    ctx.status.runner_outcomes = outcomes[:MAX_LISTED]
+    for name, why in out.stuck.items():
+        ctx.status.add_error("TerminateRunners", f"pod/{name}", why)
+        await ctx.events.emit(ctx.body, f"stuck-{name}", "RunnerStuck", f"runner pod {name}: {why}", "Warning")
+    msg = f"{out.terminated}/{out.total} runner(s) gone, {len(out.forced & out.gone)} forced"
+    if out.stuck:
+        return StepResult(StepState.FAILED, msg + f", {len(out.stuck)} stuck")
+    return StepResult(message=msg)
+
+
+# ============================================================================ tasks
+async def update_task_states(ctx: Ctx) -> StepResult:
+    reason = _reason(ctx)
+    if ctx.is_job:
+        # level-triggered: every unfinished task of the job, plus those we already changed
+        tasks = await ctx.registry.list_tasks(ctx.spec.job_name)
+        targets = [a for a in job_affected_tasks(tasks, reason)]
+        targets += [
+            AffectedTask(task_id=task_id(t), name=t["metadata"]["name"],
+                         before=((t.get("status") or {}).get("cancellation") or {}).get("previousState", "Unknown"),
+                         after=TaskState.CANCELLED.value, reason=reason)
+            for t in tasks
+            if task_state(t) == TaskState.CANCELLED
+            and ((t.get("status") or {}).get("cancellation") or {}).get("cancelledBy") == ctx.name
+        ]
+        ctx.status.progress.tasks_unaffected = sum(
+            1 for t in tasks if task_state(t) in FINISHED_TASK_STATES
+            and ((t.get("status") or {}).get("cancellation") or {}).get("cancelledBy") != ctx.name)
+    else:
+        targets = list(ctx.status.affected_tasks)
+    res = await ctx.registry.apply(targets, by=ctx.name, requested_by=ctx.spec.requested_by, reason=reason)
+    p = ctx.status.progress
+    p.tasks_cancelled = sum(1 for a in res.changed if a.after == TaskState.CANCELLED.value)
+    p.tasks_blocked = sum(1 for a in res.changed if a.after == TaskState.BLOCKED.value)
+    if not ctx.is_job:
+        p.tasks_unaffected = len(res.unaffected)
+    if ctx.is_job:
+        before = {a.name: a.before for a in ctx.status.affected_tasks}
+        merged = [a if a.before != "Unknown" or a.name not in before else a.model_copy(update={"before": before[a.name]})
+                  for a in res.changed]
+        ctx.status.affected_tasks = sorted(merged, key=lambda a: a.name)[:MAX_LISTED]
+    else:  # mark those that finished meanwhile
+        left = {a.name: state for a, state in res.unaffected}
+        ctx.status.affected_tasks = [
+            a if a.name not in left else a.model_copy(update={"after": left[a.name],
+                                                              "reason": f"{left[a.name]} meanwhile; left as it is"})
+            for a in ctx.status.affected_tasks
+        ]
+    for a, msg, attempts in res.failed:
+        ctx.status.add_error("UpdateTaskStates", f"agenttask/{a.name}", msg, attempts)
+    await _task_events(ctx, res.changed)
+    if ctx.is_job:
+        job = await ctx.registry.set_job_phase(ctx.spec.job_name, JobPhase.CANCELLED, f"cancelled by {ctx.ref}: {reason}")
+        await ctx.events.emit(job, "job-cancelled", "Cancelled", f"cancelled by {ctx.ref}: {reason}")
+    msg = f"{p.tasks_cancelled} task(s) cancelled"
+    if p.tasks_blocked:
+        msg += f", {p.tasks_blocked} blocked"
+    msg += f", {p.tasks_unaffected} left as they were"
+    if res.failed:
+        return StepResult(StepState.FAILED, msg + f", {len(res.failed)} failed")
+    return StepResult(message=msg)
+
+
+async def _task_events(ctx: Ctx, changed: list[AffectedTask]) -> None:
+    async def one(a: AffectedTask) -> None:
+        involved = {"apiVersion": "necrocode.io/v1alpha1", "kind": "AgentTask",
+                    "metadata": {"name": a.name, "namespace": ctx.namespace, "uid": None}}
+        await ctx.events.emit(involved, f"task-{a.name}", a.after, f"{a.after} by {ctx.ref}: {a.reason}")
+
+    await bounded(changed, one, ctx.settings.concurrency)
+
+
+# ============================================================================ cleanup
+async def cleanup_resources(ctx: Ctx) -> StepResult:
+    out = await ctx.cleaner.cleanup(ctx.job_selector, ctx.spec.preserve_artifacts, ctx.affected_task_ids())
+    prior = ctx.status.cleanup or CleanupReport()
+    report = CleanupReport(
+        released=sorted(set(prior.released) | set(out.released)),
+        deleted=sorted(set(prior.deleted) | set(out.deleted)),
+        preserved=sorted(set(out.preserved) | set(prior.preserved)),
+        failed=sorted(f"{o}: {m}" for o, m, _ in out.failed),
+    )
+    p = ctx.status.progress
+    p.leases_released, p.resources_deleted, p.artifacts_preserved = (
+        len(report.released), len(report.deleted), len(report.preserved))
+    ctx.status.cleanup = CleanupReport(released=report.released[:MAX_LISTED], deleted=report.deleted[:MAX_LISTED],
+                                       preserved=report.preserved[:MAX_LISTED], failed=report.failed[:MAX_LISTED])
+    for obj, msg, attempts in out.failed:
+        ctx.status.add_error(ctx.step_name, obj, msg, attempts)
+    msg = (f"{p.leases_released} lease(s) released, {p.resources_deleted} resource(s) deleted, "
+           f"{p.artifacts_preserved} artifact(s) kept")
+    if out.failed:
+        return StepResult(StepState.FAILED, msg + f", {len(out.failed)} failed after retries")
+    return StepResult(message=msg)
+
+
+# ============================================================================ Verify
+async def verify(ctx: Ctx) -> StepResult:
+    findings = await _inspect(ctx)
+    if findings.clean:
+        return StepResult(message="no runner left, no lease held, no task live, job state consistent")
+    ctx.log.warning("inconsistency found; repairing once", remaining=findings.describe())
+    await _repair(ctx, findings)
+    await ctx.clock.sleep(1.0)
+    findings = await _inspect(ctx)
+    if findings.clean:
+        return StepResult(message="repaired an inconsistency; now consistent")
+    stuck = {e.object for e in ctx.status.errors}
+    for obj, msg in findings.describe():
+        if obj not in stuck:
+            ctx.status.add_error("Verify", obj, msg)
+    return StepResult(StepState.FAILED, f"{len(findings.describe())} inconsistency(ies) remain after one repair")
+
+
+async def _inspect(ctx: Ctx) -> VerifyFindings:
+    f = VerifyFindings()
+    term = _terminator(ctx, Termination())
+    pods, _ = await term.list_runners()
+    f.runner_pods = sorted(p["metadata"]["name"] for p in pods)
+    leases = await ctx.cleaner.held_leases(ctx.job_selector, ctx.affected_task_ids())
+    f.held_leases = sorted(o["metadata"]["name"] for o in leases)
+    tasks = await ctx.registry.list_tasks(ctx.spec.job_name)
+    live = {TaskState.PENDING, TaskState.READY, TaskState.RUNNING}
+    if ctx.is_job:
+        f.live_tasks = sorted(t["metadata"]["name"] for t in tasks if task_state(t) in live)
+        try:
+            job = await ctx.kube.get(ctx.registry.job_path(ctx.spec.job_name))
+            phase = (job.get("status") or {}).get("phase")
+            if phase != JobPhase.CANCELLED.value:
+                f.job_phase = phase or "unset"
+        except NotFound:
+            pass
+    else:
+        want = {a.name: a.after for a in ctx.status.affected_tasks}
+        f.live_tasks = sorted(t["metadata"]["name"] for t in tasks
+                              if t["metadata"]["name"] in want and task_state(t) in live
+                              and want[t["metadata"]["name"]] != task_state(t).value)
+    return f
+
+
+async def _repair(ctx: Ctx, f: VerifyFindings) -> None:
+    for name in f.runner_pods:
+        await ctx.kube.delete(core_path(ctx.namespace, "pods", name), grace_period_seconds=0)
+    if f.held_leases:
+        await ctx.cleaner.release_leases(ctx.job_selector, CleanupOutcome(), only=ctx.affected_task_ids())
+    if f.live_tasks:
+        await update_task_states(ctx)
+    if f.job_phase and ctx.is_job:
+        await ctx.registry.set_job_phase(ctx.spec.job_name, JobPhase.CANCELLED, f"cancelled by {ctx.ref}")
+
+
+# ============================================================================ the step lists
+StepFn = Callable[[Ctx], Awaitable[StepResult]]
+
+
+@dataclass(frozen=True)
+class StepDef:
+    name: str
+    run: StepFn
+    critical: bool = False
+    """A failed critical step ends the cancellation Failed; others make it PartiallyCompleted."""
+
+
+JOB_STEPS = (
+    StepDef("Validate", validate, critical=True),
+    StepDef("BlockDispatch", block_dispatch, critical=True),
+    StepDef("ClassifyTasks", classify_tasks_step, critical=True),
+    StepDef("SignalRunners", signal_runners),
+    StepDef("TerminateRunners", terminate_runners),
+    StepDef("UpdateTaskStates", update_task_states),
+    StepDef("CleanupResources", cleanup_resources),
+    StepDef("Verify", verify),
+)
+
+TASK_STEPS = (
+    StepDef("Validate", validate, critical=True),
+    StepDef("ComputeCascade", compute_cascade_step, critical=True),
+    StepDef("SignalRunners", signal_runners),
+    StepDef("TerminateRunners", terminate_runners),
+    StepDef("UpdateTaskStates", update_task_states),
+    StepDef("ReleaseResources", cleanup_resources),
+    StepDef("Verify", verify),
+)
+
+STEPS = {JOB_CANCELLATION: JOB_STEPS, TASK_CANCELLATION: TASK_STEPS}

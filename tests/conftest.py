@@ -1,0 +1,116 @@
+"""Test fixtures: a real control plane (local etcd + kube-apiserver + kwok, or $KUBECONFIG),
+the CRDs from crds/ applied, a fresh namespace per test, and the operator run in-process.
+
+Unit tests (tests/unit) never touch these fixtures and run without any server:
+`pytest -m "not cluster"`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "hack"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from kube_helpers import ClusterInfo, Kubectl  # noqa: E402
+
+# The namespaces the session's operator serves; tests that run their own operator use others.
+SHARED_NS_PREFIX = "nc-"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/cluster/" in str(item.fspath):
+            item.add_marker(pytest.mark.cluster)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[ClusterInfo]:
+    existing = os.environ.get("KUBECONFIG")
+    if existing:
+        yield ClusterInfo(kubeconfig=Path(existing), local=False, bins=None)
+        return
+    from localcluster import LocalCluster, bin_dir
+
+    bins = bin_dir()
+    state = Path(tempfile.mkdtemp(prefix="necrocode-test-cluster-"))
+    lc = LocalCluster(dir=state, nodes=int(os.environ.get("NECROCODE_KWOK_NODES", "3")),
+                      tie_to_parent=True, bins=bins)
+    started = time.monotonic()
+    kubeconfig = lc.up()
+    print(f"\nlocal control plane up in {time.monotonic() - started:.1f}s ({state})", file=sys.stderr)
+    try:
+        yield ClusterInfo(kubeconfig=kubeconfig, local=True, bins=bins, state_dir=state)
+    finally:
+        lc.down()
+
+
+@pytest.fixture(scope="session")
+def kube(cluster: ClusterInfo) -> Kubectl:
+    k = Kubectl(cluster.kubeconfig)
+    k.install_crds()
+    return k
+
+
+@pytest.fixture
+def namespace(kube: Kubectl) -> Iterator[str]:
+    ns = f"{SHARED_NS_PREFIX}{uuid.uuid4().hex[:8]}"
+    kube.create_namespace(ns)
+    yield ns
+    kube.delete_namespace(ns)
+
+
+@pytest.fixture
+def solo_namespace(kube: Kubectl) -> Iterator[str]:
+    """A namespace the session's operator does not serve (for tests that run their own)."""
+    ns = f"solo-{uuid.uuid4().hex[:8]}"
+    kube.create_namespace(ns)
+    yield ns
+    kube.delete_namespace(ns)
+
+
+@pytest.fixture(scope="session")
+def operator(kube: Kubectl, cluster: ClusterInfo) -> Iterator[None]:
+    """The operator, in-process (kopf's KopfRunner), serving the nc-* namespaces."""
+    from kopf.testing import KopfRunner
+
+    os.environ.update(operator_env(cluster))
+    runner = KopfRunner(["run", "--standalone", "-m", "necrocode.handlers",
+                         f"--namespace={SHARED_NS_PREFIX}*"], timeout=60)
+    with runner:
+        # the operator's own log, readable after a failure
+        from necrocode.logs import JsonFormatter
+
+        path = Path(os.environ.get("NECROCODE_TEST_OPERATOR_LOG", tempfile.gettempdir() + "/necrocode-operator.log"))
+        handler = logging.FileHandler(path, mode="w")
+        handler.setFormatter(JsonFormatter())
+        logging.getLogger("necrocode").addHandler(handler)
+        print(f"\noperator log: {path}", file=sys.stderr)
+        time.sleep(1.0)
+        yield
+        logging.getLogger("necrocode").removeHandler(handler)
+    if runner.exception is not None and not isinstance(runner.exception, SystemExit):
+        raise runner.exception
+
+
+def operator_env(cluster: ClusterInfo) -> dict[str, str]:
+    return {
+        "KUBECONFIG": str(cluster.kubeconfig),
+        "NECROCODE_KUBECONFIG": str(cluster.kubeconfig),
+        "NECROCODE_METRICS_PORT": os.environ.get("NECROCODE_METRICS_PORT", "0"),
+        "NECROCODE_RETRY_ATTEMPTS": "3",
+        "NECROCODE_RETRY_BASE_SECONDS": "0.2",
+        "NECROCODE_STUCK_TIMEOUT_SECONDS": "4",
+        "NECROCODE_STATUS_WRITE_INTERVAL": "0.3",
+        "NECROCODE_LOG_FORMAT": "json",
+    }

@@ -1,0 +1,213 @@
+"""Synchronous helpers for tests: talk to the real API server with the official client, build
+NecroCode objects (jobs, tasks, runner pods, leases, artifacts), and wait for conditions."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+REPO = Path(__file__).resolve().parent.parent
+G, V = "necrocode.io", "v1alpha1"
+T = TypeVar("T")
+
+
+@dataclass
+class ClusterInfo:
+    kubeconfig: Path
+    local: bool
+    bins: Path | None
+    state_dir: Path | None = None
+
+
+def wait_for(fn: Callable[[], T], timeout: float = 30.0, interval: float = 0.2, what: str = "condition") -> T:
+    """Poll fn until it returns something truthy; fail with the last value after timeout."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = fn()
+        except ApiException as exc:
+            last = exc
+        if last and not isinstance(last, ApiException):
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+class Kubectl:
+    def __init__(self, kubeconfig: Path):
+        self.kubeconfig = kubeconfig
+        self.api = config.new_client_from_config(config_file=str(kubeconfig))
+        self.api.configuration.connection_pool_maxsize = 32
+        self.core = client.CoreV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
+        self.coord = client.CoordinationV1Api(self.api)
+        self.ext = client.ApiextensionsV1Api(self.api)
+        self.auth = client.AuthorizationV1Api(self.api)
+        self.authn = client.AuthenticationV1Api(self.api)
+        self.rbac = client.RbacAuthorizationV1Api(self.api)
+        self.adm = client.AdmissionregistrationV1Api(self.api)
+
+    # ------------------------------------------------------------------ setup
+    def install_crds(self) -> None:
+        for path in sorted((REPO / "crds").glob("*.yaml")):
+            self.apply_crd(yaml.safe_load(path.read_text()))
+        for doc in yaml.safe_load_all((REPO / "deploy" / "admission-policy.yaml").read_text()):
+            self.apply_admission(doc)
+        for path in sorted((REPO / "crds").glob("*.yaml")):
+            name = yaml.safe_load(path.read_text())["metadata"]["name"]
+            wait_for(lambda n=name: any(c.type == "Established" and c.status == "True"
+                                        for c in (self.ext.read_custom_resource_definition(n).status.conditions or [])),
+                     what=f"CRD {name} established")
+        wait_for(self._crds_served, what="CRDs served")
+
+    def _crds_served(self) -> bool:
+        try:
+            self.custom.list_cluster_custom_object(G, V, "jobcancellations", limit=1)
+            return True
+        except ApiException:
+            return False
+
+    def apply_crd(self, doc: dict[str, Any]) -> None:
+        name = doc["metadata"]["name"]
+        try:
+            cur = self.ext.read_custom_resource_definition(name)
+            doc["metadata"]["resourceVersion"] = cur.metadata.resource_version
+            self.ext.replace_custom_resource_definition(name, doc)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            self.ext.create_custom_resource_definition(doc)
+
+    def apply_admission(self, doc: dict[str, Any]) -> None:
+        name = doc["metadata"]["name"]
+        if doc["kind"] == "ValidatingAdmissionPolicy":
+            read, create, replace = (self.adm.read_validating_admission_policy,
+                                     self.adm.create_validating_admission_policy,
+                                     self.adm.replace_validating_admission_policy)
+        else:
+            read, create, replace = (self.adm.read_validating_admission_policy_binding,
+                                     self.adm.create_validating_admission_policy_binding,
+                                     self.adm.replace_validating_admission_policy_binding)
+        try:
+            cur = read(name)
+            doc["metadata"]["resourceVersion"] = cur.metadata.resource_version
+            replace(name, doc)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            create(doc)
+
+    def create_namespace(self, ns: str) -> None:
+        self.core.create_namespace({"metadata": {"name": ns}})
+        wait_for(lambda: self.core.read_namespaced_service_account("default", ns), what="default ServiceAccount")
+
+    def delete_namespace(self, ns: str) -> None:
+        try:
+            self.core.delete_namespace(ns, grace_period_seconds=0)
+        except ApiException:
+            pass
+
+    # ------------------------------------------------------------------ NecroCode objects
+    def create_job(self, ns: str, name: str, phase: str = "Running") -> dict[str, Any]:
+        self.custom.create_namespaced_custom_object(G, V, ns, "agentjobs", {
+            "apiVersion": f"{G}/{V}", "kind": "AgentJob", "metadata": {"name": name},
+            "spec": {"dispatch": {"blocked": False}}})
+        return self.patch_status("agentjobs", ns, name, {"phase": phase})
+
+    def create_task(self, ns: str, job: str, task_id: str, state: str = "Pending",
+                    depends_on: list[str] | None = None, runner: str | None = None,
+                    slot: str | None = None) -> dict[str, Any]:
+        name = f"{job}-{task_id}"
+        self.custom.create_namespaced_custom_object(G, V, ns, "agenttasks", {
+            "apiVersion": f"{G}/{V}", "kind": "AgentTask",
+            "metadata": {"name": name, "labels": {"necrocode.io/job": job, "necrocode.io/task": task_id}},
+            "spec": {"job": job, "taskId": task_id, "dependsOn": depends_on or []}})
+        status: dict[str, Any] = {"state": state}
+        if runner:
+            status["runner"] = runner
+        if slot:
+            status["repoSlot"] = slot
+        return self.patch_status("agenttasks", ns, name, status)
+
+    def patch_status(self, plural: str, ns: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        return self.custom.patch_namespaced_custom_object_status(G, V, ns, plural, name, {"status": status})
+
+    def create_runner(self, ns: str, job: str, task_id: str, stop: str = "immediate", after: int | None = None,
+                      name: str | None = None, node: str = "kwok-node-0", finalizers: list[str] | None = None,
+                      grace: int = 30) -> dict[str, Any]:
+        """A runner pod on a kwok node. stop: immediate | slow (after N s, within grace) | never (lost node)."""
+        name = name or f"{job}-{task_id}-runner"
+        meta: dict[str, Any] = {"name": name, "labels": {
+            "necrocode.io/job": job, "necrocode.io/task": task_id, "necrocode.io/role": "runner",
+            "necrocode.io/kwok-stop": stop}}
+        if after is not None:
+            meta["annotations"] = {"necrocode.io/kwok-stop-after-seconds": str(after)}
+        if finalizers:
+            meta["finalizers"] = finalizers
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": {
+            "nodeName": node, "terminationGracePeriodSeconds": grace, "automountServiceAccountToken": False,
+            "containers": [{"name": "runner", "image": "necrocode/runner:test"}]}}
+        return self.api.sanitize_for_serialization(self.core.create_namespaced_pod(ns, pod))
+
+    def create_lease(self, ns: str, name: str, pool: str = "pool-a", job: str | None = None,
+                     task_id: str | None = None, holder: str | None = None) -> None:
+        labels = {"necrocode.io/repo-pool": pool}
+        if job:
+            labels["necrocode.io/job"] = job
+        if task_id:
+            labels["necrocode.io/task"] = task_id
+        spec: dict[str, Any] = {"leaseDurationSeconds": 3600}
+        if holder:
+            spec["holderIdentity"] = holder
+        self.coord.create_namespaced_lease(ns, {"metadata": {"name": name, "labels": labels}, "spec": spec})
+
+    def create_configmap(self, ns: str, name: str, job: str, marker: str, task_id: str | None = None) -> None:
+        labels = {"necrocode.io/job": job, f"necrocode.io/{marker}": "true"}
+        if task_id:
+            labels["necrocode.io/task"] = task_id
+        self.core.create_namespaced_config_map(ns, {"metadata": {"name": name, "labels": labels},
+                                                    "data": {"k": "v"}})
+
+    def create_pvc(self, ns: str, name: str, job: str, marker: str) -> None:
+        self.core.create_namespaced_persistent_volume_claim(ns, {
+            "metadata": {"name": name, "labels": {"necrocode.io/job": job, f"necrocode.io/{marker}": "true"}},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})
+
+    def cancel_job(self, ns: str, name: str, job: str, **spec: Any) -> dict[str, Any]:
+        return self.custom.create_namespaced_custom_object(G, V, ns, "jobcancellations", {
+            "apiVersion": f"{G}/{V}", "kind": "JobCancellation", "metadata": {"name": name},
+            "spec": {"jobName": job, **spec}})
+
+    def cancel_task(self, ns: str, name: str, job: str, task_id: str, **spec: Any) -> dict[str, Any]:
+        return self.custom.create_namespaced_custom_object(G, V, ns, "taskcancellations", {
+            "apiVersion": f"{G}/{V}", "kind": "TaskCancellation", "metadata": {"name": name},
+            "spec": {"jobName": job, "taskId": task_id, **spec}})
+
+    def get(self, plural: str, ns: str, name: str) -> dict[str, Any]:
+        return self.custom.get_namespaced_custom_object(G, V, ns, plural, name)
+
+    def wait_phase(self, plural: str, ns: str, name: str, timeout: float = 60.0) -> dict[str, Any]:
+        terminal = {"Completed", "PartiallyCompleted", "Failed", "Rejected"}
+
+        def done() -> dict[str, Any] | None:
+            obj = self.get(plural, ns, name)
+            return obj if (obj.get("status") or {}).get("phase") in terminal else None
+
+        return wait_for(done, timeout=timeout, what=f"{plural}/{name} to finish")
+
+    def task(self, ns: str, job: str, task_id: str) -> dict[str, Any]:
+        return self.get("agenttasks", ns, f"{job}-{task_id}")
+
+    def pods(self, ns: str, selector: str) -> list[Any]:
+        return list(self.core.list_namespaced_pod(ns, label_selector=selector).items)
+
+    def events_for(self, ns: str, name: str) -> list[Any]:
+        return [e for e in self.core.list_namespaced_event(ns).items if e.involved_object.name == name]

@@ -1,0 +1,195 @@
+"""Pure planning logic: classification, cascade, escalation deadlines, retry schedule."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from necrocode.model import Phase
+from necrocode.planning import (
+    RetryPolicy,
+    VerifyFindings,
+    classify_tasks,
+    compute_cascade,
+    escalation_delay,
+    final_phase,
+    job_affected_tasks,
+    next_wakeup,
+    runner_clock,
+    runner_summary,
+    task_affected_tasks,
+)
+
+T0 = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
+
+
+def task(tid: str, state: str | None = "Pending", deps: list[str] | None = None, runner: str | None = None
+         ) -> dict[str, Any]:
+    status: dict[str, Any] = {}
+    if state:
+        status["state"] = state
+    if runner:
+        status["runner"] = runner
+    return {"metadata": {"name": f"job-{tid}", "labels": {"necrocode.io/task": tid}},
+            "spec": {"taskId": tid, "dependsOn": deps or []}, "status": status}
+
+
+# ----------------------------------------------------------------------------- classification
+def test_classify_splits_running_pending_and_finished() -> None:
+    tasks = [task("a", "Running", runner="pa"), task("b", "Pending"), task("c", "Ready"), task("d", "Blocked"),
+             task("e", "Done"), task("f", "Failed"), task("g", "Cancelled"), task("h", None),
+             task("i", "Ready", runner="pi")]
+    c = classify_tasks(tasks)
+    assert c.running == ("job-a", "job-i")
+    assert c.pending == ("job-b", "job-c", "job-d", "job-h")
+    assert c.finished == ("job-e", "job-f", "job-g")
+
+
+def test_job_affected_tasks_leave_finished_ones_alone() -> None:
+    out = job_affected_tasks([task("a", "Running", runner="pa"), task("b", "Done"), task("c", "Pending")], "stop")
+    assert [(a.task_id, a.before, a.after, a.runner) for a in out] == [
+        ("a", "Running", "Cancelled", "pa"), ("c", "Pending", "Cancelled", None)]
+
+
+# ----------------------------------------------------------------------------- cascade
+def test_cascade_of_a_chain() -> None:
+    c = compute_cascade("a", {"a": [], "b": ["a"], "c": ["b"], "d": ["c"]})
+    assert c.dependents == ("b", "c", "d")
+    assert not c.warnings
+
+
+def test_cascade_of_a_diamond_visits_each_once() -> None:
+    c = compute_cascade("a", {"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"], "x": []})
+    assert c.dependents == ("b", "c", "d")
+
+
+def test_cascade_from_the_middle_leaves_upstream_alone() -> None:
+    c = compute_cascade("b", {"a": [], "b": ["a"], "c": ["b"], "d": ["a"]})
+    assert c.dependents == ("c",)
+
+
+def test_cascade_tolerates_a_cycle_and_reports_it() -> None:
+    c = compute_cascade("a", {"a": ["c"], "b": ["a"], "c": ["b"]})
+    assert c.dependents == ("b", "c")
+    assert c.cycles
+    assert any("cycle" in w for w in c.warnings)
+
+
+def test_cascade_reports_a_cycle_among_dependents() -> None:
+    c = compute_cascade("a", {"a": [], "b": ["a", "c"], "c": ["b"]})
+    assert c.dependents == ("b", "c")
+    assert set(c.cycles) == {"b", "c"}
+
+
+def test_cascade_reports_dangling_references() -> None:
+    c = compute_cascade("a", {"a": ["ghost"], "b": ["a"]})
+    assert c.dependents == ("b",)
+    assert c.dangling == ("a",)
+    assert any("does not exist" in w for w in c.warnings)
+
+
+def test_cascade_of_a_long_chain_is_fast_and_complete() -> None:
+    n = 5000
+    graph = {f"t{i}": ([f"t{i - 1}"] if i else []) for i in range(n)}
+    c = compute_cascade("t0", graph)
+    assert len(c.dependents) == n - 1
+    assert not c.cycles
+
+
+@st.composite
+def dags(draw: st.DrawFn) -> dict[str, list[str]]:
+    n = draw(st.integers(min_value=1, max_value=25))
+    names = [f"t{i}" for i in range(n)]
+    graph: dict[str, list[str]] = {}
+    for i, name in enumerate(names):
+        graph[name] = draw(st.lists(st.sampled_from(names[:i]), unique=True, max_size=3)) if i else []
+    return graph
+
+
+@settings(max_examples=200, deadline=None)
+@given(dags(), st.data())
+def test_cascade_property_dependents_closed_and_nothing_else(graph: dict[str, list[str]], data: st.DataObject) -> None:
+    root = data.draw(st.sampled_from(sorted(graph)))
+    c = compute_cascade(root, graph)
+    cancelled = {root, *c.dependents}
+    # every cancelled task's dependents are cancelled
+    for t, needs in graph.items():
+        if any(n in cancelled for n in needs):
+            assert t in cancelled
+    # nothing outside the transitive dependents is touched: each one really depends on root
+    for t in c.dependents:
+        frontier, seen = [t], set()
+        found = False
+        while frontier:
+            x = frontier.pop()
+            if x == root:
+                found = True
+                break
+            if x not in seen:
+                seen.add(x)
+                frontier.extend(graph[x])
+        assert found, t
+
+
+def test_task_affected_tasks_cascade_and_no_cascade() -> None:
+    tasks = [task("a", "Running", runner="pa"), task("b", "Pending", ["a"]), task("c", "Done", ["a"]),
+             task("d", "Ready", ["b"]), task("e", "Pending")]
+    out, _ = task_affected_tasks(tasks, "a", True, "stop it")
+    assert [(a.task_id, a.after) for a in out] == [("a", "Cancelled"), ("b", "Cancelled"), ("d", "Cancelled")]
+    assert out[1].reason == "dependency a cancelled"
+    out, _ = task_affected_tasks(tasks, "a", False, "stop it")
+    assert [(a.task_id, a.after) for a in out] == [("a", "Cancelled"), ("b", "Blocked"), ("d", "Blocked")]
+
+
+# ----------------------------------------------------------------------------- escalation
+def pod(deleted_at: datetime | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": "p"}
+    if deleted_at:
+        meta["deletionTimestamp"] = deleted_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"metadata": meta}
+
+
+def test_escalation_is_due_grace_plus_escalate_after() -> None:
+    # deleted at T0 with 30 s grace -> deletionTimestamp T0+30; escalate 10 s later
+    clock = runner_clock(pod(T0 + timedelta(seconds=30)), 10)
+    assert escalation_delay(clock, T0) == 40
+    assert escalation_delay(clock, T0 + timedelta(seconds=39)) == 1
+    assert escalation_delay(clock, T0 + timedelta(seconds=40)) == 0
+    assert escalation_delay(clock, T0 + timedelta(seconds=400)) == 0
+
+
+def test_escalation_of_a_pod_not_deleted_yet_is_unknown() -> None:
+    assert escalation_delay(runner_clock(pod(None), 10), T0) is None
+
+
+def test_next_wakeup_is_the_nearest_deadline_under_a_ceiling() -> None:
+    assert next_wakeup([None, 12.0, 3.5], ceiling=5.0) == 3.5
+    assert next_wakeup([None, 12.0], ceiling=5.0) == 5.0
+    assert next_wakeup([], ceiling=5.0) == 5.0
+
+
+# ----------------------------------------------------------------------------- retries / outcome
+def test_retry_schedule_is_exponential_and_capped() -> None:
+    assert RetryPolicy(attempts=5, base_seconds=0.5, factor=2, max_seconds=3).delays() == [0.5, 1.0, 2.0, 3.0]
+    assert RetryPolicy(attempts=1).delays() == []
+
+
+def test_final_phase() -> None:
+    assert final_phase(0, False) == Phase.COMPLETED
+    assert final_phase(2, False) == Phase.PARTIALLY_COMPLETED
+    assert final_phase(0, True) == Phase.FAILED
+
+
+def test_verify_findings_describe_what_remains() -> None:
+    f = VerifyFindings(runner_pods=["p1"], held_leases=["l1"], live_tasks=["t1"], job_phase="Running")
+    assert not f.clean
+    assert [o for o, _ in f.describe()] == ["pod/p1", "lease/l1", "agenttask/t1", "agentjob"]
+    assert VerifyFindings().clean
+
+
+def test_runner_summary() -> None:
+    assert runner_summary(3, 5, 0) == "3/5"
+    assert runner_summary(5, 5, 2) == "5/5 (2 forced)"
