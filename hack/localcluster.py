@@ -68,10 +68,12 @@ def free_port() -> int:
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Ask the kernel to SIGTERM this child when the process that started it dies, so an
-    interrupted or killed test run leaves no control-plane process behind."""
+    """Ask the kernel to SIGKILL this child when the process that started it dies, so an
+    interrupted or killed test run leaves no control-plane process behind. (SIGKILL, not
+    SIGTERM: kube-apiserver's graceful shutdown can hang once etcd is gone; a test cluster's
+    state is thrown away anyway.)"""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     os.setsid()
 
 

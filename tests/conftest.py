@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kube_helpers import ClusterInfo, Kubectl  # noqa: E402
 
 # The namespaces the session's operator serves; tests that run their own operator use others.
-SHARED_NS_PREFIX = "nc-"
+SHARED_NS_PREFIX = os.environ.get("NECROCODE_TEST_NS_PREFIX", "nc-")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -80,11 +80,19 @@ def solo_namespace(kube: Kubectl) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def operator(kube: Kubectl, cluster: ClusterInfo) -> Iterator[None]:
-    """The operator, in-process (kopf's KopfRunner), serving the nc-* namespaces."""
+def metrics_port() -> int:
+    from localcluster import free_port
+
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def operator(kube: Kubectl, cluster: ClusterInfo, metrics_port: int) -> Iterator[None]:
+    """The operator, in-process (kopf's KopfRunner), serving the nc-* namespaces, with its
+    Prometheus endpoint on 127.0.0.1:<metrics_port>."""
     from kopf.testing import KopfRunner
 
-    os.environ.update(operator_env(cluster))
+    os.environ.update(operator_env(cluster, metrics_port))
     runner = KopfRunner(["run", "--standalone", "-m", "necrocode.handlers",
                          f"--namespace={SHARED_NS_PREFIX}*"], timeout=60)
     with runner:
@@ -103,11 +111,12 @@ def operator(kube: Kubectl, cluster: ClusterInfo) -> Iterator[None]:
         raise runner.exception
 
 
-def operator_env(cluster: ClusterInfo) -> dict[str, str]:
+def operator_env(cluster: ClusterInfo, metrics_port: int = 0) -> dict[str, str]:
     return {
         "KUBECONFIG": str(cluster.kubeconfig),
         "NECROCODE_KUBECONFIG": str(cluster.kubeconfig),
-        "NECROCODE_METRICS_PORT": os.environ.get("NECROCODE_METRICS_PORT", "0"),
+        "NECROCODE_METRICS_PORT": str(metrics_port),
+        "NECROCODE_METRICS_ADDR": "127.0.0.1",
         "NECROCODE_RETRY_ATTEMPTS": "3",
         "NECROCODE_RETRY_BASE_SECONDS": "0.2",
         "NECROCODE_STUCK_TIMEOUT_SECONDS": "4",

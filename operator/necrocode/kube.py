@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -133,6 +134,8 @@ class Credentials:
 def load_credentials(kubeconfig: str | None = None, context: str | None = None) -> Credentials:
     """Kubeconfig (explicit path, $KUBECONFIG or ~/.kube/config) or the in-cluster ServiceAccount."""
     cfg = k8s_client.Configuration()
+    # read $KUBECONFIG now: the client library reads it once, at import time
+    kubeconfig = kubeconfig or os.environ.get("KUBECONFIG") or None
     try:
         k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
             config_file=kubeconfig, context=context, client_configuration=cfg)

@@ -160,7 +160,7 @@ class CancellationService:
         step.message = result.message
         step.finished_at = iso(self.clock.now())
         metrics.STEP_DURATION.labels(kind=ctx.kind, step=d.name).observe(duration)
-        if result.state == StepState.FAILED:
+        if result.state == StepState.FAILED and not ctx.stop:  # a rejection is not a failure
             metrics.FAILURES.labels(kind=ctx.kind, step=d.name).inc()
         await tracker.flush()
         await ctx.events.emit(ctx.body, f"step-{d.name}-done", f"{d.name}{result.state.value}",

@@ -24,6 +24,17 @@ def service() -> CancellationService:
     return _service
 
 
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In-cluster ServiceAccount, else the kubeconfig named by $NECROCODE_KUBECONFIG or
+    $KUBECONFIG (read at login time), else the client library's own discovery."""
+    path = os.environ.get("NECROCODE_KUBECONFIG")
+    if path:
+        os.environ["KUBECONFIG"] = path
+    info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    return info or kopf.login_via_client(**kwargs)
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     global _service, _metrics_started

@@ -1,0 +1,75 @@
+"""Level-triggered: an operator killed in the middle of TerminateRunners is started again and
+finishes the same cancellation without acting twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from conftest import operator_env
+from kube_helpers import ClusterInfo, Kubectl, wait_for
+
+
+def start_operator(cluster: ClusterInfo, ns: str, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **operator_env(cluster)}
+    return subprocess.Popen([sys.executable, "-m", "necrocode.main", "--namespace", ns, "--liveness", ""],
+                            env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+
+
+def test_operator_killed_during_terminate_runners_resumes(kube: Kubectl, cluster: ClusterInfo,
+                                                          solo_namespace: str, tmp_path: Path) -> None:
+    ns = solo_namespace
+    kube.create_job(ns, "job")
+    kube.create_runner(ns, "job", "fast", stop="immediate")
+    kube.create_task(ns, "job", "fast", "Running", runner="job-fast-runner")
+    for t in ("lost1", "lost2"):
+        kube.create_runner(ns, "job", t, stop="never")
+        kube.create_task(ns, "job", t, "Running", runner=f"job-{t}-runner")
+    kube.create_task(ns, "job", "pending", "Pending")
+    kube.create_lease(ns, "slot-fast", job="job", task_id="fast", holder="job-fast-runner")
+    log = tmp_path / "operator.log"
+    first = start_operator(cluster, ns, log)
+    try:
+        kube.cancel_job(ns, "stop", "job", gracePeriodSeconds=4, escalateAfterSeconds=2)
+
+        def terminating() -> dict[str, Any] | None:
+            st = kube.get("jobcancellations", ns, "stop").get("status") or {}
+            steps = {s["name"]: s["state"] for s in st.get("steps", [])}
+            return st if steps.get("TerminateRunners") == "Running" and \
+                st.get("progress", {}).get("runnersTerminated") == 1 else None
+
+        wait_for(terminating, timeout=30, what="TerminateRunners under way")
+        stuck = kube.pods(ns, "necrocode.io/role=runner")
+        assert len(stuck) == 2 and all(p.metadata.deletion_timestamp for p in stuck)
+        deleted_at = {p.metadata.name: p.metadata.deletion_timestamp for p in stuck}
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+
+    second = start_operator(cluster, ns, log)
+    try:
+        st = kube.wait_phase("jobcancellations", ns, "stop", timeout=60)["status"]
+    finally:
+        second.terminate()
+        second.wait(timeout=20)
+    assert st["phase"] == "Completed", (st, log.read_text()[-3000:])
+    p = st["progress"]
+    assert (p["runnersTotal"], p["runnersTerminated"], p["runnersForced"]) == (3, 3, 2)
+    assert (p["tasksCancelled"], p["leasesReleased"]) == (4, 1)
+    assert kube.pods(ns, "necrocode.io/job=job") == []
+    # the grace the first operator gave was not restarted by the second
+    assert set(deleted_at) == {"job-lost1-runner", "job-lost2-runner"}
+    # nothing acted on twice: one event per step transition, one per forced runner
+    reasons = Counter(e.reason for e in kube.events_for(ns, "stop"))
+    assert reasons["Started"] == 1
+    assert reasons["TerminateRunnersStarted"] == 1
+    assert reasons["TerminateRunnersSucceeded"] == 1
+    assert reasons["RunnerForced"] == 2
+    assert reasons["Completed"] == 1
+    for t in ("fast", "lost1", "lost2", "pending"):
+        assert kube.task(ns, "job", t)["status"]["cancellation"]["cancelledBy"] == "stop"
