@@ -5,7 +5,7 @@ CACHE ?= $(HOME)/.cache/necrocode
 CLUSTER_DIR ?= $(CACHE)/cluster
 export NECROCODE_CACHE := $(CACHE)
 
-.PHONY: help venv tools cluster-up cluster-down cluster-status test unit lint crds demo run clean
+.PHONY: help system-deps venv tools cluster-up cluster-down cluster-status test unit lint crds demo run clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -38,7 +38,7 @@ crds: venv ## regenerate crds/ from hack/gen_crds.py
 unit: venv ## unit tests only (no server)
 	@$(PY) -m pytest -m "not cluster" -q
 
-test: venv tools lint ## the whole suite: lint, unit and real-control-plane tests, leftover check
+test: system-deps venv tools lint ## the whole suite: lint, unit and real-control-plane tests, leftover check
 	@$(PY) -m pytest -q
 	@hack/check-leftovers.sh
 
@@ -50,3 +50,6 @@ run: venv ## run the operator against $$KUBECONFIG (text logs)
 
 clean: cluster-down ## stop the cluster and remove .venv
 	rm -rf .venv
+
+system-deps: ## openssl and promtool (apt-get, when missing and run as root)
+	@hack/system-deps.sh

@@ -67,12 +67,12 @@ class CancellationService:
         status = ctx.status
         if status.terminal:
             return status
-        kind_label = ctx.kind
-        metrics.IN_PROGRESS.labels(kind=kind_label).inc()
+        metrics.IN_PROGRESS.labels(kind=ctx.kind).inc()
+        ctx.in_progress = True
         try:
             return await self._run(ctx, tracker)
         finally:
-            metrics.IN_PROGRESS.labels(kind=kind_label).dec()
+            _leave(ctx)
 
     async def _run(self, ctx: Ctx, tracker: CancellationTracker) -> CancellationStatus:
         status = ctx.status
@@ -119,13 +119,16 @@ class CancellationService:
                 status.message = _summary(status)
         status.completed_at = iso(self.clock.now())
         status.set_condition("Complete", True, status.phase.value, status.message or "")
-        await ctx.events.emit(ctx.body, "finished", status.phase.value, status.message or "",
-                              "Normal" if status.phase == Phase.COMPLETED else "Warning")
-        await tracker.flush()
+        # metrics and the final event first, the terminal status last: whoever sees the final
+        # phase also sees its counters and its event
         elapsed = _elapsed(status)
+        _leave(ctx)
         metrics.REQUESTS.labels(kind=ctx.kind, result=status.phase.value).inc()
         if elapsed is not None:
             metrics.DURATION.labels(kind=ctx.kind).observe(elapsed)
+        await ctx.events.emit(ctx.body, "finished", status.phase.value, status.message or "",
+                              "Normal" if status.phase == Phase.COMPLETED else "Warning")
+        await tracker.flush()
         ctx.log.info("cancellation finished", phase=status.phase.value, duration=elapsed,
                      message=status.message, progress=status.progress.dump(), errors=len(status.errors))
         return status
@@ -168,6 +171,12 @@ class CancellationService:
                               "Warning" if result.state == StepState.FAILED else "Normal")
         log.info("step finished", state=result.state.value, duration=round(duration, 3), message=result.message)
         return result
+
+
+def _leave(ctx: Ctx) -> None:
+    if ctx.in_progress:
+        ctx.in_progress = False
+        metrics.IN_PROGRESS.labels(kind=ctx.kind).dec()
 
 
 def _summary(status: CancellationStatus) -> str:

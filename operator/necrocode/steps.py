@@ -87,6 +87,7 @@ class Ctx:
     stop: bool = False
     final: tuple[Phase, str] | None = None
     step_name: str = ""
+    in_progress: bool = False
     job: Obj | None = None
 
     @property
