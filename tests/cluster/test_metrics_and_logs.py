@@ -11,8 +11,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from kube_helpers import Kubectl
 from prometheus_client.parser import text_string_to_metric_families
+
+from kube_helpers import Kubectl
 
 pytestmark = pytest.mark.usefixtures("operator")
 

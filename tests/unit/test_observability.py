@@ -13,7 +13,7 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
-import necrocode.metrics  # noqa: F401  (registers the metrics)
+import necrocode.metrics
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "deploy" / "prometheus" / "necrocode-alerts.yaml"
