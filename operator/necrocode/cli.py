@@ -46,6 +46,7 @@ from necrocode.model import (
     CancellationResult,
     CancellationStatus,
     Phase,
+    RunnerOutcome,
     StepState,
     now_utc,
     parse_time,
@@ -263,10 +264,12 @@ def connect(kubeconfig: str | None, context: str | None, namespace: str | None, 
     path = kubeconfig or os.environ.get("KUBECONFIG") or None
     cfg = client.Configuration()
     try:
-        load: Any = config.load_kube_config
-        load(config_file=path, context=context, client_configuration=cfg, persist_config=False)
         list_contexts: Any = config.list_kube_config_contexts
         contexts, active = list_contexts(config_file=path)
+        if context and context not in {c.get("name") for c in contexts}:
+            raise CliError(f'context "{context}" not found in the kubeconfig', EXIT_UNREACHABLE)
+        load: Any = config.load_kube_config
+        load(config_file=path, context=context, client_configuration=cfg, persist_config=False)
     except (ConfigException, OSError, yaml.YAMLError) as exc:
         raise map_exception(exc if isinstance(exc, ConfigException) else ConfigException(str(exc))) from None
     current = next((c for c in contexts if c.get("name") == context), None) if context else active
@@ -378,7 +381,8 @@ def progress_facts(r: CancellationResult) -> list[tuple[str, str]]:
     """The live facts of a cancellation, as (key, text); a plain-output line is printed when
     a key's text changes."""
     st, p = r.status, r.status.progress
-    facts: list[tuple[str, str]] = [("phase", f"phase {st.phase.value}" + (f": {st.message}" if st.message else ""))]
+    phase = ("phase", f"phase {st.phase.value}" + (f": {st.message}" if st.message else ""))
+    facts: list[tuple[str, str]] = [] if st.terminal else [phase]
     for s in st.steps:
         if s.state == StepState.PENDING:
             continue
@@ -400,7 +404,7 @@ def progress_facts(r: CancellationResult) -> list[tuple[str, str]]:
     for e in st.errors:
         facts.append((f"error/{e.step}/{e.object}", f"error in {e.step} on {e.object} "
                                                     f"(attempt {e.attempts}): {e.message}"))
-    return facts
+    return facts + ([phase] if st.terminal else [])
 
 
 def bar(done: int, total: int, width: int = 20) -> str:
@@ -455,10 +459,17 @@ def summary(r: CancellationResult, obj: Obj) -> list[str]:
         if len(st.affected_tasks) > 50:
             lines.append(f"  ... and {len(st.affected_tasks) - 50} more (-o yaml shows all)")
     if st.progress.runners_total or st.runner_outcomes:
-        lines.append(f"runners: {runners_text(st)} terminated")
-        rows = [[o.pod, o.task or "-", o.outcome, fmt_duration(o.seconds)] for o in st.runner_outcomes[:50]]
-        if rows:
-            lines += table(["POD", "TASK", "OUTCOME", "TOOK"], rows, indent="  ")
+        forced = [o.pod for o in st.runner_outcomes if o.outcome == "Forced"]
+        lines.append(f"runners terminated: {runners_text(st)}" + (f"; forced: {capped(forced)}" if forced else ""))
+        outcomes = st.runner_outcomes[:50]
+        cols: list[tuple[str, Callable[[RunnerOutcome], str]]] = [("POD", lambda o: o.pod),
+                                                                   ("OUTCOME", lambda o: o.outcome)]
+        if any(o.task for o in outcomes):
+            cols.insert(1, ("TASK", lambda o: o.task or "-"))
+        if any(o.seconds is not None for o in outcomes):
+            cols.append(("TOOK", lambda o: fmt_duration(o.seconds)))
+        if outcomes:
+            lines += table([c[0] for c in cols], [[f(o) for _, f in cols] for o in outcomes], indent="  ")
     if st.cleanup is not None and any((st.cleanup.released, st.cleanup.deleted, st.cleanup.preserved,
                                        st.cleanup.failed)):
         lines.append("resources:")
@@ -969,7 +980,7 @@ def cancellations(ctx: click.Context, limit: int | None, token: str | None, job_
 
 
 def main() -> None:
-    cli.main(prog_name=os.path.basename(sys.argv[0]) if "kubectl" in sys.argv[0] else "necrocode")
+    cli.main(prog_name="kubectl necrocode" if "kubectl" in os.path.basename(sys.argv[0]) else "necrocode")
 
 
 if __name__ == "__main__":

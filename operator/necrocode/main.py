@@ -10,7 +10,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import socket
 import sys
+import uuid
+from collections.abc import Awaitable, Callable
 
 import kopf
 
@@ -27,6 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peering", default=os.environ.get("NECROCODE_PEERING", ""),
                     help="kopf peering name for high availability (one active instance)")
     ap.add_argument("--liveness", default=os.environ.get("NECROCODE_LIVENESS", "http://0.0.0.0:8081/healthz"))
+    ap.add_argument("--leader-elect", action=argparse.BooleanOptionalAction,
+                    default=os.environ.get("NECROCODE_LEADER_ELECT", "false").lower() in ("1", "true", "yes"),
+                    help="run as one of several replicas: only the holder of the leader Lease acts")
+    ap.add_argument("--leader-namespace", default=os.environ.get("NECROCODE_LEADER_NAMESPACE")
+                    or os.environ.get("POD_NAMESPACE") or "default")
+    ap.add_argument("--leader-lease", default=os.environ.get("NECROCODE_LEADER_LEASE", "necrocode-cancel-leader"))
+    ap.add_argument("--leader-lease-seconds", type=int, default=int(os.environ.get("NECROCODE_LEADER_LEASE_SECONDS", "15")))
     a = ap.parse_args(argv)
     logs.configure(a.log_format, a.log_level)
     if a.peering:
@@ -34,14 +44,33 @@ def main(argv: list[str] | None = None) -> int:
     namespaces: list[str] = a.namespace or [n for n in os.environ.get("NECROCODE_NAMESPACES", "").split(",") if n]
     import necrocode.handlers  # noqa: F401  (registers the handlers)
 
+    def operate(stop: asyncio.Event | None = None) -> Awaitable[None]:
+        return kopf.operator(clusterwide=not namespaces, namespaces=namespaces,
+                             liveness_endpoint=a.liveness or None, stop_flag=stop)
+
     try:
-        asyncio.run(kopf.operator(
-            clusterwide=not namespaces, namespaces=namespaces,
-            liveness_endpoint=a.liveness or None,
-        ))
+        if not a.leader_elect:
+            asyncio.run(operate())  # type: ignore[arg-type]
+            return 0
+        return asyncio.run(_leading(a, operate))
     except KeyboardInterrupt:
         return 130
-    return 0
+
+
+async def _leading(a: argparse.Namespace, operate: Callable[[asyncio.Event], Awaitable[None]]) -> int:
+    from necrocode.clock import SystemClock
+    from necrocode.kube import Kube, load_credentials
+    from necrocode.leader import LeaderElector, run_leading
+
+    identity = f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+    kube = Kube(load_credentials(os.environ.get("NECROCODE_KUBECONFIG") or None), concurrency=2)
+    renew = max(1.0, a.leader_lease_seconds / 3)
+    elector = LeaderElector(kube, a.leader_namespace, a.leader_lease, identity, clock=SystemClock(),
+                            lease_seconds=a.leader_lease_seconds, renew_seconds=renew, retry_seconds=renew)
+    try:
+        return await run_leading(elector, operate)
+    finally:
+        await kube.close()
 
 
 if __name__ == "__main__":

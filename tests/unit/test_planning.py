@@ -193,3 +193,14 @@ def test_verify_findings_describe_what_remains() -> None:
 def test_runner_summary() -> None:
     assert runner_summary(3, 5, 0) == "3/5"
     assert runner_summary(5, 5, 2) == "5/5 (2 forced)"
+
+
+# ----------------------------------------------------------------------------- leader election
+def test_leader_action() -> None:
+    from necrocode.planning import leader_action
+
+    assert leader_action(None, None, 15, "me", T0) == "take"
+    assert leader_action("", T0, 15, "me", T0) == "take"
+    assert leader_action("me", T0, 15, "me", T0 + timedelta(seconds=60)) == "renew"
+    assert leader_action("other", T0, 15, "me", T0 + timedelta(seconds=10)) == "wait"
+    assert leader_action("other", T0, 15, "me", T0 + timedelta(seconds=16)) == "take"
