@@ -53,3 +53,10 @@ clean: cluster-down ## stop the cluster and remove .venv
 
 system-deps: ## openssl and promtool (apt-get, when missing and run as root)
 	@hack/system-deps.sh
+
+chart-sync: ## copy crds/, the admission policy, alert rules and dashboard into the chart
+	@cp crds/*.yaml charts/necrocode-cancel/crds/
+	@cp deploy/admission-policy.yaml deploy/prometheus/necrocode-alerts.yaml deploy/grafana/necrocode-dashboard.json charts/necrocode-cancel/files/
+
+lock: venv ## regenerate requirements.lock (runtime dependencies, fully resolved)
+	@$(PY) hack/lock.py

@@ -87,7 +87,14 @@ def metrics_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def operator(kube: Kubectl, cluster: ClusterInfo, metrics_port: int) -> Iterator[None]:
+def operator_log() -> Path:
+    """Where the in-process operator's JSON log goes (one file per test session)."""
+    env = os.environ.get("NECROCODE_TEST_OPERATOR_LOG")
+    return Path(env) if env else Path(tempfile.mkdtemp(prefix="necrocode-operator-")) / "operator.log"
+
+
+@pytest.fixture(scope="session")
+def operator(kube: Kubectl, cluster: ClusterInfo, metrics_port: int, operator_log: Path) -> Iterator[None]:
     """The operator, in-process (kopf's KopfRunner), serving the nc-* namespaces, with its
     Prometheus endpoint on 127.0.0.1:<metrics_port>."""
     from kopf.testing import KopfRunner
@@ -99,7 +106,7 @@ def operator(kube: Kubectl, cluster: ClusterInfo, metrics_port: int) -> Iterator
         # the operator's own log, readable after a failure
         from necrocode.logs import JsonFormatter
 
-        path = Path(os.environ.get("NECROCODE_TEST_OPERATOR_LOG", tempfile.gettempdir() + "/necrocode-operator.log"))
+        path = operator_log
         handler = logging.FileHandler(path, mode="w")
         handler.setFormatter(JsonFormatter())
         logging.getLogger("necrocode").addHandler(handler)

@@ -5,8 +5,6 @@ finalizer that never clears) is reported as an error, not waited on forever."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -91,14 +89,13 @@ def test_a_runner_stuck_on_a_finalizer_is_an_error_not_a_hang(kube: Kubectl, nam
         kube.core.patch_namespaced_pod("sjob-t-runner", ns, {"metadata": {"finalizers": None}})
 
 
-def test_log_lines_are_json_with_the_required_fields(kube: Kubectl, namespace: str) -> None:
+def test_log_lines_are_json_with_the_required_fields(kube: Kubectl, namespace: str, operator_log: Path) -> None:
     kube.create_job(namespace, "ljob")
     kube.create_runner(namespace, "ljob", "t")
     kube.create_task(namespace, "ljob", "t", "Running", runner="ljob-t-runner")
     kube.cancel_job(namespace, "l1", "ljob")
     kube.wait_phase("jobcancellations", namespace, "l1")
-    path = Path(os.environ.get("NECROCODE_TEST_OPERATOR_LOG", tempfile.gettempdir() + "/necrocode-operator.log"))
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [json.loads(line) for line in operator_log.read_text().splitlines() if line.strip()]
     assert lines, "the operator wrote no log line"
     for rec in lines:
         for key in ("ts", "level", "event", "cancellation", "job", "task", "runner", "step", "duration"):

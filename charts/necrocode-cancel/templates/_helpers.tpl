@@ -1,0 +1,64 @@
+{{- define "necrocode.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "necrocode.labels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "necrocode.selector" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "necrocode.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "necrocode.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Rules the operator needs in each namespace it serves. */}}
+{{- define "necrocode.namespacedRules" -}}
+- apiGroups: [necrocode.io]
+  resources: [jobcancellations, taskcancellations]
+  verbs: [get, list, watch, patch, update, delete]
+- apiGroups: [necrocode.io]
+  resources: [jobcancellations/status, taskcancellations/status]
+  verbs: [get, patch, update]
+- apiGroups: [necrocode.io]
+  resources: [agentjobs, agenttasks]
+  verbs: [get, list, watch, patch]
+- apiGroups: [necrocode.io]
+  resources: [agentjobs/status, agenttasks/status]
+  verbs: [get, patch]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch, patch, delete]
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [get, list, watch, patch, update, create]
+- apiGroups: [""]
+  resources: [configmaps, persistentvolumeclaims]
+  verbs: [get, list, delete]
+{{- if .Values.operator.includeSecrets }}
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, list, delete]
+{{- end }}
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create, patch]
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- end -}}
