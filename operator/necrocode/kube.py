@@ -127,7 +127,10 @@ class Credentials:
     configuration: k8s_client.Configuration
 
     def headers(self) -> dict[str, str]:
-        token = self.configuration.get_api_key_with_prefix("authorization")
+        """The bearer token, if any (refreshed by the client library's hook when it expires).
+        The library files it under "BearerToken" (older versions: "authorization")."""
+        cfg = self.configuration
+        token = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization")
         return {"Authorization": token} if token else {}
 
 
