@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from conftest import operator_env
 from kube_helpers import ClusterInfo, Kubectl, wait_for
 
@@ -186,7 +187,8 @@ def test_install_run_with_least_privilege_and_uninstall(kube: Kubectl, cluster: 
         text = log.read_text()
         assert tc["phase"] == "Completed", (tc, text[-3000:])
         assert jc["phase"] == "Completed", (jc, text[-3000:])
-        assert (tc["progress"]["tasksCancelled"], tc["progress"]["leasesReleased"], tc["progress"]["resourcesDeleted"]) == (2, 1, 1)
+        tp = tc["progress"]
+        assert (tp["tasksCancelled"], tp["leasesReleased"], tp["resourcesDeleted"]) == (2, 1, 1)
         assert (jc["progress"]["runnersForced"], jc["progress"]["tasksCancelled"]) == (1, 2)
         assert "Forbidden" not in text and "403" not in text
 

@@ -85,7 +85,8 @@ def test_ha_render_has_two_replicas_leader_election_and_a_pdb() -> None:
     source = yaml.safe_load((REPO / "deploy" / "prometheus" / "necrocode-alerts.yaml").read_text())
     assert rule["spec"]["groups"] == source["groups"]
     [cm] = [d for d in docs if d["kind"] == "ConfigMap"]
-    assert cm["data"]["necrocode-dashboard.json"].strip() == (REPO / "deploy/grafana/necrocode-dashboard.json").read_text().strip()
+    dashboard = (REPO / "deploy" / "grafana" / "necrocode-dashboard.json").read_text()
+    assert cm["data"]["necrocode-dashboard.json"].strip() == dashboard.strip()
 
 
 def test_namespaced_render_uses_roles_only_in_the_listed_namespaces() -> None:
