@@ -5,10 +5,10 @@ CACHE ?= $(HOME)/.cache/necrocode
 CLUSTER_DIR ?= $(CACHE)/cluster
 export NECROCODE_CACHE := $(CACHE)
 
-.PHONY: help system-deps venv tools cluster-up cluster-down cluster-status test unit lint crds demo run clean
+.PHONY: help system-deps venv tools chart-sync lock kind-e2e cluster-up cluster-down cluster-status test unit lint crds demo run clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 venv: ## create/update .venv from pyproject.toml (idempotent)
 	@hack/venv.sh
@@ -60,3 +60,15 @@ chart-sync: ## copy crds/, the admission policy, alert rules and dashboard into 
 
 lock: venv ## regenerate requirements.lock (runtime dependencies, fully resolved)
 	@$(PY) hack/lock.py
+
+IMAGE ?= necrocode-cancel:dev
+KIND_CLUSTER ?= necrocode
+kind-e2e: ## (needs Docker and kind) build the image, load it into kind, install the chart, run the tests there
+	docker build -t $(IMAGE) .
+	kind get clusters | grep -qx $(KIND_CLUSTER) || kind create cluster --name $(KIND_CLUSTER)
+	kind load docker-image $(IMAGE) --name $(KIND_CLUSTER)
+	helm upgrade --install necrocode charts/necrocode-cancel -n necrocode --create-namespace \
+	  --set image.repository=$(word 1,$(subst :, ,$(IMAGE))) --set image.tag=$(word 2,$(subst :, ,$(IMAGE))) \
+	  --set image.pullPolicy=Never --wait
+	KUBECONFIG=$$(mktemp) && kind get kubeconfig --name $(KIND_CLUSTER) > $$KUBECONFIG && \
+	  KUBECONFIG=$$KUBECONFIG NECROCODE_TEST_EXTERNAL_OPERATOR=1 $(PY) -m pytest tests/cluster -q -k "not leftovers and not version and not metrics and not restart and not high_availability and not chart"
