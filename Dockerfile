@@ -16,5 +16,5 @@ RUN groupadd --gid 10001 necrocode \
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 USER 10001:10001
-EXPOSE 8080 8081
+EXPOSE 8000 8080 8081
 ENTRYPOINT ["necrocode-operator"]

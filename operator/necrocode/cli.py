@@ -16,13 +16,11 @@ import contextlib
 import json
 import os
 import re
-import secrets
 import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import IO, Any, NoReturn
 
 import click
@@ -51,6 +49,7 @@ from necrocode.model import (
     now_utc,
     parse_time,
 )
+from necrocode.naming import NAME_MAX, cancellation_labels, generate_name, label_ok
 
 Obj = dict[str, Any]
 
@@ -92,8 +91,6 @@ KINDS = (JOB_CANCELLATION, TASK_CANCELLATION)
 POLL_SECONDS = 0.5
 LIST_CHUNK = 500
 REQUEST_TIMEOUT = (10, 60)  # connect, read
-NAME_MAX = 253
-LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 
 # ----------------------------------------------------------------------------- errors
@@ -625,23 +622,6 @@ def watch_and_report(conn: Conn, objs: list[Obj], *, job: str, ns: str, timeout:
     raise click.exceptions.Exit(exit_code_of(objs))
 
 
-# ----------------------------------------------------------------------------- names
-def dns_part(text: str) -> str:
-    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9.-]", "-", text.lower())).strip("-.")
-
-
-def generate_name(job: str, task: str | None = None, when: datetime | None = None) -> str:
-    """<job>[-<task>]-cancel-<yyyymmddhhmmss>-<4 hex>, lowercase, at most 253 characters."""
-    stamp = (when or datetime.now(UTC)).strftime("%Y%m%d%H%M%S")
-    suffix = f"-cancel-{stamp}-{secrets.token_hex(2)}"
-    prefix = dns_part(job + (f"-{task}" if task else "")) or "job"
-    return prefix[:NAME_MAX - len(suffix)].rstrip("-.") + suffix
-
-
-def label_ok(value: str) -> bool:
-    return len(value) <= 63 and bool(LABEL_VALUE.match(value))
-
-
 # ----------------------------------------------------------------------------- click plumbing
 def prog_name(ctx: click.Context) -> str:
     root = ctx.find_root().info_name or "necrocode"
@@ -809,7 +789,7 @@ def cancel(ctx: click.Context, job_id: str, reason: str, force: bool, grace_peri
     if task_id:
         spec["taskId"] = task_id
         spec["cascade"] = not no_cascade
-    labels = {k: v for k, v in ((LABEL_JOB, job_id), (LABEL_TASK, task_id)) if v and label_ok(v)}
+    labels = cancellation_labels(job_id, task_id)
     body: Obj = {"apiVersion": API_VERSION, "kind": kind,
                  "metadata": {"name": generate_name(job_id, task_id), "labels": labels}, "spec": spec}
     obj = conn.create(plural, ns, body)

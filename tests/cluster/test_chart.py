@@ -143,7 +143,8 @@ def test_install_run_with_least_privilege_and_uninstall(kube: Kubectl, cluster: 
             __import__("kubernetes").client.AppsV1Api(kube.api).read_namespaced_deployment(fullname, ns))
         assert dep["status"].get("readyReplicas") == 1
         pods = kube.pods(ns, "app.kubernetes.io/name=necrocode-cancel")
-        assert len(pods) == 1 and pods[0].spec.node_name.startswith("kwok-node-")
+        assert sorted(p.metadata.labels["app.kubernetes.io/component"] for p in pods) == ["api", "operator"]
+        assert all(p.spec.node_name.startswith("kwok-node-") for p in pods)
 
         user = f"system:serviceaccount:{ns}:{fullname}"
         # least privilege, proven by the API server's own authorizer

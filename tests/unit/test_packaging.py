@@ -56,9 +56,10 @@ def test_helm_lint_passes() -> None:
 def test_default_render_is_cluster_wide_hardened_and_single_replica() -> None:
     docs = template()
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == ["ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding", "Deployment",
-                     "Service", "ServiceAccount", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
-    [dep] = [d for d in docs if d["kind"] == "Deployment"]
+    assert kinds == ["ClusterRole", "ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding",
+                     "ClusterRoleBinding", "ClusterRoleBinding", "Deployment", "Deployment", "Service", "Service",
+                     "ServiceAccount", "ServiceAccount", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
+    [dep] = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "rel-necrocode-cancel"]
     pod = dep["spec"]["template"]["spec"]
     c = pod["containers"][0]
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -69,6 +70,10 @@ def test_default_render_is_cluster_wide_hardened_and_single_replica() -> None:
     assert c["resources"]["limits"]["memory"]
     rules = [r for d in docs if d["kind"] == "ClusterRole" for r in d["rules"]]
     resources = {res for r in rules for res in r["resources"]}
+    # the API server's identity: only the auth delegator role and read/create on the contract
+    api_bindings = {d["roleRef"]["name"] for d in docs if d["kind"] == "ClusterRoleBinding"
+                    and d["subjects"][0]["name"] == "rel-necrocode-cancel-api"}
+    assert api_bindings == {"system:auth-delegator", "rel-necrocode-cancel-api"}
     assert "secrets" not in resources and "pods/exec" not in resources
     assert not any("impersonate" in r["verbs"] or "*" in r["verbs"] or "*" in r["resources"] for r in rules)
 
@@ -76,7 +81,7 @@ def test_default_render_is_cluster_wide_hardened_and_single_replica() -> None:
 def test_ha_render_has_two_replicas_leader_election_and_a_pdb() -> None:
     docs = template("replicaCount=2", "metrics.prometheusRule.enabled=true", "dashboard.enabled=true",
                     "metrics.serviceMonitor.enabled=true")
-    [dep] = [d for d in docs if d["kind"] == "Deployment"]
+    [dep] = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "rel-necrocode-cancel"]
     assert dep["spec"]["replicas"] == 2
     assert "--leader-elect" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
     [pdb] = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
@@ -94,9 +99,11 @@ def test_namespaced_render_uses_roles_only_in_the_listed_namespaces() -> None:
     roles = {(d["kind"], d["metadata"].get("namespace")) for d in docs if d["kind"] in ("Role", "RoleBinding")}
     assert roles == {("Role", "team-a"), ("Role", "team-b"), ("RoleBinding", "team-a"), ("RoleBinding", "team-b"),
                      ("Role", "ops"), ("RoleBinding", "ops")}
-    cluster_rules = [r for d in docs if d["kind"] == "ClusterRole" for r in d["rules"]]
-    assert all(set(r["verbs"]) <= {"get", "list", "watch"} for r in cluster_rules)
-    [dep] = [d for d in docs if d["kind"] == "Deployment"]
+    operator_cluster_rules = [r for d in docs if d["kind"] == "ClusterRole" and not d["metadata"]["name"].endswith("-api")
+                              for r in d["rules"]]
+    assert all(set(r["verbs"]) <= {"get", "list", "watch"} for r in operator_cluster_rules)
+    assert not any(d["kind"] == "ClusterRoleBinding" and d["metadata"]["name"] == "rel-necrocode-cancel-api" for d in docs)
+    [dep] = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "rel-necrocode-cancel"]
     assert dep["spec"]["template"]["spec"]["containers"][0]["args"][:2] == ["--namespace=team-a", "--namespace=team-b"]
 
 

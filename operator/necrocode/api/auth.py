@@ -1,0 +1,166 @@
+"""Who is calling, and may they: the cluster's own authentication and RBAC.
+
+A caller sends a Kubernetes bearer token (a ServiceAccount token, an OIDC id token, anything
+the API server accepts). The API server says whose it is (TokenReview) and whether that user
+may do the thing (SubjectAccessReview, with the user's groups, uid and extra). The REST API
+has no users, roles or policies of its own.
+
+Successful answers are cached for a few seconds (bounded), keyed by a hash of the token, so
+a busy console does not send two reviews per request; failures are never cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import HTTPException
+
+from necrocode.kube import ApiError, Kube
+from necrocode.model import GROUP
+
+TOKEN_REVIEW_PATH = "/apis/authentication.k8s.io/v1/tokenreviews"
+ACCESS_REVIEW_PATH = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
+ANONYMOUS = "system:anonymous"
+TOKEN_MAX = 16384  # longer is no token the API server issues; refuse without asking it
+
+_LOG = logging.getLogger("necrocode.api.auth")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated user, as the API server's TokenReview described it."""
+
+    username: str
+    uid: str = ""
+    groups: tuple[str, ...] = ()
+    extra: tuple[tuple[str, tuple[str, ...]], ...] = field(default=())
+
+    @property
+    def key(self) -> Hashable:
+        return (self.username, self.uid, self.groups, self.extra)
+
+    def user_spec(self) -> dict[str, Any]:
+        """The user fields of a SubjectAccessReview's spec."""
+        spec: dict[str, Any] = {"user": self.username, "groups": list(self.groups)}
+        if self.uid:
+            spec["uid"] = self.uid
+        if self.extra:
+            spec["extra"] = {k: list(v) for k, v in self.extra}
+        return spec
+
+
+ANONYMOUS_CALLER = Caller(username=ANONYMOUS, groups=("system:unauthenticated",))
+
+
+def caller_of(user: dict[str, Any]) -> Caller:
+    extra = user.get("extra") or {}
+    return Caller(
+        username=str(user.get("username") or ""),
+        uid=str(user.get("uid") or ""),
+        groups=tuple(str(g) for g in user.get("groups") or ()),
+        extra=tuple(sorted((str(k), tuple(str(x) for x in (v or ()))) for k, v in extra.items())),
+    )
+
+
+class TtlCache:
+    """At most `size` entries, each valid for `seconds`; the least recently stored goes first."""
+
+    def __init__(self, seconds: float, size: int, clock: Callable[[], float] = time.monotonic):
+        self.seconds, self.size, self.clock = seconds, size, clock
+        self._data: OrderedDict[Hashable, tuple[float, Any]] = OrderedDict()
+
+    def get(self, key: Hashable) -> Any | None:
+        hit = self._data.get(key)
+        if hit is None:
+            return None
+        expires, value = hit
+        if self.clock() >= expires:
+            del self._data[key]
+            return None
+        return value
+
+    def put(self, key: Hashable, value: Any) -> None:
+        if self.seconds <= 0 or self.size <= 0:
+            return
+        self._data.pop(key, None)
+        self._data[key] = (self.clock() + self.seconds, value)
+        while len(self._data) > self.size:
+            self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+def unauthorized(detail: str) -> HTTPException:
+    return HTTPException(status_code=401, detail=detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+class Authenticator:
+    """TokenReview and SubjectAccessReview through the server's own credentials (`kube`)."""
+
+    def __init__(self, kube: Kube, *, allow_anonymous: bool = False, cache_seconds: float = 10.0,
+                 cache_size: int = 1024, clock: Callable[[], float] = time.monotonic):
+        self.kube = kube
+        self.allow_anonymous = allow_anonymous
+        self.tokens = TtlCache(cache_seconds, cache_size, clock)
+        self.decisions = TtlCache(cache_seconds, cache_size, clock)
+        self.reviews = 0  # TokenReviews sent (for tests and metrics)
+
+    async def authenticate(self, token: str | None) -> Caller:
+        """The caller of a bearer token; 401 when there is none or the API server does not know it."""
+        if not token:
+            if self.allow_anonymous:
+                return ANONYMOUS_CALLER
+            raise unauthorized("a bearer token is required (Authorization: Bearer <token>)")
+        if len(token) > TOKEN_MAX:
+            raise unauthorized("the bearer token was not accepted")
+        key = hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+        cached: Caller | None = self.tokens.get(key)
+        if cached is not None:
+            return cached
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}}
+        self.reviews += 1
+        try:
+            review = await self.kube.request("POST", TOKEN_REVIEW_PATH, body=body)
+        except ApiError as exc:
+            _LOG.warning("TokenReview failed: %s", exc)
+            raise HTTPException(status_code=503, detail="cannot check the bearer token now: the Kubernetes API "
+                                                        f"answered {exc.status or 'nothing'}") from None
+        status = review.get("status") or {}
+        user = status.get("user") or {}
+        if not status.get("authenticated") or not user.get("username"):
+            raise unauthorized("the bearer token was not accepted")
+        caller = caller_of(user)
+        self.tokens.put(key, caller)
+        return caller
+
+    async def allowed(self, caller: Caller, verb: str, plural: str, namespace: str, group: str = GROUP) -> bool:
+        key = (caller.key, verb, group, plural, namespace)
+        if self.decisions.get(key):
+            return True
+        body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+                "spec": {**caller.user_spec(),
+                         "resourceAttributes": {"namespace": namespace, "verb": verb, "group": group,
+                                                "resource": plural}}}
+        try:
+            review = await self.kube.request("POST", ACCESS_REVIEW_PATH, body=body)
+        except ApiError as exc:
+            _LOG.warning("SubjectAccessReview failed: %s", exc)
+            raise HTTPException(status_code=503, detail="cannot check permissions now: the Kubernetes API "
+                                                        f"answered {exc.status or 'nothing'}") from None
+        ok = bool((review.get("status") or {}).get("allowed"))
+        if ok:
+            self.decisions.put(key, True)
+        return ok
+
+    async def authorize(self, caller: Caller, verb: str, plural: str, namespace: str, group: str = GROUP) -> None:
+        """403, naming the missing permission, unless RBAC lets the caller do it."""
+        if not await self.allowed(caller, verb, plural, namespace, group):
+            raise HTTPException(status_code=403, detail=f"user {caller.username} may not {verb} {plural}.{group} "
+                                                        f"in namespace {namespace}")
