@@ -13,10 +13,12 @@ from typing import Any
 
 from conftest import operator_env
 from kube_helpers import ClusterInfo, Kubectl, wait_for
+from localcluster import free_port
+from test_metrics_and_logs import scrape
 
 
-def start_operator(cluster: ClusterInfo, ns: str, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **operator_env(cluster)}
+def start_operator(cluster: ClusterInfo, ns: str, log: Path, metrics_port: int = 0) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **operator_env(cluster, metrics_port)}
     return subprocess.Popen([sys.executable, "-m", "necrocode.main", "--namespace", ns, "--liveness", ""],
                             env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
@@ -51,9 +53,11 @@ def test_operator_killed_during_terminate_runners_resumes(kube: Kubectl, cluster
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
 
-    second = start_operator(cluster, ns, log)
+    port = free_port()
+    second = start_operator(cluster, ns, log, port)
     try:
         st = kube.wait_phase("jobcancellations", ns, "stop", timeout=60)["status"]
+        metrics = wait_for(lambda: scrape(port), timeout=10, what="the second operator's /metrics")
     finally:
         second.terminate()
         second.wait(timeout=20)
@@ -64,6 +68,10 @@ def test_operator_killed_during_terminate_runners_resumes(kube: Kubectl, cluster
     assert kube.pods(ns, "necrocode.io/job=job") == []
     # the grace the first operator gave was not restarted by the second
     assert set(deleted_at) == {"job-lost1-runner", "job-lost2-runner"}
+    # the resumed process counts only what it did: the two forced runners and one final phase
+    assert metrics[("necrocode_runners_terminated_total", (("mode", "forced"),))] == 2
+    assert metrics.get(("necrocode_runners_terminated_total", (("mode", "graceful"),)), 0) == 0
+    assert metrics[("necrocode_cancellation_requests_total", (("kind", "JobCancellation"), ("result", "Completed")))] == 1
     # nothing acted on twice: one event per step transition, one per forced runner
     reasons = Counter(e.reason for e in kube.events_for(ns, "stop"))
     assert reasons["Started"] == 1
