@@ -11,10 +11,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from test_metrics_and_logs import scrape
+
 from conftest import operator_env
 from kube_helpers import ClusterInfo, Kubectl, wait_for
 from localcluster import free_port
-from test_metrics_and_logs import scrape
 
 
 def start_operator(cluster: ClusterInfo, ns: str, log: Path, metrics_port: int = 0) -> subprocess.Popen[bytes]:
