@@ -5,7 +5,7 @@ CACHE ?= $(HOME)/.cache/necrocode
 CLUSTER_DIR ?= $(CACHE)/cluster
 export NECROCODE_CACHE := $(CACHE)
 
-.PHONY: help system-deps venv tools chart-sync lock kind-e2e cluster-up cluster-down cluster-status test unit lint crds demo run clean
+.PHONY: help system-deps venv tools chart-sync lock kind-e2e cluster-up cluster-down cluster-status test unit lint crds demo run clean bench
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -72,3 +72,6 @@ kind-e2e: ## (needs Docker and kind) build the image, load it into kind, install
 	  --set image.pullPolicy=Never --wait
 	KUBECONFIG=$$(mktemp) && kind get kubeconfig --name $(KIND_CLUSTER) > $$KUBECONFIG && \
 	  KUBECONFIG=$$KUBECONFIG NECROCODE_TEST_EXTERNAL_OPERATOR=1 $(PY) -m pytest tests/cluster -q -k "not leftovers and not version and not metrics and not restart and not high_availability and not chart"
+
+bench: venv tools ## benchmarks (not part of the tests): make bench [BENCH_ARGS="--sizes 100,1000"]
+	$(PY) benchmarks/run.py $(BENCH_ARGS)

@@ -2,10 +2,15 @@
 
 Event names are derived from (cancellation uid, key), so an event written before an operator
 restart or by another replica is not written twice: the second create answers 409.
+
+Events are written in the background (a few at a time), off the cancellation's critical path:
+`emit` returns at once, `drain` waits until every event emitted so far is written. The engine
+drains before it writes the final phase, so whoever sees the final phase also sees the events.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Mapping
 from typing import Any
@@ -19,11 +24,29 @@ COMPONENT = "necrocode-cancel"
 
 
 class EventRecorder:
-    def __init__(self, kube: Kube, clock: Clock, origin_uid: str, log: Bound):
+    def __init__(self, kube: Kube, clock: Clock, origin_uid: str, log: Bound, concurrency: int = 10):
         self.kube, self.clock, self.origin_uid, self.log = kube, clock, origin_uid, log
+        self._sem = asyncio.Semaphore(max(1, concurrency))
+        self._pending: set[asyncio.Task[None]] = set()
 
     async def emit(self, involved: Mapping[str, Any], key: str, reason: str, message: str,
                    type_: str = "Normal") -> None:
+        """Queue the event; it is written in the background (see `drain`)."""
+        task = asyncio.create_task(self._bounded(dict(involved), key, reason, message, type_))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def drain(self) -> None:
+        """Wait until every event emitted so far has been written (or given up on)."""
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+
+    async def _bounded(self, involved: Mapping[str, Any], key: str, reason: str, message: str, type_: str) -> None:
+        async with self._sem:
+            await self.write(involved, key, reason, message, type_)
+
+    async def write(self, involved: Mapping[str, Any], key: str, reason: str, message: str,
+                    type_: str = "Normal") -> None:
         meta = involved.get("metadata") or {}
         ns = meta.get("namespace") or "default"
         digest = hashlib.sha256(f"{self.origin_uid}/{meta.get('uid')}/{key}".encode()).hexdigest()[:20]

@@ -12,9 +12,9 @@ import asyncio
 import json
 import os
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 import aiohttp
@@ -162,6 +162,10 @@ def load_credentials(kubeconfig: str | None = None, context: str | None = None) 
 class Kube:
     """JSON over HTTP to the API server, with at most `concurrency` requests in flight."""
 
+    on_request: ClassVar[Callable[[str], None] | None] = None
+    """Called with the verb of every request (the operator counts them in
+    necrocode_api_requests_total; set at startup, as kube may not import metrics)."""
+
     def __init__(self, creds: Credentials, concurrency: int = 50, timeout: float = 30.0,
                  extra_headers: Mapping[str, str] | None = None):
         self.creds = creds
@@ -191,6 +195,8 @@ class Kube:
 
     def _count(self, verb: str) -> None:
         self.calls[verb] = self.calls.get(verb, 0) + 1
+        if Kube.on_request is not None:
+            Kube.on_request(verb)
 
     async def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
                       body: Any = None, content_type: str = "application/json") -> Obj:

@@ -28,3 +28,6 @@ STEP_DURATION = Histogram(
     "necrocode_cancellation_step_duration_seconds", "Duration of each step.", ["kind", "step"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
 )
+API_REQUESTS = Counter("necrocode_api_requests_total",
+                       "Kubernetes API requests the operator's own client made (kopf's are not counted), by verb.",
+                       ["verb"])

@@ -53,7 +53,8 @@ class CancellationService:
         ctx = Ctx(
             kube=self.kube, settings=s, clock=self.clock, kind=kind, namespace=meta["namespace"],
             name=meta["name"], uid=meta.get("uid", ""), spec=spec, status=status, log=log,
-            events=EventRecorder(self.kube, self.clock, meta.get("uid", ""), log),
+            events=EventRecorder(self.kube, self.clock, meta.get("uid", ""), log,
+                                 concurrency=max(1, s.concurrency // 5)),
             registry=TaskRegistry(self.kube, meta["namespace"], clock=self.clock, log=log, policy=s.retry,
                                   concurrency=s.concurrency),
             cleaner=ResourceCleaner(self.kube, meta["namespace"], policy=s.retry, clock=self.clock, log=log,
@@ -95,7 +96,7 @@ class CancellationService:
                                   f"cancelling job {ctx.spec.job_name}" +
                                   (f" task {ctx.spec.task_id}" if ctx.spec.task_id else "") +
                                   (f": {ctx.spec.reason}" if ctx.spec.reason else ""))
-        await tracker.flush()
+        tracker.changed()  # written in the background: the first step starts at once
 
         failed_critical = False
         for d in steps:
@@ -128,6 +129,7 @@ class CancellationService:
             metrics.DURATION.labels(kind=ctx.kind).observe(elapsed)
         await ctx.events.emit(ctx.body, "finished", status.phase.value, status.message or "",
                               "Normal" if status.phase == Phase.COMPLETED else "Warning")
+        await ctx.events.drain()
         await tracker.flush()
         ctx.log.info("cancellation finished", phase=status.phase.value, duration=elapsed,
                      message=status.message, progress=status.progress.dump(), errors=len(status.errors))
@@ -139,7 +141,7 @@ class CancellationService:
         first = step.state == StepState.PENDING
         step.state = StepState.RUNNING
         step.started_at = step.started_at or iso(self.clock.now())
-        await tracker.flush()
+        tracker.changed()  # step boundaries are written in the background, coalesced
         if first:
             await ctx.events.emit(ctx.body, f"step-{d.name}-running", f"{d.name}Started", f"step {d.name} started")
         log.info("step started" if first else "step resumed")
@@ -165,7 +167,7 @@ class CancellationService:
         metrics.STEP_DURATION.labels(kind=ctx.kind, step=d.name).observe(duration)
         if result.state == StepState.FAILED and not ctx.stop:  # a rejection is not a failure
             metrics.FAILURES.labels(kind=ctx.kind, step=d.name).inc()
-        await tracker.flush()
+        tracker.changed()
         await ctx.events.emit(ctx.body, f"step-{d.name}-done", f"{d.name}{result.state.value}",
                               f"step {d.name} {result.state.value.lower()}: {result.message}",
                               "Warning" if result.state == StepState.FAILED else "Normal")

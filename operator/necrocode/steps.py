@@ -364,7 +364,9 @@ async def update_task_states(ctx: Ctx) -> StepResult:
             and ((t.get("status") or {}).get("cancellation") or {}).get("cancelledBy") != ctx.name)
     else:
         targets = list(ctx.status.affected_tasks)
-    res = await ctx.registry.apply(targets, by=ctx.name, requested_by=ctx.spec.requested_by, reason=reason)
+        tasks = []
+    res = await ctx.registry.apply(targets, by=ctx.name, requested_by=ctx.spec.requested_by, reason=reason,
+                                   known={t["metadata"]["name"]: t for t in tasks})
     p = ctx.status.progress
     p.tasks_cancelled = sum(1 for a in res.changed if a.after == TaskState.CANCELLED.value)
     p.tasks_blocked = sum(1 for a in res.changed if a.after == TaskState.BLOCKED.value)

@@ -8,6 +8,7 @@ its state was before (status.cancellation), so a resumed cancellation recognises
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,15 +56,22 @@ class TaskRegistry:
 
     # ------------------------------------------------------------------ tasks
     async def apply(self, affected: list[AffectedTask], *, by: str, requested_by: str | None,
-                    reason: str) -> TaskUpdate:
+                    reason: str, known: Mapping[str, Obj] | None = None) -> TaskUpdate:
+        """`known`: tasks as just listed, by name; the first attempt decides on them instead of
+        reading each task again (its resourceVersion still guards the write: 409 -> read again)."""
         out = TaskUpdate()
+        known = known or {}
 
         async def one(a: AffectedTask) -> None:
             attempts = 0
+            listed = known.get(a.name)
             while True:
                 attempts += 1
                 try:
-                    task = await self.kube.get(self.task_path(a.name))
+                    if listed is not None:
+                        task, listed = listed, None
+                    else:
+                        task = await self.kube.get(self.task_path(a.name))
                 except NotFound:
                     out.unaffected.append((a, "Deleted"))
                     return

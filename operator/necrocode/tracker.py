@@ -29,6 +29,7 @@ class CancellationTracker:
         self._lock = asyncio.Lock()
         self.writes = 0
         self.gone = False
+        self._in_write = False
 
     @property
     def path(self) -> str:
@@ -47,16 +48,25 @@ class CancellationTracker:
         while self._dirty:
             await self.clock.sleep(max(0.0, self._last_write + self.interval - self.clock.monotonic()))
             self._dirty = False
-            with contextlib.suppress(ApiError):
-                await self._write()
+            self._in_write = True
+            try:
+                with contextlib.suppress(ApiError):
+                    await self._write()
+            finally:
+                self._in_write = False
 
     async def flush(self) -> None:
-        """Write now (step boundaries, the end)."""
+        """Write now (the start and the end of a cancellation).
+
+        A background write already on the wire is awaited, never aborted: an aborted request
+        may still be applied by the server after ours, and put an older status back."""
         self._dirty = False
-        if self._pending is not None and not self._pending.done():
-            self._pending.cancel()
+        pending = self._pending
+        if pending is not None and not pending.done():
+            if not self._in_write:
+                pending.cancel()
             with contextlib.suppress(asyncio.CancelledError, ApiError):
-                await self._pending
+                await pending
         await self._write()
 
     async def _write(self) -> None:

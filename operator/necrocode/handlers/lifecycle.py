@@ -9,6 +9,7 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
+from necrocode import metrics
 from necrocode.kube import Kube, load_credentials
 from necrocode.logs import log
 from necrocode.service import CancellationService
@@ -54,6 +55,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.peering.priority = int(os.environ.get("NECROCODE_PEERING_PRIORITY", "0"))
     else:
         settings.peering.standalone = True
+    Kube.on_request = lambda verb: metrics.API_REQUESTS.labels(verb=verb).inc()
     kube = Kube(load_credentials(os.environ.get("NECROCODE_KUBECONFIG") or None), concurrency=conf.concurrency,
                 timeout=conf.request_timeout)
     _service = CancellationService(kube, conf)

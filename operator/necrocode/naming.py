@@ -1,0 +1,41 @@
+"""Names and label values of the cancellations the CLI and the REST API create (pure, no I/O).
+
+A generated name is `<job>[-<task>]-cancel-<UTC yyyymmddhhmmss>-<4 hex>`: lowercase, a valid
+DNS subdomain of at most 253 characters, sortable by time within a job.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from datetime import UTC, datetime
+
+from necrocode.model import LABEL_JOB, LABEL_TASK
+
+NAME_MAX = 253
+LABEL_MAX = 63
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+def dns_part(text: str) -> str:
+    """`text` lowercased, every run of characters a DNS name may not hold turned into one '-'."""
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9.-]", "-", text.lower())).strip("-.")
+
+
+def generate_name(job: str, task: str | None = None, when: datetime | None = None) -> str:
+    """<job>[-<task>]-cancel-<yyyymmddhhmmss>-<4 hex>, lowercase, at most 253 characters."""
+    stamp = (when or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%d%H%M%S")
+    suffix = f"-cancel-{stamp}-{secrets.token_hex(2)}"
+    prefix = dns_part(job + (f"-{task}" if task else "")) or "job"
+    return prefix[:NAME_MAX - len(suffix)].rstrip("-.") + suffix
+
+
+def label_ok(value: str) -> bool:
+    """Whether `value` may be a label value (and so be used in a label selector)."""
+    return len(value) <= LABEL_MAX and bool(LABEL_VALUE.match(value))
+
+
+def cancellation_labels(job: str, task: str | None = None) -> dict[str, str]:
+    """necrocode.io/job (and necrocode.io/task), for the values that may be label values."""
+    pairs = ((LABEL_JOB, job), (LABEL_TASK, task))
+    return {k: v for k, v in pairs if v and label_ok(v)}
