@@ -11,12 +11,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from test_metrics_and_logs import scrape
+
 from conftest import operator_env
 from kube_helpers import ClusterInfo, Kubectl, wait_for
+from localcluster import free_port
 
 
-def replica(cluster: ClusterInfo, ns: str, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **operator_env(cluster)}
+def replica(cluster: ClusterInfo, ns: str, log: Path, metrics_port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **operator_env(cluster, metrics_port)}
     return subprocess.Popen(
         [sys.executable, "-m", "necrocode.main", "--namespace", ns, "--liveness", "", "--leader-elect",
          "--leader-namespace", ns, "--leader-lease-seconds", "6"],
@@ -34,9 +37,10 @@ def test_standby_finishes_when_the_leader_is_killed(kube: Kubectl, cluster: Clus
                                                     tmp_path: Path) -> None:
     ns = solo_namespace
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
-    a = replica(cluster, ns, logs[0])
+    ports = {"a": free_port(), "b": free_port()}
+    a = replica(cluster, ns, logs[0], ports["a"])
     first = wait_for(lambda: holder(kube, ns), timeout=30, what="a leader")
-    b = replica(cluster, ns, logs[1])
+    b = replica(cluster, ns, logs[1], ports["b"])
     procs = {"a": a, "b": b}
     try:
         wait_for(lambda: "standing by" in logs[1].read_text(), timeout=30, what="the second replica standing by")
@@ -62,6 +66,7 @@ def test_standby_finishes_when_the_leader_is_killed(kube: Kubectl, cluster: Clus
         new = wait_for(lambda: (h := holder(kube, ns)) and h != first and h, timeout=30, what="a new leader")
         assert new
         st = kube.wait_phase("jobcancellations", ns, "stop", timeout=90)["status"]
+        metrics = wait_for(lambda: scrape(ports[standby]), timeout=10, what="the new leader's /metrics")
     finally:
         for p in procs.values():
             if p.poll() is None:
@@ -70,6 +75,10 @@ def test_standby_finishes_when_the_leader_is_killed(kube: Kubectl, cluster: Clus
     assert st["phase"] == "Completed", st
     p = st["progress"]
     assert (p["runnersTotal"], p["runnersTerminated"], p["runnersForced"], p["tasksCancelled"]) == (3, 3, 2, 3)
+    # the new leader counts what it did, once: the two forced runners and the final phase
+    assert metrics[("necrocode_runners_terminated_total", (("mode", "forced"),))] == 2
+    assert metrics.get(("necrocode_runners_terminated_total", (("mode", "graceful"),)), 0) == 0
+    assert metrics[("necrocode_cancellation_requests_total", (("kind", "JobCancellation"), ("result", "Completed")))] == 1
     reasons = Counter(e.reason for e in kube.events_for(ns, "stop"))
     assert reasons["Started"] == 1 and reasons["TerminateRunnersStarted"] == 1
     assert reasons["RunnerForced"] == 2 and reasons["Completed"] == 1
