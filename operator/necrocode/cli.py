@@ -29,7 +29,6 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
-from pydantic import ValidationError
 
 from necrocode.model import (
     API_VERSION,
@@ -279,14 +278,7 @@ def connect(kubeconfig: str | None, context: str | None, namespace: str | None, 
 
 # ----------------------------------------------------------------------------- parsing and formatting
 def result_of(obj: Obj) -> CancellationResult:
-    meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
-    try:
-        status = CancellationStatus.model_validate(obj.get("status") or {})
-    except ValidationError:
-        status = CancellationStatus()
-    return CancellationResult(kind=str(obj.get("kind") or JOB_CANCELLATION), name=str(meta.get("name") or ""),
-                              namespace=str(meta.get("namespace") or ""), job_name=str(spec.get("jobName") or ""),
-                              task_id=spec.get("taskId"), status=status)
+    return CancellationResult.from_object(obj)
 
 
 def is_terminal(obj: Obj) -> bool:

@@ -11,7 +11,7 @@ import enum
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 GROUP = "necrocode.io"
 VERSION = "v1alpha1"
@@ -258,3 +258,16 @@ class CancellationResult(_Model):
     job_name: str = Field(alias="jobName")
     task_id: str | None = Field(default=None, alias="taskId")
     status: CancellationStatus = Field(default_factory=CancellationStatus)
+
+    @classmethod
+    def from_object(cls, obj: dict[str, Any]) -> CancellationResult:
+        """The result view of a JobCancellation/TaskCancellation object as the API returns it
+        (an unreadable status reads as an empty one, never an error)."""
+        meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
+        try:
+            status = CancellationStatus.model_validate(obj.get("status") or {})
+        except ValidationError:
+            status = CancellationStatus()
+        return cls(kind=str(obj.get("kind") or JOB_CANCELLATION), name=str(meta.get("name") or ""),
+                   namespace=str(meta.get("namespace") or ""), job_name=str(spec.get("jobName") or ""),
+                   task_id=spec.get("taskId"), status=status)

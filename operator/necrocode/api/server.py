@@ -28,7 +28,6 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from necrocode import logs
@@ -63,7 +62,6 @@ from necrocode.model import (
     PLURAL,
     TASK_CANCELLATION,
     CancellationResult,
-    CancellationStatus,
     Phase,
 )
 from necrocode.naming import cancellation_labels, generate_name, label_ok
@@ -125,14 +123,7 @@ class Access:
 
 # ----------------------------------------------------------------------------- resources
 def result_of(obj: Obj) -> CancellationResult:
-    meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
-    try:
-        status = CancellationStatus.model_validate(obj.get("status") or {})
-    except ValidationError:
-        status = CancellationStatus()
-    return CancellationResult(kind=str(obj.get("kind") or JOB_CANCELLATION), name=str(meta.get("name") or ""),
-                              namespace=str(meta.get("namespace") or ""), job_name=str(spec.get("jobName") or ""),
-                              task_id=spec.get("taskId"), status=status)
+    return CancellationResult.from_object(obj)
 
 
 def newest_first(items: list[Obj]) -> list[Obj]:
