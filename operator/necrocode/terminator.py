@@ -177,7 +177,19 @@ class RunnerTerminator:
                     continue
                 for name in [n for n, t in forced_at.items() if n in remaining]:
                     if self.clock.monotonic() - forced_at[name] >= self.stuck_timeout:
-                        pod = remaining.pop(name)
+                        # ask the API server, not the watch: under load the watch can lag
+                        # behind, and a pod it has not reported gone may be gone already
+                        try:
+                            pod = await self.kube.get(core_path(self.namespace, "pods", name))
+                        except NotFound:
+                            self._gone(name, remaining, state, started)
+                            continue
+                        except ApiError:
+                            pod = remaining[name]
+                        if pod.get("metadata", {}).get("uid") != remaining[name].get("metadata", {}).get("uid"):
+                            self._gone(name, remaining, state, started)  # a new pod took the name
+                            continue
+                        remaining.pop(name)
                         finalizers = (pod.get("metadata") or {}).get("finalizers") or []
                         state.stuck[name] = ("still present after force deletion"
                                              + (f" (finalizers: {', '.join(finalizers)})" if finalizers else ""))
