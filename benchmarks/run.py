@@ -45,7 +45,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,7 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "operator"))
 
 from localcluster import CACHE, LocalCluster, bin_dir, free_port  # noqa: E402
+from necrocode.concurrency import bounded  # noqa: E402
 from necrocode.kube import ApiError, Kube, NotFound, core_path, group_path, lease_path, load_credentials, nc_path  # noqa: E402
 
 Obj = dict[str, Any]
@@ -81,16 +82,6 @@ def percentile(xs: list[float], q: float) -> float | None:
     s = sorted(xs)
     k = max(0, min(len(s) - 1, int(-(-q * len(s) // 100)) - 1))
     return s[k]
-
-
-async def bounded(items: Iterable[Any], fn: Callable[[Any], Awaitable[Any]], limit: int) -> None:
-    sem = asyncio.Semaphore(limit)
-
-    async def one(item: Any) -> None:
-        async with sem:
-            await fn(item)
-
-    await asyncio.gather(*(one(i) for i in items))
 
 
 # ============================================================================ the world

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 
-async def bounded(items: Iterable[Any], fn: Callable[[Any], Awaitable[None]], limit: int) -> None:
+async def bounded(items: Iterable[Any], fn: Callable[[Any], Awaitable[object]], limit: int) -> None:
     """Run fn over items with at most `limit` at once."""
     sem = asyncio.Semaphore(limit)
 

@@ -126,12 +126,7 @@ class Authenticator:
             return cached
         body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}}
         self.reviews += 1
-        try:
-            review = await self.kube.request("POST", TOKEN_REVIEW_PATH, body=body)
-        except ApiError as exc:
-            _LOG.warning("TokenReview failed: %s", exc)
-            raise HTTPException(status_code=503, detail="cannot check the bearer token now: the Kubernetes API "
-                                                        f"answered {exc.status or 'nothing'}") from None
+        review = await self._review(TOKEN_REVIEW_PATH, body, "the bearer token")
         status = review.get("status") or {}
         user = status.get("user") or {}
         if not status.get("authenticated") or not user.get("username"):
@@ -139,6 +134,15 @@ class Authenticator:
         caller = caller_of(user)
         self.tokens.put(key, caller)
         return caller
+
+    async def _review(self, path: str, body: dict[str, Any], what: str) -> dict[str, Any]:
+        """POST a TokenReview or SubjectAccessReview; an API server that cannot answer is a 503."""
+        try:
+            return await self.kube.request("POST", path, body=body)
+        except ApiError as exc:
+            _LOG.warning("%s failed: %s", body["kind"], exc)
+            raise HTTPException(status_code=503, detail=f"cannot check {what} now: the Kubernetes API "
+                                                        f"answered {exc.status or 'nothing'}") from None
 
     async def allowed(self, caller: Caller, verb: str, plural: str, namespace: str, group: str = GROUP) -> bool:
         key = (caller.key, verb, group, plural, namespace)
@@ -148,12 +152,7 @@ class Authenticator:
                 "spec": {**caller.user_spec(),
                          "resourceAttributes": {"namespace": namespace, "verb": verb, "group": group,
                                                 "resource": plural}}}
-        try:
-            review = await self.kube.request("POST", ACCESS_REVIEW_PATH, body=body)
-        except ApiError as exc:
-            _LOG.warning("SubjectAccessReview failed: %s", exc)
-            raise HTTPException(status_code=503, detail="cannot check permissions now: the Kubernetes API "
-                                                        f"answered {exc.status or 'nothing'}") from None
+        review = await self._review(ACCESS_REVIEW_PATH, body, "permissions")
         ok = bool((review.get("status") or {}).get("allowed"))
         if ok:
             self.decisions.put(key, True)
