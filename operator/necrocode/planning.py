@@ -15,6 +15,7 @@ from necrocode.model import (
     FINISHED_TASK_STATES,
     LABEL_TASK,
     PENDING_TASK_STATES,
+    TERMINAL_PHASES,
     AffectedTask,
     Phase,
     TaskState,
@@ -274,6 +275,29 @@ class VerifyFindings:
         if self.job_phase:
             out.append(("agentjob", f"job phase is {self.job_phase}, not Cancelled"))
         return out
+
+
+def earlier_task_cancellations(task_cancellations: Iterable[Obj], job: str, created: str | None,
+                               name: str) -> list[str]:
+    """The TaskCancellations of `job` requested no later than a JobCancellation (created at
+    `created`, named `name`) that are still in flight. The job cancellation leaves their tasks to them, so
+    each task is cancelled, and counted, by the earliest request that covers it."""
+    mine = parse_time(created)
+    terminal = {p.value for p in TERMINAL_PHASES}
+    out = []
+    for tc in task_cancellations:
+        meta, spec = tc.get("metadata") or {}, tc.get("spec") or {}
+        if spec.get("jobName") != job or spec.get("dryRun"):
+            continue
+        if (tc.get("status") or {}).get("phase") in terminal:
+            continue
+        when, other = parse_time(meta.get("creationTimestamp")), str(meta.get("name", ""))
+        # timestamps have whole seconds: one created in the same second counts as earlier (a
+        # later one finds the job claimed and ends as a duplicate at once, so waiting is short)
+        if mine is None or when is None or when > mine or other == name:
+            continue
+        out.append(other)
+    return sorted(out)
 
 
 def final_phase(errors: int, failed_critical: bool) -> Phase:

@@ -44,6 +44,7 @@ from necrocode.model import (
 from necrocode.planning import (
     VerifyFindings,
     classify_tasks,
+    earlier_task_cancellations,
     job_affected_tasks,
     runner_summary,
     task_affected_tasks,
@@ -345,9 +346,30 @@ async def terminate_runners(ctx: Ctx) -> StepResult:
 
 
 # ============================================================================ tasks
+async def _defer_to_earlier_task_cancellations(ctx: Ctx) -> None:
+    """A TaskCancellation of this job requested first keeps its tasks: wait (bounded) until those
+    still in flight have finished, then cancel what they left. Each task is then cancelled, and
+    counted, by exactly one record whatever the timing."""
+    limit = ctx.settings.stuck_timeout + ctx.spec.escalate_after_seconds + 30.0
+    started = ctx.clock.monotonic()
+    created = (ctx.body.get("metadata") or {}).get("creationTimestamp")
+    while True:
+        items, _ = await ctx.kube.list_all(nc_path(ctx.namespace, PLURAL[TASK_CANCELLATION]))
+        waiting = earlier_task_cancellations(items, ctx.spec.job_name, created, ctx.name)
+        if not waiting:
+            return
+        if ctx.clock.monotonic() - started >= limit:
+            ctx.log.warning("earlier task cancellations still running; going on without them", waiting=waiting)
+            return
+        ctx.status.step(ctx.step_name).message = "waiting for " + ", ".join(f"taskcancellation/{n}" for n in waiting[:5])
+        ctx.changed()
+        await ctx.clock.sleep(0.5)
+
+
 async def update_task_states(ctx: Ctx) -> StepResult:
     reason = _reason(ctx)
     if ctx.is_job:
+        await _defer_to_earlier_task_cancellations(ctx)
         # level-triggered: every unfinished task of the job, plus those we already changed
         tasks = await ctx.registry.list_tasks(ctx.spec.job_name)
         targets = [a for a in job_affected_tasks(tasks, reason)]

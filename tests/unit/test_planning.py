@@ -14,6 +14,7 @@ from necrocode.planning import (
     VerifyFindings,
     classify_tasks,
     compute_cascade,
+    earlier_task_cancellations,
     escalation_delay,
     final_phase,
     job_affected_tasks,
@@ -204,3 +205,25 @@ def test_leader_action() -> None:
     assert leader_action("me", T0, 15, "me", T0 + timedelta(seconds=60)) == "renew"
     assert leader_action("other", T0, 15, "me", T0 + timedelta(seconds=10)) == "wait"
     assert leader_action("other", T0, 15, "me", T0 + timedelta(seconds=16)) == "take"
+
+
+def test_a_job_cancellation_defers_only_to_earlier_task_cancellations_in_flight() -> None:
+    def tc(name: str, created: datetime, job: str = "j", phase: str | None = "Running", dry: bool = False
+           ) -> dict[str, Any]:
+        return {"metadata": {"name": name, "creationTimestamp": created.strftime("%Y-%m-%dT%H:%M:%SZ")},
+                "spec": {"jobName": job, "taskId": "a", "dryRun": dry}, "status": {"phase": phase} if phase else {}}
+
+    me = (T0 + timedelta(seconds=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    items = [
+        tc("earlier", T0),                                    # in flight, earlier: wait for it
+        tc("not-started", T0, phase=None),                    # not picked up yet: wait for it too
+        tc("same-second", T0 + timedelta(seconds=10)),        # whole-second timestamps: counts as earlier
+        tc("later", T0 + timedelta(seconds=11)),              # after us: it will find the job claimed
+        tc("done", T0, phase="Completed"),
+        tc("rejected", T0, phase="Rejected"),
+        tc("other-job", T0, job="k"),
+        tc("what-if", T0, dry=True),
+    ]
+    assert earlier_task_cancellations(items, "j", me, "jc") == ["earlier", "not-started", "same-second"]
+    assert earlier_task_cancellations(items, "j", None, "jc") == []
+    assert earlier_task_cancellations([], "j", me, "jc") == []
