@@ -358,6 +358,38 @@ def delta(a: dict[str, float], b: dict[str, float]) -> dict[str, int]:
     return {k: int(b.get(k, 0) - a.get(k, 0)) for k in sorted(set(a) | set(b)) if b.get(k, 0) - a.get(k, 0)}
 
 
+class CpuMeter:
+    """CPU seconds (user + system) of each control-plane process, the operator and this harness,
+    so each figure says which component was busy: on a 2-core machine that is what bounds it."""
+
+    def __init__(self, cluster: LocalCluster, op: Operator):
+        self.cluster, self.op = cluster, op
+        self.tick = os.sysconf("SC_CLK_TCK")
+
+    def _pids(self) -> dict[str, int]:
+        pids = dict(self.cluster._pids())
+        with contextlib.suppress(AssertionError):
+            pids["operator"] = self.op.pid
+        pids["harness"] = os.getpid()
+        return pids
+
+    def snap(self) -> dict[str, float]:
+        out = {"_wall": time.perf_counter()}
+        for name, pid in self._pids().items():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                out[name] = (int(fields[11]) + int(fields[12])) / self.tick  # utime + stime
+        return out
+
+    def since(self, before: dict[str, float]) -> dict[str, float]:
+        now = self.snap()
+        wall = now["_wall"] - before["_wall"]
+        out = {k: round(now[k] - before.get(k, 0.0), 2) for k in sorted(now) if k != "_wall"}
+        out["_wall_seconds"] = round(wall, 2)
+        out["_busy_cores"] = round(sum(v for k, v in out.items() if not k.startswith("_")) / max(wall, 1e-6), 2)
+        return out
+
+
 # ============================================================================ the approaches
 @dataclass
 class Bench:
@@ -367,7 +399,14 @@ class Bench:
     kubectl: Path
     kubeconfig: Path
     raw_concurrency: int = 100
+    meter: CpuMeter | None = None
     results: dict[str, Any] = field(default_factory=dict)
+
+    def cpu_start(self) -> dict[str, float]:
+        return self.meter.snap() if self.meter else {}
+
+    def cpu_since(self, before: dict[str, float]) -> dict[str, float]:
+        return self.meter.since(before) if self.meter and before else {}
 
     # ---------------------------------------------------------------- ours
     async def ours(self, n: int) -> Obj:
@@ -377,12 +416,14 @@ class Bench:
             await self.world.wait_running(ns, "necrocode.io/job=job", n)
             await asyncio.sleep(1.0)  # let kwok's status writes settle
             before = self.op.metrics()
+            cpu = self.cpu_start()
             t0 = time.perf_counter()
             await self.kube.create(nc_path(ns, "jobcancellations"), {
                 "apiVersion": "necrocode.io/v1alpha1", "kind": "JobCancellation", "metadata": {"name": "stop"},
                 "spec": {"jobName": "job", "reason": "benchmark"}})
             done = await wait_phases(self.kube, ns, "jobcancellations", {"stop"}, timeout=900)
             seconds = done["stop"] - t0
+            cpu_used = self.cpu_since(cpu)
             calls = delta(before, self.op.metrics())
             jc = await self.kube.get(nc_path(ns, "jobcancellations", "stop"))
             left = await self.world.count(ns, "necrocode.io/job=job")
@@ -392,7 +433,8 @@ class Bench:
             steps = {s["name"]: _step_seconds(s) for s in st.get("steps", [])}
             assert left == 0 and not held, (left, len(held))
             return {"seconds": seconds, "api_calls": calls, "api_calls_total": sum(calls.values()),
-                    "steps": steps, "progress": st.get("progress"), "pods_left": left, "leases_held": len(held)}
+                    "cpu_seconds": cpu_used, "steps": steps, "progress": st.get("progress"), "pods_left": left,
+                    "leases_held": len(held)}
         finally:
             await self.world.drop_namespace(ns)
 
@@ -408,6 +450,7 @@ class Bench:
             names = await watch.start()
             client = Kube(self.kube.creds, concurrency=self.raw_concurrency, timeout=120)
             try:
+                cpu = self.cpu_start()
                 t0 = time.perf_counter()
                 if collection:
                     await client.request("DELETE", core_path(ns, "pods"), params={"labelSelector": sel},
@@ -418,10 +461,11 @@ class Bench:
                 t_issued = time.perf_counter() - t0
                 await watch.until(lambda: len(watch.deleted) >= len(names), timeout=900)
                 seconds = max(watch.deleted.values()) - t0
+                cpu_used = self.cpu_since(cpu)
             finally:
                 await watch.stop()
                 await client.close()
-            return {"seconds": seconds, "requests_issued_seconds": t_issued,
+            return {"seconds": seconds, "requests_issued_seconds": t_issued, "cpu_seconds": cpu_used,
                     "api_calls_total": 1 if collection else len(names)}
         finally:
             await self.world.drop_namespace(ns)
@@ -468,14 +512,17 @@ class Bench:
             watch = GoneWatch(self.kube, ns, sel)
             names = await watch.start()
             try:
+                cpu = self.cpu_start()
                 t0 = time.perf_counter()
                 await self.kube.merge_patch(group_path("batch", "v1", ns, "jobs", "work"), {"spec": {"suspend": True}})
                 await watch.until(lambda: len(watch.deleted) >= len(names), timeout=900)
                 seconds = max(watch.deleted.values()) - t0
+                cpu_used = self.cpu_since(cpu)
                 first = min(watch.terminating.values()) - t0
             finally:
                 await watch.stop()
-            return {"seconds": seconds, "first_deletion_seconds": first, "pods": len(names), "setup_seconds": setup}
+            return {"seconds": seconds, "first_deletion_seconds": first, "pods": len(names), "setup_seconds": setup,
+                    "cpu_seconds": cpu_used}
         finally:
             await self.world.drop_namespace(ns)
 
@@ -513,6 +560,83 @@ class Bench:
                     round(sum(calls.values()) / max(1, reps), 1)}
         finally:
             await self.world.drop_namespace(ns)
+
+    # ---------------------------------------------------------------- what one write costs
+    async def write_costs(self, n: int, concurrency: int = 50) -> Obj:
+        """CPU per API call of each kind a cancellation makes, n calls of each at `concurrency`
+        in flight, on a world like the one a cancellation sees: what bounds us, measured."""
+        ns = await self.world.namespace("costs")
+        out: Obj = {}
+        try:
+            await self.world.job(ns, "job", n)
+            await self.world.wait_running(ns, "necrocode.io/job=job", n)
+            await asyncio.sleep(2.0)
+            tids = [f"t{i:05d}" for i in range(n)]
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+            def event(t: str) -> Obj:
+                return {"metadata": {"name": f"job-{t}.cost"}, "type": "Normal", "reason": "Cancelled",
+                        "message": "Cancelled by jobcancellation/stop: benchmark", "firstTimestamp": stamp,
+                        "lastTimestamp": stamp, "count": 1, "source": {"component": "necrocode-cancel"},
+                        "involvedObject": {"apiVersion": "necrocode.io/v1alpha1", "kind": "AgentTask",
+                                           "namespace": ns, "name": f"job-{t}"}}
+
+            ops: dict[str, Callable[[str], Awaitable[Any]]] = {
+                "pod annotation PATCH (signal)": lambda t: self.kube.merge_patch(
+                    core_path(ns, "pods", f"job-{t}-runner"),
+                    {"metadata": {"annotations": {"necrocode.io/cancel-requested": '{"reason":"benchmark"}'}}}),
+                "AgentTask status PATCH": lambda t: self.kube.merge_patch(
+                    nc_path(ns, "agenttasks", f"job-{t}", "status"),
+                    {"status": {"state": "Cancelled", "cancellation": {"reason": "benchmark", "cancelledBy": "stop"}}}),
+                "Lease PATCH (release)": lambda t: self.kube.merge_patch(
+                    lease_path(ns, f"job-slot-{t[1:]}"),
+                    {"metadata": {"labels": {"necrocode.io/job": None, "necrocode.io/task": None,
+                                             "necrocode.io/slot-state": "dirty"}}, "spec": {"holderIdentity": None}}),
+                "Event POST": lambda t: self.kube.create(core_path(ns, "events"), event(t)),
+            }
+            tasks = {t["metadata"]["name"]: t for t in (await self.kube.list_all(
+                nc_path(ns, "agenttasks"), label_selector="necrocode.io/job=job"))[0]}
+            leases = {x["metadata"]["name"]: x for x in (await self.kube.list_all(
+                lease_path(ns), label_selector="necrocode.io/job=job"))[0]}
+
+            def put_task(t: str) -> Awaitable[Any]:
+                obj = tasks[f"job-{t}"]
+                obj["status"] = {**(obj.get("status") or {}), "state": "Failed"}
+                return self.kube.request("PUT", nc_path(ns, "agenttasks", f"job-{t}", "status"), body=obj)
+
+            def put_lease(t: str) -> Awaitable[Any]:
+                obj = leases[f"job-slot-{t[1:]}"]
+                obj["spec"] = {**obj["spec"], "holderIdentity": "x"}
+                return self.kube.request("PUT", lease_path(ns, f"job-slot-{t[1:]}"), body=obj)
+
+            ops = {"AgentTask status PUT": put_task, "Lease PUT": put_lease, **ops}  # first: on the listed versions
+            for label, op in ops.items():
+                cpu = self.cpu_start()
+                t0 = time.perf_counter()
+                await bounded(tids, op, concurrency)
+                out[label] = self._cost(n, time.perf_counter() - t0, self.cpu_since(cpu))
+            watch = GoneWatch(self.kube, ns, "necrocode.io/job=job")
+            names = await watch.start()
+            try:
+                cpu = self.cpu_start()
+                t0 = time.perf_counter()
+                await bounded(names, lambda p: self.kube.delete(core_path(ns, "pods", p), grace_period_seconds=GRACE,
+                                                                propagation=None), concurrency)
+                await watch.until(lambda: len(watch.deleted) >= len(names), timeout=900)
+                out["pod DELETE (+ kwok's final delete)"] = self._cost(
+                    n, max(watch.deleted.values()) - t0, self.cpu_since(cpu))
+            finally:
+                await watch.stop()
+            return out
+        finally:
+            await self.world.drop_namespace(ns)
+
+    @staticmethod
+    def _cost(n: int, seconds: float, cpu: Obj) -> Obj:
+        per = {k: round(v * 1000 / n, 2) for k, v in cpu.items() if not k.startswith("_") and v}
+        total = sum(v for k, v in cpu.items() if not k.startswith("_"))
+        return {"calls": n, "seconds": round(seconds, 2), "calls_per_second": round(n / seconds, 1),
+                "cpu_ms_per_call": per, "cpu_ms_per_call_total": round(total * 1000 / n, 2)}
 
     # ---------------------------------------------------------------- many at once
     async def concurrent(self, jobs: int = 100, per_job: int = 50) -> Obj:
@@ -660,7 +784,8 @@ async def amain(a: argparse.Namespace, out: Path, cluster: LocalCluster, kubecon
                     "sizes": {}, "raw_limit": {}}
     op = Operator(kubeconfig, out, tag="operator")
     op.start(profile=a.profile)
-    bench = Bench(kube, world, op, a.kubectl, kubeconfig, raw_concurrency=a.raw_concurrency)
+    bench = Bench(kube, world, op, a.kubectl, kubeconfig, raw_concurrency=a.raw_concurrency,
+                  meter=CpuMeter(cluster, op))
     runners: dict[str, Callable[[int], Awaitable[Obj]]] = {
         "ours": bench.ours, "raw-delete": lambda n: bench.raw(n, False),
         "raw-collection": lambda n: bench.raw(n, True), "kubectl": bench.kubectl_delete,
@@ -678,7 +803,19 @@ async def amain(a: argparse.Namespace, out: Path, cluster: LocalCluster, kubecon
                     say(f"N={n:>5} rep {rep + 1}/{a.reps} {name:<15} {r['seconds']:8.3f} s"
                         + (f"  ({r['api_calls_total']} operator API calls)" if name == "ours" else "")
                         + f"  [{time.monotonic() - started:.0f}s with setup]")
+                    if r.get("cpu_seconds"):
+                        c = r["cpu_seconds"]
+                        top = sorted(((v, k) for k, v in c.items() if not k.startswith("_")), reverse=True)[:4]
+                        say(f"      cpu: {c['_busy_cores']} cores busy; " + ", ".join(f"{k} {v:.1f}s" for v, k in top))
             summarise(results)
+            _write(results, out)
+        if a.write_costs:
+            say(f"write costs: {a.write_costs} calls of each kind")
+            results["write_costs"] = await bench.write_costs(a.write_costs)
+            for label, c in results["write_costs"].items():
+                say(f"  {label:<38} {c['calls_per_second']:7.1f}/s  {c['cpu_ms_per_call_total']:6.2f} ms CPU/call "
+                    f"(apiserver {c['cpu_ms_per_call'].get('kube-apiserver', 0):.2f}, "
+                    f"etcd {c['cpu_ms_per_call'].get('etcd', 0):.2f}, kwok {c['cpu_ms_per_call'].get('kwok', 0):.2f})")
             _write(results, out)
         if a.reaction_reps:
             say(f"reaction latency: {a.reaction_reps} TaskCancellations")
@@ -772,6 +909,8 @@ def main() -> int:
     ap.add_argument("--kubectl-max-n", type=int, default=1000,
                     help="run kubectl only up to this N (it deletes and waits one pod at a time: ~0.2 s a pod here)")
     ap.add_argument("--raw-concurrency", type=int, default=100, help="requests in flight for raw-delete")
+    ap.add_argument("--write-costs", type=int, default=0,
+                    help="also measure the CPU cost of each kind of API call a cancellation makes (n of each)")
     ap.add_argument("--profile", action="store_true", help="run the operator under py-spy (speedscope output)")
     ap.add_argument("--out", type=Path, default=None, help="output directory (default benchmarks/results/<time>)")
     ap.add_argument("--publish", action="store_true", help="also copy results.json and the plot to docs/benchmarks/")

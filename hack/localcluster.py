@@ -94,6 +94,8 @@ class LocalCluster:
     tie_to_parent: bool = False
     bins: Path | None = None
     ports: dict[str, int] = field(default_factory=dict)
+    profiling: bool = False
+    """Serve /debug/pprof on the API server (benchmarks: where its CPU goes)."""
 
     @property
     def kubeconfig(self) -> Path:
@@ -268,7 +270,7 @@ class LocalCluster:
             "--authorization-mode=RBAC",
             "--service-cluster-ip-range=10.0.0.0/24",
             "--allow-privileged=true",
-            "--profiling=false",
+            f"--profiling={'true' if self.profiling else 'false'}",
             "--max-requests-inflight=800", "--max-mutating-requests-inflight=400",
             "--v=1",
         ])

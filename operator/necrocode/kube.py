@@ -18,12 +18,16 @@ from typing import Any, ClassVar
 from urllib.parse import quote
 
 import aiohttp
+import orjson
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
 from necrocode.model import FIELD_MANAGER, GROUP, VERSION
 
 Obj = dict[str, Any]
+# metadata only (with the full object as a fallback for servers that cannot convert)
+META_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
+META_ONLY_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
 
 
 # ----------------------------------------------------------------------------- errors
@@ -179,7 +183,7 @@ class Kube:
     def _new_session(self, limit: int) -> aiohttp.ClientSession:
         return aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=limit, ssl=self.creds.ssl),
-            json_serialize=json.dumps,
+            json_serialize=lambda o: orjson.dumps(o).decode(),
         )
 
     @property
@@ -199,12 +203,16 @@ class Kube:
             Kube.on_request(verb)
 
     async def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
-                      body: Any = None, content_type: str = "application/json") -> Obj:
-        headers = {"Accept": "application/json", **self.creds.headers(), **self.extra_headers}
+                      body: Any = None, content_type: str = "application/json", meta_only: bool = False,
+                      accept: str | None = None) -> Obj:
+        """`meta_only`: the API server answers with the object's metadata only (PartialObjectMetadata),
+        which costs it and us less to encode, send and parse when the rest is not needed."""
+        headers = {"Accept": accept or (META_ONLY if meta_only else "application/json"), **self.creds.headers(),
+                   **self.extra_headers}
         data = None
         if body is not None:
             headers["Content-Type"] = content_type
-            data = json.dumps(body)
+            data = orjson.dumps(body)
         q = {k: _param(v) for k, v in (params or {}).items() if v is not None}
         self._count(method)
         try:
@@ -213,7 +221,7 @@ class Kube:
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
             ) as resp:
                 raw = await resp.read()
-                payload: Obj = json.loads(raw) if raw else {}
+                payload: Obj = orjson.loads(raw) if raw else {}
                 if resp.status >= 400:
                     raise map_error(resp.status, payload)
                 return payload
@@ -227,21 +235,22 @@ class Kube:
         return await self.request("GET", path)
 
     async def list_page(self, path: str, *, label_selector: str | None = None, field_selector: str | None = None,
-                   limit: int | None = None, continue_: str | None = None) -> Obj:
+                        limit: int | None = None, continue_: str | None = None, meta_only: bool = False) -> Obj:
         return await self.request("GET", path, params={
             "labelSelector": label_selector, "fieldSelector": field_selector,
             "limit": limit, "continue": continue_,
-        })
+        }, accept=META_ONLY_LIST if meta_only else None)
 
     async def list_all(self, path: str, *, label_selector: str | None = None,
-                       field_selector: str | None = None, page: int = 500) -> tuple[list[Obj], str]:
+                       field_selector: str | None = None, page: int = 500,
+                       meta_only: bool = False) -> tuple[list[Obj], str]:
         """All items across pages, and the list's resourceVersion (to start a watch from)."""
         items: list[Obj] = []
         cont: str | None = None
         rv = ""
         while True:
             out = await self.list_page(path, label_selector=label_selector, field_selector=field_selector,
-                                  limit=page, continue_=cont)
+                                       limit=page, continue_=cont, meta_only=meta_only)
             items.extend(out.get("items") or [])
             meta = out.get("metadata") or {}
             rv = meta.get("resourceVersion") or rv
@@ -252,16 +261,17 @@ class Kube:
     async def create(self, path: str, body: Obj) -> Obj:
         return await self.request("POST", path, body=body, params={"fieldManager": FIELD_MANAGER})
 
-    async def merge_patch(self, path: str, body: Obj) -> Obj:
+    async def merge_patch(self, path: str, body: Obj, *, meta_only: bool = False) -> Obj:
         return await self.request("PATCH", path, body=body, content_type="application/merge-patch+json",
-                                  params={"fieldManager": FIELD_MANAGER})
+                                  params={"fieldManager": FIELD_MANAGER}, meta_only=meta_only)
 
     async def json_patch(self, path: str, ops: list[Obj]) -> Obj:
         return await self.request("PATCH", path, body=ops, content_type="application/json-patch+json",
                                   params={"fieldManager": FIELD_MANAGER})
 
     async def delete(self, path: str, *, grace_period_seconds: int | None = None,
-                     uid: str | None = None, propagation: str | None = "Background") -> Obj | None:
+                     uid: str | None = None, propagation: str | None = "Background",
+                     meta_only: bool = False) -> Obj | None:
         """Delete; None when the object was already gone (404 on delete is success)."""
         body: Obj = {"kind": "DeleteOptions", "apiVersion": "v1"}
         if grace_period_seconds is not None:
@@ -271,7 +281,7 @@ class Kube:
         if propagation:
             body["propagationPolicy"] = propagation
         try:
-            return await self.request("DELETE", path, body=body)
+            return await self.request("DELETE", path, body=body, meta_only=meta_only)
         except NotFound:
             return None
         except Conflict as exc:
@@ -280,13 +290,14 @@ class Kube:
             raise
 
     async def watch(self, path: str, *, label_selector: str | None = None, resource_version: str = "",
-                    timeout_seconds: int = 290) -> AsyncIterator[Obj]:
+                    timeout_seconds: int = 290, meta_only: bool = False) -> AsyncIterator[Obj]:
         """Watch events as dicts {type, object}; raises Gone when the resourceVersion expired."""
         if self._watch_session is None or self._watch_session.closed:
             self._watch_session = self._new_session(0)
         params = {"watch": "1", "labelSelector": label_selector, "resourceVersion": resource_version,
                   "allowWatchBookmarks": "true", "timeoutSeconds": timeout_seconds}
-        headers = {"Accept": "application/json", **self.creds.headers(), **self.extra_headers}
+        headers = {"Accept": META_ONLY if meta_only else "application/json", **self.creds.headers(),
+                   **self.extra_headers}
         self._count("WATCH")
         try:
             async with self._watch_session.get(
@@ -294,11 +305,11 @@ class Kube:
                 headers=headers, timeout=aiohttp.ClientTimeout(total=None, sock_read=timeout_seconds + 30),
             ) as resp:
                 if resp.status >= 400:
-                    raise map_error(resp.status, json.loads(await resp.read() or b"{}"))
+                    raise map_error(resp.status, orjson.loads(await resp.read() or b"{}"))
                 async for line in resp.content:
                     if not line.strip():
                         continue
-                    event = json.loads(line)
+                    event = orjson.loads(line)
                     if event.get("type") == "ERROR":
                         status = event.get("object") or {}
                         raise map_error(int(status.get("code") or 500), status)

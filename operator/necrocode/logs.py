@@ -3,10 +3,11 @@ duration on every line (null where it does not apply), or readable text for loca
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from typing import Any
+
+import orjson
 
 CONTEXT_FIELDS = ("cancellation", "kind", "namespace", "job", "task", "runner", "step", "duration")
 _LOGGER = logging.getLogger("necrocode")
@@ -28,7 +29,7 @@ class JsonFormatter(logging.Formatter):
                 out[key] = value
         if record.exc_info:
             out["error"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+        return orjson.dumps(out, default=str).decode()
 
 
 class TextFormatter(logging.Formatter):

@@ -23,6 +23,13 @@ class Settings:
     stuck_timeout: float = 30.0
     """After a force delete, how long a pod may linger (a finalizer) before it is an error."""
     request_timeout: float = 30.0
+    status_list_limit: int = 100
+    """Entries kept in each status list (affectedTasks, runnerOutcomes, cleanup lists); the
+    progress counts stay exact and every AgentTask keeps its own cancellation record. Long
+    lists make every status write of a big cancellation expensive for the API server."""
+    task_events_limit: int = 100
+    """Per-task Events for at most this many tasks of one cancellation; beyond it one summary
+    Event on the AgentJob says how many more changed (as client-go's event spam filter would)."""
     include_secrets: bool = False
     """Also delete Secrets labelled as the job's scratch (needs RBAC on secrets)."""
     namespaces: tuple[str, ...] = ()
@@ -45,6 +52,8 @@ class Settings:
             ),
             stuck_timeout=float(_env("NECROCODE_STUCK_TIMEOUT_SECONDS", "30")),
             request_timeout=float(_env("NECROCODE_REQUEST_TIMEOUT_SECONDS", "30")),
+            status_list_limit=max(1, int(_env("NECROCODE_STATUS_LIST_LIMIT", "100"))),
+            task_events_limit=max(0, int(_env("NECROCODE_TASK_EVENTS_LIMIT", "100"))),
             include_secrets=_env("NECROCODE_INCLUDE_SECRETS", "false").lower() in ("1", "true", "yes"),
             namespaces=ns,
             log_format=_env("NECROCODE_LOG_FORMAT", "json"),

@@ -56,7 +56,6 @@ from necrocode.taskregistry import TaskRegistry
 from necrocode.terminator import RunnerTerminator, Termination
 
 Obj = dict[str, Any]
-MAX_LISTED = 2000  # entries kept in status lists (affectedTasks, cleanup report); counts are exact
 
 
 @dataclass
@@ -112,6 +111,11 @@ class Ctx:
         if self.is_job:
             return None
         return frozenset(a.task_id for a in self.status.affected_tasks if a.after == TaskState.CANCELLED.value)
+
+    @property
+    def listed(self) -> int:
+        """Entries kept in a status list (settings.status_list_limit); counts stay exact."""
+        return self.settings.status_list_limit
 
     def affected_task_ids(self) -> frozenset[str] | None:
         if self.is_job:
@@ -248,9 +252,9 @@ async def compute_cascade_step(ctx: Ctx) -> StepResult:
 
 
 def _set_affected(ctx: Ctx, affected: list[AffectedTask]) -> None:
-    ctx.status.affected_tasks = affected[:MAX_LISTED] if ctx.is_job else affected
-    if len(affected) > MAX_LISTED and ctx.is_job:
-        ctx.log.info("affected task list truncated in status", total=len(affected), listed=MAX_LISTED)
+    ctx.status.affected_tasks = affected[:ctx.listed] if ctx.is_job else affected
+    if len(affected) > ctx.listed and ctx.is_job:
+        ctx.log.info("affected task list truncated in status", total=len(affected), listed=ctx.listed)
 
 
 def _reason(ctx: Ctx) -> str:
@@ -267,10 +271,10 @@ async def _dry_run(ctx: Ctx, affected: list[AffectedTask]) -> None:
     scratch = await ctx.cleaner.labelled(sel, LABEL_SCRATCH, only)
     artifacts = await ctx.cleaner.labelled(sel, LABEL_ARTIFACT, only)
     plan = Plan(
-        runner_pods=sorted(p["metadata"]["name"] for p in pods)[:MAX_LISTED],
-        leases=sorted(o["metadata"]["name"] for o in leases)[:MAX_LISTED],
-        scratch_resources=sorted(f"{k.lower()}/{o['metadata']['name']}" for k, o in scratch)[:MAX_LISTED],
-        artifacts=sorted(f"{k.lower()}/{o['metadata']['name']}" for k, o in artifacts)[:MAX_LISTED],
+        runner_pods=sorted(p["metadata"]["name"] for p in pods)[:ctx.listed],
+        leases=sorted(o["metadata"]["name"] for o in leases)[:ctx.listed],
+        scratch_resources=sorted(f"{k.lower()}/{o['metadata']['name']}" for k, o in scratch)[:ctx.listed],
+        artifacts=sorted(f"{k.lower()}/{o['metadata']['name']}" for k, o in artifacts)[:ctx.listed],
     )
     if not ctx.spec.preserve_artifacts:
         plan.scratch_resources += plan.artifacts
@@ -335,7 +339,7 @@ async def terminate_runners(ctx: Ctx) -> StepResult:
     outcomes += [RunnerOutcome(pod=n, outcome="Stuck") for n in sorted(out.stuck)]
     outcomes += [RunnerOutcome(pod=n, outcome="Terminated") for n in sorted(out.gone - out.forced)
                  if not n.startswith("(earlier-")]
-    ctx.status.runner_outcomes = outcomes[:MAX_LISTED]
+    ctx.status.runner_outcomes = outcomes[:ctx.listed]
     for name, why in out.stuck.items():
         ctx.status.add_error("TerminateRunners", f"pod/{name}", why)
         await ctx.events.emit(ctx.body, f"stuck-{name}", "RunnerStuck", f"runner pod {name}: {why}", "Warning")
@@ -398,7 +402,7 @@ async def update_task_states(ctx: Ctx) -> StepResult:
         before = {a.name: a.before for a in ctx.status.affected_tasks}
         merged = [a if a.before != "Unknown" or a.name not in before else a.model_copy(update={"before": before[a.name]})
                   for a in res.changed]
-        ctx.status.affected_tasks = sorted(merged, key=lambda a: a.name)[:MAX_LISTED]
+        ctx.status.affected_tasks = sorted(merged, key=lambda a: a.name)[:ctx.listed]
     else:  # mark those that finished meanwhile
         left = {a.name: state for a, state in res.unaffected}
         ctx.status.affected_tasks = [
@@ -422,12 +426,28 @@ async def update_task_states(ctx: Ctx) -> StepResult:
 
 
 async def _task_events(ctx: Ctx, changed: list[AffectedTask]) -> None:
+    """An Event on each changed AgentTask, for the first task_events_limit of them (by name, so a
+    resumed step picks the same ones); one summary Event on the AgentJob for the rest."""
+    limit = ctx.settings.task_events_limit
+    ordered = sorted(changed, key=lambda a: a.name)
+
     async def one(a: AffectedTask) -> None:
         involved = {"apiVersion": "necrocode.io/v1alpha1", "kind": "AgentTask",
                     "metadata": {"name": a.name, "namespace": ctx.namespace, "uid": None}}
         await ctx.events.emit(involved, f"task-{a.name}", a.after, f"{a.after} by {ctx.ref}: {a.reason}")
 
-    await bounded(changed, one, ctx.settings.concurrency)
+    await bounded(ordered[:limit], one, ctx.settings.concurrency)
+    rest = ordered[limit:]
+    if rest:
+        counts: dict[str, int] = {}
+        for a in rest:
+            counts[a.after] = counts.get(a.after, 0) + 1
+        what = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+        job = ctx.job or {"apiVersion": "necrocode.io/v1alpha1", "kind": "AgentJob",
+                          "metadata": {"name": ctx.spec.job_name, "namespace": ctx.namespace, "uid": None}}
+        await ctx.events.emit(job, "tasks-more", "TasksChanged",
+                              f"{what} by {ctx.ref} besides the {limit} with an Event of their own "
+                              f"(kubectl get agenttasks -l {ctx.job_selector})")
 
 
 # ============================================================================ cleanup
@@ -443,8 +463,8 @@ async def cleanup_resources(ctx: Ctx) -> StepResult:
     p = ctx.status.progress
     p.leases_released, p.resources_deleted, p.artifacts_preserved = (
         len(report.released), len(report.deleted), len(report.preserved))
-    ctx.status.cleanup = CleanupReport(released=report.released[:MAX_LISTED], deleted=report.deleted[:MAX_LISTED],
-                                       preserved=report.preserved[:MAX_LISTED], failed=report.failed[:MAX_LISTED])
+    ctx.status.cleanup = CleanupReport(released=report.released[:ctx.listed], deleted=report.deleted[:ctx.listed],
+                                       preserved=report.preserved[:ctx.listed], failed=report.failed[:ctx.listed])
     for obj, msg, attempts in out.failed:
         ctx.status.add_error(ctx.step_name, obj, msg, attempts)
     msg = (f"{p.leases_released} lease(s) released, {p.resources_deleted} resource(s) deleted, "

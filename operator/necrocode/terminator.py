@@ -104,7 +104,7 @@ class RunnerTerminator:
         return self.task_filter is None or _task(pod) in self.task_filter
 
     async def list_runners(self) -> tuple[list[Obj], str]:
-        items, rv = await self.kube.list_all(self.pods_path, label_selector=self.selector)
+        items, rv = await self.kube.list_all(self.pods_path, label_selector=self.selector, meta_only=True)
         return [p for p in items if self.wanted(p)], rv
 
     def is_foreign(self, pod: Obj) -> bool:
@@ -134,7 +134,8 @@ class RunnerTerminator:
                 return
             try:
                 await self.kube.merge_patch(core_path(self.namespace, "pods", meta["name"]),
-                                            {"metadata": {"annotations": {ANNOTATION_CANCEL_REQUESTED: value}}})
+                                            {"metadata": {"annotations": {ANNOTATION_CANCEL_REQUESTED: value}}},
+                                            meta_only=True)
                 done += 1
                 self.log.info("runner signalled", runner=meta["name"], task=_task(pod))
             except NotFound:
@@ -180,7 +181,8 @@ class RunnerTerminator:
                         # ask the API server, not the watch: under load the watch can lag
                         # behind, and a pod it has not reported gone may be gone already
                         try:
-                            pod = await self.kube.get(core_path(self.namespace, "pods", name))
+                            pod = await self.kube.request("GET", core_path(self.namespace, "pods", name),
+                                                          meta_only=True)
                         except NotFound:
                             self._gone(name, remaining, state, started)
                             continue
@@ -231,7 +233,7 @@ class RunnerTerminator:
                 return
         try:
             out = await self.kube.delete(core_path(self.namespace, "pods", name),
-                                         grace_period_seconds=self.grace, uid=meta.get("uid"))
+                                         grace_period_seconds=self.grace, uid=meta.get("uid"), meta_only=True)
         except TransientError as exc:
             state.errors[name] = str(exc)
             self.log.warning("runner delete failed, will retry", runner=name, task=_task(pod), error=str(exc))
@@ -249,8 +251,8 @@ class RunnerTerminator:
                       answer="gone" if out is None else "terminating")
         if out is None:
             self._gone(name, remaining, state, None)
-        elif out.get("kind") == "Pod" and name in remaining:
-            remaining[name] = out
+        elif (out.get("metadata") or {}).get("name") == name and name in remaining:
+            remaining[name] = out  # the pod (its metadata) as it is now: terminating
 
     async def _force(self, name: str, remaining: dict[str, Obj], state: Termination,
                      forced_at: dict[str, float]) -> None:
@@ -267,7 +269,7 @@ class RunnerTerminator:
         await self.on_forced(name)
         try:
             await self.kube.delete(core_path(self.namespace, "pods", name), grace_period_seconds=0,
-                                   uid=pod["metadata"].get("uid"))
+                                   uid=pod["metadata"].get("uid"), meta_only=True)
             self.log.warning("runner force-deleted", runner=name, task=_task(pod),
                              grace_period_seconds=self.grace, escalate_after_seconds=self.escalate_after)
         except ApiError as exc:
@@ -326,7 +328,7 @@ class RunnerTerminator:
         while True:
             try:
                 async for ev in self.kube.watch(self.pods_path, label_selector=self.selector,
-                                                resource_version=rv[0]):
+                                                resource_version=rv[0], meta_only=True):
                     meta = (ev.get("object") or {}).get("metadata") or {}
                     if meta.get("resourceVersion"):
                         rv[0] = meta["resourceVersion"]
