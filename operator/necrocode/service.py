@@ -129,6 +129,7 @@ class CancellationService:
             metrics.DURATION.labels(kind=ctx.kind).observe(elapsed)
         await ctx.events.emit(ctx.body, "finished", status.phase.value, status.message or "",
                               "Normal" if status.phase == Phase.COMPLETED else "Warning")
+        await ctx.settle()
         await ctx.events.drain()
         await tracker.flush()
         ctx.log.info("cancellation finished", phase=status.phase.value, duration=elapsed,

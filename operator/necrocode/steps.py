@@ -7,6 +7,7 @@ A step returns a StepResult; the engine (service.py) records it, emits the event
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +16,7 @@ from necrocode.cleaner import CleanupOutcome, ResourceCleaner
 from necrocode.clock import Clock
 from necrocode.concurrency import bounded
 from necrocode.events import EventRecorder
-from necrocode.kube import Conflict, Kube, NotFound, core_path, nc_path
+from necrocode.kube import ApiError, Conflict, Kube, NotFound, core_path, nc_path
 from necrocode.logs import Bound
 from necrocode.model import (
     ANNOTATION_CANCELLED_BY,
@@ -89,6 +90,10 @@ class Ctx:
     step_name: str = ""
     in_progress: bool = False
     job: Obj | None = None
+    listed_once: dict[str, Any] = field(default_factory=dict)
+    """Lists a step made that the next step may use once instead of listing again (the path to
+    the first deletion is a chain of requests: each one saved is reaction time)."""
+    background: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
     def ref(self) -> str:
@@ -121,6 +126,25 @@ class Ctx:
         if self.is_job:
             return None
         return frozenset(a.task_id for a in self.status.affected_tasks)
+
+    def spawn(self, work: Awaitable[None]) -> None:
+        """Off the critical path; the engine waits for it before the final status."""
+        async def run() -> None:
+            try:
+                await work
+            except ApiError as exc:
+                self.log.warning("background request failed", error=str(exc))
+
+        task = asyncio.create_task(run())
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    async def settle(self) -> None:
+        while self.background:
+            await asyncio.gather(*list(self.background), return_exceptions=True)
+
+    def reuse(self, key: str) -> Any:
+        return self.listed_once.pop(key, None)
 
     def end(self, phase: Phase, message: str) -> None:
         """Finish early (rejected, duplicate, dry run); the engine writes the phase last, after
@@ -167,14 +191,15 @@ async def validate(ctx: Ctx) -> StepResult:
             break
         except Conflict:
             continue  # the job changed under us: decide again
-    await _label_self(ctx)
+    ctx.spawn(_label_self(ctx))
     return StepResult(message=f"AgentJob {spec.job_name} is {phase}" +
                       (f", task {spec.task_id} can be cancelled" if not ctx.is_job else ""))
 
 
 async def _validate_task(ctx: Ctx) -> StepResult | None:
-    tasks = await ctx.registry.list_tasks(ctx.spec.job_name, f"{LABEL_TASK}={ctx.spec.task_id}")
-    tasks = [t for t in tasks if task_id(t) == ctx.spec.task_id]
+    every = await ctx.registry.list_tasks(ctx.spec.job_name)
+    ctx.listed_once["tasks"] = every
+    tasks = [t for t in every if task_id(t) == ctx.spec.task_id]
     if not tasks:
         ctx.end(Phase.REJECTED, f"task {ctx.spec.task_id!r} not found in job {ctx.spec.job_name!r}")
         ctx.status.set_condition("Rejected", True, "TaskNotFound", ctx.status.message or "")
@@ -234,7 +259,7 @@ async def classify_tasks_step(ctx: Ctx) -> StepResult:
 
 
 async def compute_cascade_step(ctx: Ctx) -> StepResult:
-    tasks = await ctx.registry.list_tasks(ctx.spec.job_name)
+    tasks = ctx.reuse("tasks") or await ctx.registry.list_tasks(ctx.spec.job_name)
     assert ctx.spec.task_id is not None
     affected, cascade = task_affected_tasks(tasks, ctx.spec.task_id, ctx.spec.cascade, _reason(ctx))
     _set_affected(ctx, affected)
@@ -314,7 +339,8 @@ async def signal_runners(ctx: Ctx) -> StepResult:
     if ctx.spec.force:
         return StepResult(StepState.SKIPPED, "force: runners are deleted without a cooperative stop")
     term = _terminator(ctx, Termination())
-    pods, _ = await term.list_runners()
+    pods, rv = await term.list_runners()
+    ctx.listed_once["runners"] = (pods, rv)
     n = await term.signal(pods, _reason(ctx), ctx.ref)
     return StepResult(message=f"{n} runner(s) annotated necrocode.io/cancel-requested")
 
@@ -334,7 +360,7 @@ async def terminate_runners(ctx: Ctx) -> StepResult:
     for i in range(max(0, missing)):  # counted before a restart but not listed by name
         prior.gone.add(f"(earlier-{i})")
     term = _terminator(ctx, prior)
-    out = await term.terminate(prior)
+    out = await term.terminate(prior, listed=ctx.reuse("runners"))
     outcomes = [RunnerOutcome(pod=n, outcome="Forced") for n in sorted(out.forced & out.gone)]
     outcomes += [RunnerOutcome(pod=n, outcome="Stuck") for n in sorted(out.stuck)]
     outcomes += [RunnerOutcome(pod=n, outcome="Terminated") for n in sorted(out.gone - out.forced)

@@ -147,9 +147,11 @@ class RunnerTerminator:
         return done
 
     # ------------------------------------------------------------------ terminate
-    async def terminate(self, state: Termination) -> Termination:
-        """Delete every runner matching the selector and wait until each is gone, forced, or stuck."""
-        pods, rv = await self.list_runners()
+    async def terminate(self, state: Termination, listed: tuple[list[Obj], str] | None = None) -> Termination:
+        """Delete every runner matching the selector and wait until each is gone, forced, or stuck.
+        `listed`: the runners as the signal step just listed them (the watch starts from that
+        list's resourceVersion, so nothing that changed since is missed)."""
+        pods, rv = listed if listed is not None else await self.list_runners()
         remaining = _Remaining(self.escalate_after)
         for p in pods:
             remaining[p["metadata"]["name"]] = p
