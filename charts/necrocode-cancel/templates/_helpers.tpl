@@ -40,7 +40,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   verbs: [get, list, watch, patch]
 - apiGroups: [necrocode.io]
   resources: [agentjobs/status, agenttasks/status]
-  verbs: [get, patch]
+  verbs: [get, patch, update]
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch, patch, delete]
