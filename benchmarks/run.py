@@ -708,15 +708,17 @@ def summarise(results: Obj) -> None:
     for n, per in results["sizes"].items():
         for name, a in per.items():
             secs = [r["seconds"] for r in a["runs"]]
+            if not secs:
+                continue
             a["median_seconds"] = median(secs)
             a["min_seconds"], a["max_seconds"] = min(secs), max(secs)
             if name == "ours":
                 a["median_api_calls"] = median([r["api_calls_total"] for r in a["runs"]])
-        raws = [per[k]["median_seconds"] for k in ("raw-delete", "raw-collection") if k in per]
+        raws = [per[k]["median_seconds"] for k in ("raw-delete", "raw-collection") if per.get(k, {}).get("median_seconds")]
         if raws:
             per_limit = min(raws)
             results["raw_limit"][n] = per_limit
-            if "ours" in per:
+            if "median_seconds" in per.get("ours", {}):
                 per["ours"]["ratio_to_raw_limit"] = round(per["ours"]["median_seconds"] / per_limit, 2)
 
 
@@ -728,7 +730,7 @@ def table(results: Obj) -> str:
         cells = []
         for n in sizes:
             a = results["sizes"][n].get(name)
-            if not a:
+            if not a or "median_seconds" not in a:
                 cells.append("-")
                 continue
             c = f"{a['median_seconds']:.2f} s"
@@ -750,7 +752,7 @@ def plot(results: Obj, path: Path) -> None:
         xs, ys, lo, hi = [], [], [], []
         for n in sizes:
             a = results["sizes"][str(n)].get(name)
-            if a:
+            if a and "median_seconds" in a:
                 xs.append(n)
                 ys.append(a["median_seconds"])
                 lo.append(a["median_seconds"] - a["min_seconds"])
@@ -798,7 +800,12 @@ async def amain(a: argparse.Namespace, out: Path, cluster: LocalCluster, kubecon
                     if name == "kubectl" and n > a.kubectl_max_n:
                         continue
                     started = time.monotonic()
-                    r = await runners[name](n)
+                    try:
+                        r = await runners[name](n)
+                    except Exception as exc:  # recorded and reported, and the run goes on
+                        per.setdefault(name, {"runs": []}).setdefault("failed_runs", []).append(repr(exc)[:1000])
+                        say(f"N={n:>5} rep {rep + 1}/{a.reps} {name:<15} FAILED: {exc!r}"[:400])
+                        continue
                     per.setdefault(name, {"runs": []})["runs"].append(r)
                     say(f"N={n:>5} rep {rep + 1}/{a.reps} {name:<15} {r['seconds']:8.3f} s"
                         + (f"  ({r['api_calls_total']} operator API calls)" if name == "ours" else "")
@@ -825,13 +832,19 @@ async def amain(a: argparse.Namespace, out: Path, cluster: LocalCluster, kubecon
             _write(results, out)
         if a.concurrent_reps:
             runs = []
+            failed: list[str] = []
             for rep in range(a.concurrent_reps):
-                r = await bench.concurrent(a.concurrent_jobs, a.concurrent_runners)
+                try:
+                    r = await bench.concurrent(a.concurrent_jobs, a.concurrent_runners)
+                except Exception as exc:
+                    failed.append(repr(exc)[:1000])
+                    say(f"concurrent rep {rep + 1} FAILED: {exc!r}"[:400])
+                    continue
                 runs.append(r)
                 say(f"{a.concurrent_jobs} concurrent JobCancellations x {a.concurrent_runners} runners, "
                     f"rep {rep + 1}: {r['seconds']:.2f} s ({r['api_calls_total']} calls)")
             results["concurrent"] = {"jobs": a.concurrent_jobs, "runners_per_job": a.concurrent_runners, "runs": runs,
-                                     "median_seconds": median([r["seconds"] for r in runs])}
+                                     "failed_runs": failed, "median_seconds": median([r["seconds"] for r in runs])}
             _write(results, out)
         results["operator_memory_after_all_mib"] = op.memory()
     finally:
@@ -855,8 +868,8 @@ def goals(results: Obj) -> Obj:
         if "ratio_to_raw_limit" in o:
             g[f"within_1.3x_raw_limit_N{n}"] = {"ratio": o["ratio_to_raw_limit"], "met": o["ratio_to_raw_limit"] <= 1.3}
     for n, per in results["sizes"].items():
-        if "ours" in per:
-            others = {k: per[k]["median_seconds"] for k in ("kubectl", "job-controller") if k in per}
+        if "median_seconds" in per.get("ours", {}):
+            others = {k: per[k]["median_seconds"] for k in ("kubectl", "job-controller") if "median_seconds" in per.get(k, {})}
             g[f"faster_than_kubectl_and_job_controller_N{n}"] = {
                 "met": all(per["ours"]["median_seconds"] < v for v in others.values()), **others,
                 "ours": per["ours"]["median_seconds"]}
