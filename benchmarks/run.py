@@ -781,6 +781,7 @@ async def amain(a: argparse.Namespace, out: Path, cluster: LocalCluster, kubecon
                                  "operator_concurrency": os.environ.get("NECROCODE_CONCURRENCY", "50"),
                                  "raw_client_concurrency": a.raw_concurrency, "grace_period_seconds": GRACE,
                                  "kwok_nodes": NODES, "kubectl_max_n": a.kubectl_max_n,
+                                 "raw_delete_max_n": a.raw_delete_max_n,
                                  "kube_controller_manager": "--kube-api-qps=100 --kube-api-burst=200",
                                  "kube_apiserver": "--max-requests-inflight=800 --max-mutating-requests-inflight=400"},
                     "sizes": {}, "raw_limit": {}}
@@ -797,7 +798,7 @@ async def amain(a: argparse.Namespace, out: Path, cluster: LocalCluster, kubecon
             per: Obj = results["sizes"].setdefault(str(n), {})
             for rep in range(a.reps):
                 for name in a.approaches:  # interleaved, so drift in the machine's load hits all alike
-                    if name == "kubectl" and n > a.kubectl_max_n:
+                    if (name == "kubectl" and n > a.kubectl_max_n) or (name == "raw-delete" and n > a.raw_delete_max_n):
                         continue
                     started = time.monotonic()
                     try:
@@ -921,6 +922,8 @@ def main() -> int:
     ap.add_argument("--rss-pods", type=int, default=10_000, help="unrelated pods for the RSS run (0: skip)")
     ap.add_argument("--kubectl-max-n", type=int, default=1000,
                     help="run kubectl only up to this N (it deletes and waits one pod at a time: ~0.2 s a pod here)")
+    ap.add_argument("--raw-delete-max-n", type=int, default=1_000_000,
+                    help="skip raw-delete above this N (DELETE collection is the faster raw limit there)")
     ap.add_argument("--raw-concurrency", type=int, default=100, help="requests in flight for raw-delete")
     ap.add_argument("--write-costs", type=int, default=0,
                     help="also measure the CPU cost of each kind of API call a cancellation makes (n of each)")
