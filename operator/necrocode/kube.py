@@ -27,6 +27,7 @@ from necrocode.model import FIELD_MANAGER, GROUP, VERSION
 Obj = dict[str, Any]
 # metadata only (with the full object as a fallback for servers that cannot convert)
 META_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
+READ_ATTEMPTS = 3
 META_ONLY_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
 
 
@@ -214,11 +215,26 @@ class Kube:
             headers["Content-Type"] = content_type
             data = orjson.dumps(body)
         q = {k: _param(v) for k, v in (params or {}).items() if v is not None}
+        attempts = READ_ATTEMPTS if method == "GET" else 1  # reads are safe to repeat
+        for attempt in range(1, attempts + 1):
+            try:
+                return await self._once(method, path, q, data, headers)
+            except TransientError:
+                if attempt == attempts:
+                    raise
+                await asyncio.sleep(0.2 * 2 ** attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _once(self, method: str, path: str, q: Mapping[str, str], data: bytes | None,
+                    headers: Mapping[str, str]) -> Obj:
         self._count(method)
         try:
+            # the timeout covers the server's answer, not the wait for one of our own pooled
+            # connections: under a hundred concurrent cancellations that wait is ours, not a fault
             async with self.session.request(
                 method, self.creds.host + path, params=q, data=data, headers=headers,
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                timeout=aiohttp.ClientTimeout(total=None, connect=None, sock_connect=self.timeout,
+                                              sock_read=self.timeout),
             ) as resp:
                 raw = await resp.read()
                 payload: Obj = orjson.loads(raw) if raw else {}

@@ -28,8 +28,9 @@ class Settings:
     progress counts stay exact and every AgentTask keeps its own cancellation record. Long
     lists make every status write of a big cancellation expensive for the API server."""
     task_events_limit: int = 100
-    """Per-task Events for at most this many tasks of one cancellation; beyond it one summary
-    Event on the AgentJob says how many more changed (as client-go's event spam filter would)."""
+    """Per-task Events for at most this many tasks of one cancellation (and RunnerForced Events
+    for this many forced runners); beyond it one summary Event says how many more (as
+    client-go's event spam filter would)."""
     include_secrets: bool = False
     """Also delete Secrets labelled as the job's scratch (needs RBAC on secrets)."""
     namespaces: tuple[str, ...] = ()

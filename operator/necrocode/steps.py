@@ -315,6 +315,10 @@ async def _dry_run(ctx: Ctx, affected: list[AffectedTask]) -> None:
 # ============================================================================ runners
 def _terminator(ctx: Ctx, state: Termination) -> RunnerTerminator:
     async def forced(name: str) -> None:
+        # like the task Events: one per runner up to the limit (the count is in status and
+        # metrics, every runner is in the log); a mass escalation must not add a write per pod
+        if len(state.forced) > ctx.settings.task_events_limit:
+            return
         await ctx.events.emit(ctx.body, f"forced-{name}", "RunnerForced",
                               f"runner pod {name} force-deleted (grace {ctx.spec.effective_grace}s "
                               f"+ {ctx.spec.escalate_after_seconds}s ran out)", "Warning")
@@ -370,6 +374,11 @@ async def terminate_runners(ctx: Ctx) -> StepResult:
         ctx.status.add_error("TerminateRunners", f"pod/{name}", why)
         await ctx.events.emit(ctx.body, f"stuck-{name}", "RunnerStuck", f"runner pod {name}: {why}", "Warning")
     msg = f"{out.terminated}/{out.total} runner(s) gone, {len(out.forced & out.gone)} forced"
+    more = len(out.forced) - ctx.settings.task_events_limit
+    if more > 0:
+        await ctx.events.emit(ctx.body, "forced-more", "RunnersForced",
+                              f"{more} more runner pod(s) force-deleted besides the {ctx.settings.task_events_limit} "
+                              f"with an Event of their own (status.progress.runnersForced counts them all)", "Warning")
     if out.stuck:
         return StepResult(StepState.FAILED, msg + f", {len(out.stuck)} stuck")
     return StepResult(message=msg)
