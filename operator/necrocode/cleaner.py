@@ -84,15 +84,16 @@ class ResourceCleaner:
         """Clear the holder, drop the job and task labels, mark the slot dirty for the pool."""
         async def release(lease: Obj) -> None:
             name = lease["metadata"]["name"]
-            current = [lease]
+            current = lease
 
             async def put() -> None:
+                nonlocal current
                 try:
-                    await self.kube.request("PUT", lease_path(self.namespace, name), body=released(current[0]),
+                    await self.kube.request("PUT", lease_path(self.namespace, name), body=released(current),
                                             meta_only=True)
                 except Conflict:  # changed since we read it (a renewal): read again, release that
-                    current[0] = await self.kube.get(lease_path(self.namespace, name))
-                    if not _held_for(current[0], selector):
+                    current = await self.kube.get(lease_path(self.namespace, name))
+                    if not _held_for(current, selector):
                         return  # released meanwhile (by the pool, or an earlier try of ours)
                     raise
 
