@@ -10,6 +10,9 @@ Approaches, each timed from the request to the moment the work is observably don
 
   ours            a JobCancellation, creation -> phase Completed (every runner gone, every
                   task Cancelled, every lease released; the operator's own Verify step checks)
+  floor           a bare asyncio client making exactly the writes a cancellation promises (signal
+                  PATCH + graceful DELETE per runner; once all are gone, task PUT + lease PUT),
+                  100 in flight, nothing else: the floor under any operator keeping the promises
   raw-delete      a bare asyncio client: concurrent DELETEs of the same pods, until a watch has
                   seen every pod DELETED
   raw-collection  one DELETE collection (label selector), until every pod is DELETED
@@ -55,6 +58,8 @@ sys.path.insert(0, str(REPO / "hack"))
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "operator"))
 
+import aiohttp  # noqa: E402
+
 from localcluster import CACHE, LocalCluster, bin_dir, free_port  # noqa: E402
 from necrocode.concurrency import bounded  # noqa: E402
 from necrocode.kube import ApiError, Kube, NotFound, core_path, group_path, lease_path, load_credentials, nc_path  # noqa: E402
@@ -62,7 +67,7 @@ from necrocode.kube import ApiError, Kube, NotFound, core_path, group_path, leas
 Obj = dict[str, Any]
 NODES = 10
 NS_PREFIX = "nb-"  # the operator serves nb-*
-APPROACHES = ("ours", "raw-delete", "raw-collection", "kubectl", "job-controller")
+APPROACHES = ("ours", "floor", "raw-delete", "raw-collection", "kubectl", "job-controller")
 TERMINAL = {"Completed", "PartiallyCompleted", "Failed", "Rejected"}
 GRACE = 30
 
@@ -401,6 +406,23 @@ class Bench:
     raw_concurrency: int = 100
     meter: CpuMeter | None = None
     results: dict[str, Any] = field(default_factory=dict)
+    pprof_seconds: int = 0
+    out: Path | None = None
+
+    def pprof(self, tag: str) -> asyncio.Task[None] | None:
+        """With --apiserver-pprof S: the API server's CPU profile over the first S seconds of a
+        timed window, saved as <out>/<tag>-rep<i>.pprof (`go tool pprof -top` reads it)."""
+        if not self.pprof_seconds or self.out is None:
+            return None
+        path = self.out / f"{tag}-rep{len(list(self.out.glob(f'{tag}-rep*.pprof')))}.pprof"
+
+        async def fetch() -> None:
+            session = self.kube.session
+            async with session.get(self.kube.creds.host + "/debug/pprof/profile",
+                                   params={"seconds": str(self.pprof_seconds)}, headers=self.kube.creds.headers(),
+                                   timeout=aiohttp.ClientTimeout(total=self.pprof_seconds + 60)) as r:
+                path.write_bytes(await r.read())
+        return asyncio.create_task(fetch())
 
     def cpu_start(self) -> dict[str, float]:
         return self.meter.snap() if self.meter else {}
@@ -418,12 +440,15 @@ class Bench:
             before = self.op.metrics()
             cpu = self.cpu_start()
             t0 = time.perf_counter()
+            prof = self.pprof(f"ours-{n}")
             await self.kube.create(nc_path(ns, "jobcancellations"), {
                 "apiVersion": "necrocode.io/v1alpha1", "kind": "JobCancellation", "metadata": {"name": "stop"},
                 "spec": {"jobName": "job", "reason": "benchmark"}})
             done = await wait_phases(self.kube, ns, "jobcancellations", {"stop"}, timeout=900)
             seconds = done["stop"] - t0
             cpu_used = self.cpu_since(cpu)
+            if prof:
+                await prof
             calls = delta(before, self.op.metrics())
             jc = await self.kube.get(nc_path(ns, "jobcancellations", "stop"))
             left = await self.world.count(ns, "necrocode.io/job=job")
@@ -439,16 +464,24 @@ class Bench:
             await self.world.drop_namespace(ns)
 
     # ---------------------------------------------------------------- raw client
+    async def _armed(self, ns: str, n: int, *, full_world: bool) -> tuple[GoneWatch, list[str], Kube]:
+        """n Running runner pods (with their job, tasks and leases when `full_world`), a watch
+        following them, and a bare client of raw_concurrency connections: ready to time."""
+        if full_world:
+            await self.world.job(ns, "job", n)
+        else:
+            await self.world.pods_only(ns, "job", n)
+        await self.world.wait_running(ns, "necrocode.io/job=job", n)
+        await asyncio.sleep(1.0)
+        watch = GoneWatch(self.kube, ns, "necrocode.io/job=job")
+        names = await watch.start()
+        return watch, names, Kube(self.kube.creds, concurrency=self.raw_concurrency, timeout=120)
+
     async def raw(self, n: int, collection: bool) -> Obj:
         ns = await self.world.namespace("raw")
         sel = "necrocode.io/job=job"
         try:
-            await self.world.pods_only(ns, "job", n)
-            await self.world.wait_running(ns, sel, n)
-            await asyncio.sleep(1.0)
-            watch = GoneWatch(self.kube, ns, sel)
-            names = await watch.start()
-            client = Kube(self.kube.creds, concurrency=self.raw_concurrency, timeout=120)
+            watch, names, client = await self._armed(ns, n, full_world=False)
             try:
                 cpu = self.cpu_start()
                 t0 = time.perf_counter()
@@ -467,6 +500,60 @@ class Bench:
                 await client.close()
             return {"seconds": seconds, "requests_issued_seconds": t_issued, "cpu_seconds": cpu_used,
                     "api_calls_total": 1 if collection else len(names)}
+        finally:
+            await self.world.drop_namespace(ns)
+
+    # ---------------------------------------------------------------- the promised writes, bare
+    async def promised(self, n: int) -> Obj:
+        """The floor under any operator that keeps the issue's promises: a bare client (no status,
+        no Events, no checks) making exactly the writes a cancellation must make, 100 in flight:
+        per runner the signal annotation PATCH and the graceful DELETE; once every pod is gone,
+        per task its Cancelled status PUT and per lease its release PUT (both on listed objects)."""
+        ns = await self.world.namespace("floor")
+        sel = "necrocode.io/job=job"
+        try:
+            watch, names, client = await self._armed(ns, n, full_world=True)
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            signal = {"metadata": {"annotations": {"necrocode.io/cancel-requested": json.dumps(
+                {"reason": "benchmark", "requestedAt": stamp, "cancellation": "floor"})}}}
+
+            async def stop(pod: str) -> None:
+                await client.merge_patch(core_path(ns, "pods", pod), signal, meta_only=True)
+                await client.delete(core_path(ns, "pods", pod), grace_period_seconds=GRACE, propagation=None,
+                                    meta_only=True)
+
+            def cancel_task(t: Obj) -> Awaitable[Any]:
+                t["status"] = {**(t.get("status") or {}), "state": "Cancelled", "cancellation": {
+                    "reason": "benchmark", "requestedBy": "bench", "cancelledAt": stamp, "cancelledBy": "floor"}}
+                return client.request("PUT", nc_path(ns, "agenttasks", t["metadata"]["name"], "status"), body=t)
+
+            def release(x: Obj) -> Awaitable[Any]:
+                labels = {k: v for k, v in (x["metadata"].get("labels") or {}).items()
+                          if k not in ("necrocode.io/job", "necrocode.io/task")}
+                x["metadata"]["labels"] = {**labels, "necrocode.io/slot-state": "dirty"}
+                x["spec"] = {k: v for k, v in x["spec"].items() if k != "holderIdentity"}
+                return client.request("PUT", lease_path(ns, x["metadata"]["name"]), body=x)
+
+            try:
+                cpu = self.cpu_start()
+                t0 = time.perf_counter()
+                prof = self.pprof(f"floor-{n}")
+                await bounded(names, stop, self.raw_concurrency)
+                await watch.until(lambda: len(watch.deleted) >= len(names), timeout=900)
+                gone = max(watch.deleted.values()) - t0
+                tasks, _ = await client.list_all(nc_path(ns, "agenttasks"), label_selector=sel)
+                leases, _ = await client.list_all(lease_path(ns), label_selector=sel)
+                await asyncio.gather(bounded(tasks, cancel_task, self.raw_concurrency // 2),
+                                     bounded(leases, release, self.raw_concurrency // 2))
+                seconds = time.perf_counter() - t0
+                cpu_used = self.cpu_since(cpu)
+                if prof:
+                    await prof
+            finally:
+                await watch.stop()
+                await client.close()
+            return {"seconds": seconds, "pods_gone_seconds": gone, "cpu_seconds": cpu_used,
+                    "api_calls_total": 2 * len(names) + len(tasks) + len(leases) + 2}
         finally:
             await self.world.drop_namespace(ns)
 
@@ -514,10 +601,13 @@ class Bench:
             try:
                 cpu = self.cpu_start()
                 t0 = time.perf_counter()
+                prof = self.pprof(f"job-controller-{n}")
                 await self.kube.merge_patch(group_path("batch", "v1", ns, "jobs", "work"), {"spec": {"suspend": True}})
                 await watch.until(lambda: len(watch.deleted) >= len(names), timeout=900)
                 seconds = max(watch.deleted.values()) - t0
                 cpu_used = self.cpu_since(cpu)
+                if prof:
+                    await prof
                 first = min(watch.terminating.values()) - t0
             finally:
                 await watch.stop()
@@ -699,7 +789,8 @@ async def rss(kube: Kube, world: World, kubeconfig: Path, out: Path, pods: int =
 
 
 # ============================================================================ output
-LABELS = {"ours": "necrocode-cancel (JobCancellation)", "raw-delete": "raw: concurrent DELETEs",
+LABELS = {"ours": "necrocode-cancel (JobCancellation)",
+          "floor": "floor: the promised writes, bare client", "raw-delete": "raw: concurrent DELETEs",
           "raw-collection": "raw: DELETE collection", "kubectl": "kubectl delete -l --wait",
           "job-controller": "Job controller (suspend)"}
 
@@ -720,6 +811,8 @@ def summarise(results: Obj) -> None:
             results["raw_limit"][n] = per_limit
             if "median_seconds" in per.get("ours", {}):
                 per["ours"]["ratio_to_raw_limit"] = round(per["ours"]["median_seconds"] / per_limit, 2)
+        if "median_seconds" in per.get("ours", {}) and "median_seconds" in per.get("floor", {}):
+            per["ours"]["ratio_to_floor"] = round(per["ours"]["median_seconds"] / per["floor"]["median_seconds"], 2)
 
 
 def table(results: Obj) -> str:
@@ -736,6 +829,8 @@ def table(results: Obj) -> str:
             c = f"{a['median_seconds']:.2f} s"
             if name == "ours" and "ratio_to_raw_limit" in a:
                 c += f" ({a['ratio_to_raw_limit']:.2f}x raw limit, {int(a['median_api_calls']):,} calls)"
+            if name == "ours" and "ratio_to_floor" in a:
+                c += f" ({a['ratio_to_floor']:.2f}x floor)"
             cells.append(c)
         lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -788,10 +883,10 @@ async def amain(a: argparse.Namespace, out: Path, cluster: LocalCluster, kubecon
     op = Operator(kubeconfig, out, tag="operator")
     op.start(profile=a.profile)
     bench = Bench(kube, world, op, a.kubectl, kubeconfig, raw_concurrency=a.raw_concurrency,
-                  meter=CpuMeter(cluster, op))
+                  meter=CpuMeter(cluster, op), pprof_seconds=a.apiserver_pprof, out=out)
     runners: dict[str, Callable[[int], Awaitable[Obj]]] = {
         "ours": bench.ours, "raw-delete": lambda n: bench.raw(n, False),
-        "raw-collection": lambda n: bench.raw(n, True), "kubectl": bench.kubectl_delete,
+        "raw-collection": lambda n: bench.raw(n, True), "kubectl": bench.kubectl_delete, "floor": bench.promised,
         "job-controller": bench.job_controller}
     try:
         for n in a.sizes:
@@ -925,6 +1020,9 @@ def main() -> int:
     ap.add_argument("--raw-delete-max-n", type=int, default=1_000_000,
                     help="skip raw-delete above this N (DELETE collection is the faster raw limit there)")
     ap.add_argument("--raw-concurrency", type=int, default=100, help="requests in flight for raw-delete")
+    ap.add_argument("--apiserver-pprof", type=int, default=0, metavar="SECONDS",
+                    help="save the API server's CPU profile over the first SECONDS of each timed window "
+                         "(ours, floor, job-controller) as <out>/<approach>-<N>-rep<i>.pprof")
     ap.add_argument("--write-costs", type=int, default=0,
                     help="also measure the CPU cost of each kind of API call a cancellation makes (n of each)")
     ap.add_argument("--profile", action="store_true", help="run the operator under py-spy (speedscope output)")
@@ -950,7 +1048,8 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     say(f"starting a local control plane in {a.cluster_dir} ({NODES} kwok nodes) ...")
-    cluster = LocalCluster(dir=a.cluster_dir, nodes=NODES, tie_to_parent=True, bins=bin_dir())
+    cluster = LocalCluster(dir=a.cluster_dir, nodes=NODES, tie_to_parent=True, bins=bin_dir(),
+                           profiling=a.apiserver_pprof > 0)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     started = time.monotonic()
     try:
