@@ -27,8 +27,9 @@ cluster-status: ## is the local control plane running?
 	@$(PY) hack/localcluster.py status --dir $(CLUSTER_DIR)
 
 lint: venv ## ruff, mypy --strict, import-linter layer rules, CRDs up to date
-	@.venv/bin/ruff check operator tests hack
+	@.venv/bin/ruff check operator tests hack benchmarks
 	@.venv/bin/mypy
+	@.venv/bin/mypy benchmarks/run.py
 	@.venv/bin/lint-imports --no-cache
 	@$(PY) hack/gen_crds.py --check
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -219,7 +220,7 @@ class GoneWatch:
                     now = time.perf_counter()
                     meta = (ev.get("object") or {}).get("metadata") or {}
                     rv = meta.get("resourceVersion") or rv
-                    name = meta.get("name")
+                    name = str(meta.get("name"))
                     if ev.get("type") == "DELETED":
                         self.deleted.setdefault(name, now)
                         self.terminating.setdefault(name, now)
@@ -638,7 +639,7 @@ class Bench:
                     await self.kube.create(nc_path(ns, "taskcancellations"), {
                         "apiVersion": "necrocode.io/v1alpha1", "kind": "TaskCancellation", "metadata": {"name": name},
                         "spec": {"jobName": job, "taskId": tid, "cascade": False, "reason": "benchmark"}})
-                    await watch.until(lambda p=pod: p in watch.terminating, timeout=60)
+                    await watch.until(functools.partial(watch.terminating.__contains__, pod), timeout=60)
                     lat.append(watch.terminating[pod] - t0)
                     await wait_phases(self.kube, ns, "taskcancellations", {name}, timeout=60)
                     await asyncio.sleep(0.2)
@@ -969,6 +970,17 @@ def goals(results: Obj) -> Obj:
             g[f"faster_than_kubectl_and_job_controller_N{n}"] = {
                 "met": all(per["ours"]["median_seconds"] < v for v in others.values()), **others,
                 "ours": per["ours"]["median_seconds"]}
+    for n, per in results["sizes"].items():  # the bound: what the promised writes alone cost
+        fl = per.get("floor", {}).get("median_seconds")
+        if fl:
+            b: Obj = {"floor": fl}
+            if "median_seconds" in per.get("ours", {}):
+                b["ours_to_floor"] = round(per["ours"]["median_seconds"] / fl, 2)
+            if results["raw_limit"].get(n):
+                b["floor_to_raw_limit"] = round(fl / results["raw_limit"][n], 2)
+            if "median_seconds" in per.get("job-controller", {}):
+                b["floor_to_job_controller"] = round(fl / per["job-controller"]["median_seconds"], 2)
+            g[f"floor_bound_N{n}"] = b
     if "reaction" in results:
         p99 = results["reaction"]["p99_seconds"]
         g["reaction_p99_under_200ms"] = {"p99_seconds": p99, "met": p99 < 0.2}
