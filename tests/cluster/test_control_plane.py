@@ -98,10 +98,12 @@ def test_subject_access_review_allows_a_user_with_a_role(kube: Kubectl, namespac
         "metadata": {"name": "alice-canceller"},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "canceller"},
         "subjects": [{"kind": "User", "name": "alice", "apiGroup": "rbac.authorization.k8s.io"}]})
-    review = kube.auth.create_subject_access_review({
+    # the RBAC authorizer reads Roles and RoleBindings from an informer cache: a binding just
+    # created takes effect within moments, not at once (a first review may still say no)
+    wait_for(lambda: kube.auth.create_subject_access_review({
         "spec": {"user": "alice", "resourceAttributes": {
-            "namespace": namespace, "verb": "create", "group": "necrocode.io", "resource": "jobcancellations"}}})
-    assert review.status.allowed is True
+            "namespace": namespace, "verb": "create", "group": "necrocode.io", "resource": "jobcancellations"}}}
+    ).status.allowed is True, timeout=15, what="alice allowed to create jobcancellations")
 
 
 def test_token_request_token_authenticates_through_token_review(kube: Kubectl, namespace: str) -> None:
