@@ -1030,7 +1030,8 @@ def main() -> int:
     ap.add_argument("--kubectl-max-n", type=int, default=1000,
                     help="run kubectl only up to this N (it deletes and waits one pod at a time: ~0.2 s a pod here)")
     ap.add_argument("--raw-delete-max-n", type=int, default=1_000_000,
-                    help="skip raw-delete above this N (DELETE collection is the faster raw limit there)")
+                    help="skip raw-delete above this N (it takes as long as the DELETE collection; "
+                         "at 5,000 it was 4 %% faster, so the published raw limit measures both)")
     ap.add_argument("--raw-concurrency", type=int, default=100, help="requests in flight for raw-delete")
     ap.add_argument("--apiserver-pprof", type=int, default=0, metavar="SECONDS",
                     help="save the API server's CPU profile over the first SECONDS of each timed window "

@@ -27,8 +27,8 @@ from necrocode.model import FIELD_MANAGER, GROUP, VERSION
 Obj = dict[str, Any]
 # metadata only (with the full object as a fallback for servers that cannot convert)
 META_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
-READ_ATTEMPTS = 3
 META_ONLY_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
+READ_ATTEMPTS = 3  # a GET that fails transiently is tried this many times in all
 
 
 # ----------------------------------------------------------------------------- errors
