@@ -58,7 +58,7 @@ CANCELLATION_STATUS = obj({
     }, ["name", "state"])),
     "progress": obj({k: i(minimum=0) for k in (
         "runnersTotal", "runnersTerminated", "runnersForced", "tasksCancelled", "tasksBlocked",
-        "tasksUnaffected", "leasesReleased", "resourcesDeleted", "artifactsPreserved")}),
+        "tasksUnaffected", "leasesReleased", "resourcesDeleted", "artifactsPreserved", "resourcesToDelete")}),
     "runnerSummary": s(description="terminated/total runners, and how many were forced"),
     "affectedTasks": arr(obj({
         "taskId": s(), "name": s(), "before": s(), "after": s(), "reason": s(), "runner": s(),
@@ -78,10 +78,22 @@ CANCELLATION_STATUS = obj({
     "observedGeneration": i(format="int64"),
     "duplicateOf": s(description="the cancellation that already covers this request"),
     "requestedBy": s(),
+    "errorsTotal": i(minimum=0, description="how many errors there were; errors lists the first of them"),
+    "affectedTasksTotal": i(minimum=0, description="how many tasks are affected; affectedTasks lists the first of them"),
+    "escalated": s(description="the running graceful cancellation this forced request escalated"),
+    "escalatedBy": s(description="the forced request that escalated this cancellation"),
 })
 
+# Label values are at most 63 characters, and the job's name is the value of necrocode.io/job on
+# its tasks, runners and slots: a longer name could never be selected, so it is refused up front.
+JOB_NAME = {**NAME, "x-kubernetes-validations": [{
+    "rule": "self.size() <= 63",
+    "message": "jobName must be at most 63 characters: it is the value of the necrocode.io/job label "
+               "on the job's tasks, runner pods and repo slots",
+}]}
+
 COMMON_SPEC = {
-    "jobName": {**NAME, "description": "the AgentJob to cancel (in this namespace)"},
+    "jobName": {**JOB_NAME, "description": "the AgentJob to cancel (in this namespace)"},
     "reason": s(maxLength=1024, description="why; recorded on every task and event"),
     "requestedBy": s(maxLength=253, description="who asked (set by the CLI and the REST API)"),
     "force": b(default=False, description="delete runner pods with grace period 0"),
@@ -148,8 +160,11 @@ def definitions() -> dict[str, dict[str, Any]]:
             "repoSlot": s(description="the repo slot Lease's name"),
             "message": s(),
             "blockedBy": s(description="the cancellation that blocked this task"),
+            "blockedByUid": s(description="its uid"),
             "cancellation": obj({
                 "reason": s(), "requestedBy": s(), "cancelledAt": TS, "cancelledBy": s(),
+                "cancelledByKind": s(description="JobCancellation or TaskCancellation"),
+                "cancelledByUid": s(description="the uid of the cancellation that cancelled the task"),
                 "previousState": s(),
             }),
         }, **{"x-kubernetes-preserve-unknown-fields": True}),

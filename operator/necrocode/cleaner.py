@@ -10,12 +10,18 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from necrocode import metrics
-from necrocode.clock import Clock
 from necrocode.concurrency import bounded
-from necrocode.kube import ApiError, Conflict, Kube, NotFound, core_path, lease_path
+from necrocode.kube import ApiError, Kube, NotFound, core_path, lease_path
 from necrocode.logs import Bound
-from necrocode.model import LABEL_ARTIFACT, LABEL_JOB, LABEL_REPO_POOL, LABEL_SCRATCH, LABEL_SLOT_STATE, LABEL_TASK
-from necrocode.planning import RetryPolicy
+from necrocode.model import (
+    LABEL_ARTIFACT,
+    LABEL_JOB,
+    LABEL_RELEASED_BY,
+    LABEL_REPO_POOL,
+    LABEL_SCRATCH,
+    LABEL_SLOT_STATE,
+    LABEL_TASK,
+)
 
 T = TypeVar("T")
 Obj = dict[str, Any]
@@ -31,21 +37,16 @@ class Attempted:
     error: str = ""
 
 
-async def retrying(op: Callable[[], Awaitable[T]], policy: RetryPolicy, clock: Clock) -> Attempted:
-    """Run op until it succeeds or the policy's attempts are used; NotFound counts as success."""
-    delays = policy.delays()
-    last = ""
-    for attempt in range(1, policy.attempts + 1):
-        try:
-            await op()
-            return Attempted(True, attempt)
-        except NotFound:
-            return Attempted(True, attempt)
-        except ApiError as exc:
-            last = exc.message or str(exc)
-            if attempt <= len(delays):
-                await clock.sleep(delays[attempt - 1])
-    return Attempted(False, policy.attempts, last)
+async def attempt(op: Callable[[], Awaitable[T]]) -> Attempted:
+    """Run op once (Kube.request already retried what is worth retrying, with the one retry
+    policy); NotFound counts as done. The answer and the attempts it took are the report."""
+    try:
+        await op()
+    except NotFound:
+        return Attempted(True, 1)
+    except ApiError as exc:
+        return Attempted(False, exc.attempts, exc.message or str(exc))
+    return Attempted(True, 1)
 
 
 @dataclass
@@ -57,9 +58,8 @@ class CleanupOutcome:
 
 
 class ResourceCleaner:
-    def __init__(self, kube: Kube, namespace: str, *, policy: RetryPolicy, clock: Clock, log: Bound,
-                 concurrency: int, include_secrets: bool):
-        self.kube, self.namespace, self.policy, self.clock, self.log = kube, namespace, policy, clock, log
+    def __init__(self, kube: Kube, namespace: str, *, log: Bound, concurrency: int, include_secrets: bool):
+        self.kube, self.namespace, self.log = kube, namespace, log
         self.concurrency = concurrency
         self.kinds = dict(DELETABLE_KINDS)
         if include_secrets:
@@ -79,53 +79,68 @@ class ResourceCleaner:
             out += [(kind, o) for o in items if _in_tasks(o, only)]
         return out
 
+    async def released_by(self, uid: str) -> list[Obj]:
+        """The Leases this cancellation released (they carry its uid): an exact count after any restart."""
+        items, _ = await self.kube.list_all(lease_path(self.namespace), label_selector=f"{LABEL_RELEASED_BY}={uid}",
+                                            meta_only=True)
+        return items
+
     # ------------------------------------------------------------------ actions
-    async def release_leases(self, selector: str, out: CleanupOutcome, only: frozenset[str] | None = None) -> None:
-        """Clear the holder, drop the job and task labels, mark the slot dirty for the pool."""
+    async def release_leases(self, selector: str, out: CleanupOutcome, only: frozenset[str] | None = None, *,
+                             by_uid: str, keep: Callable[[Obj], str | None] = lambda lease: None) -> None:
+        """Clear the holder, drop the job and task labels, mark the slot dirty for the pool and
+        ours as the releaser. `keep(lease)` names a reason to keep a slot (its runner pod still
+        exists: the slot must not go to another task while that runner may still write to it)."""
         async def release(lease: Obj) -> None:
             name = lease["metadata"]["name"]
-            current = lease
+            why = keep(lease)
+            if why:
+                out.failed.append((f"lease/{name}", f"not released: {why}", 1))
+                self.log.warning("repo slot kept", lease=name, reason=why)
+                return
+            current: Obj | None = lease
 
             async def put() -> None:
                 nonlocal current
-                try:
-                    await self.kube.request("PUT", lease_path(self.namespace, name), body=released(current),
-                                            meta_only=True)
-                except Conflict:  # changed since we read it (a renewal): read again, release that
+                if current is None:  # a conflict: the lease changed since we read it (a renewal)
                     current = await self.kube.get(lease_path(self.namespace, name))
                     if not _held_for(current, selector):
                         return  # released meanwhile (by the pool, or an earlier try of ours)
-                    raise
+                body, current = released(current, by_uid), None
+                await self.kube.request("PUT", lease_path(self.namespace, name), body=body, meta_only=True)
 
-            res = await retrying(put, self.policy, self.clock)
+            res = await attempt(lambda: self.kube.conflict_retry(put))
             self._record(out.released, f"lease/{name}", "lease", res, out, "released")
 
         await bounded(await self.held_leases(selector, only), release, self.concurrency)
 
-    async def delete_labelled(self, selector: str, marker: str, out: CleanupOutcome,
-                              only: frozenset[str] | None = None) -> None:
+    async def delete_all(self, doomed: list[tuple[str, Obj]], out: CleanupOutcome) -> None:
         async def delete(item: tuple[str, Obj]) -> None:
             kind, obj = item
             name = obj["metadata"]["name"]
             path = core_path(self.namespace, self.kinds[kind], name)
-            res = await retrying(lambda: self.kube.delete(path, uid=obj["metadata"].get("uid"), meta_only=True),
-                                 self.policy, self.clock)
+            res = await attempt(lambda: self.kube.delete(path, uid=obj["metadata"].get("uid"), meta_only=True))
             self._record(out.deleted, f"{kind.lower()}/{name}", kind.lower(), res, out, "deleted")
 
-        await bounded(await self.labelled(selector, marker, only), delete, self.concurrency)
+        await bounded(doomed, delete, self.concurrency)
 
-    async def cleanup(self, selector: str, preserve_artifacts: bool,
-                      only: frozenset[str] | None = None) -> CleanupOutcome:
-        """Release leases, delete scratch, keep artifacts; `only` limits it to those tasks."""
+    async def cleanup(self, selector: str, preserve_artifacts: bool, only: frozenset[str] | None = None, *,
+                      by_uid: str, keep: Callable[[Obj], str | None] = lambda lease: None,
+                      before_delete: Callable[[int], Awaitable[None]] | None = None) -> CleanupOutcome:
+        """Release leases, delete scratch, keep artifacts; `only` limits it to those tasks.
+        `before_delete(n)` is told how many resources are about to be deleted, before the first is."""
         out = CleanupOutcome()
-        await self.release_leases(selector, out, only)
-        await self.delete_labelled(selector, LABEL_SCRATCH, out, only)
+        await self.release_leases(selector, out, only, by_uid=by_uid, keep=keep)
+        doomed = await self.labelled(selector, LABEL_SCRATCH, only)
         if preserve_artifacts:
             for kind, obj in await self.labelled(selector, LABEL_ARTIFACT, only):
                 out.preserved.append(f"{kind.lower()}/{obj['metadata']['name']}")
             self.log.info("artifacts preserved", count=len(out.preserved))
         else:
-            await self.delete_labelled(selector, LABEL_ARTIFACT, out, only)
+            doomed += await self.labelled(selector, LABEL_ARTIFACT, only)
+        if before_delete is not None:
+            await before_delete(len(doomed))
+        await self.delete_all(doomed, out)
         return out
 
     def _record(self, bucket: list[str], obj: str, resource: str, res: Attempted, out: CleanupOutcome,
@@ -139,13 +154,16 @@ class ResourceCleaner:
             self.log.error("cleanup failed", object=obj, attempts=res.attempts, error=res.error)
 
 
-def released(lease: Obj) -> Obj:
+def released(lease: Obj, by_uid: str) -> Obj:
     """The Lease as read, released: no holder, no job or task label, the slot marked dirty so the
-    pool cleans it before reuse. The body of a PUT guarded by the resourceVersion it was read at
+    pool cleans it before reuse, and the releasing cancellation's uid on it. The body of a PUT
+    guarded by the resourceVersion it was read at
     (cheaper for the API server than a patch it has to apply)."""
     meta = {k: v for k, v in lease["metadata"].items() if k != "managedFields"}
     labels = {k: v for k, v in (meta.get("labels") or {}).items() if k not in (LABEL_JOB, LABEL_TASK)}
     labels[LABEL_SLOT_STATE] = "dirty"
+    if by_uid:
+        labels[LABEL_RELEASED_BY] = by_uid
     spec = {k: v for k, v in (lease.get("spec") or {}).items() if k != "holderIdentity"}
     return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", **lease, "metadata": {**meta, "labels": labels},
             "spec": spec}

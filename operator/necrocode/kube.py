@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import ssl
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -23,22 +24,28 @@ from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
 from necrocode.model import FIELD_MANAGER, GROUP, VERSION
+from necrocode.planning import RetryPolicy
 
 Obj = dict[str, Any]
+T = TypeVar("T")
 # metadata only (with the full object as a fallback for servers that cannot convert)
 META_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
 META_ONLY_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
-READ_ATTEMPTS = 3  # a GET that fails transiently is tried this many times in all
 
 
 # ----------------------------------------------------------------------------- errors
 class ApiError(Exception):
     """Any non-2xx answer of the API server."""
 
-    def __init__(self, status: int, reason: str, message: str, body: Mapping[str, Any] | None = None):
+    def __init__(self, status: int, reason: str, message: str, body: Mapping[str, Any] | None = None,
+                 retry_after: float | None = None):
         super().__init__(f"{status} {reason}: {message}")
         self.status, self.reason, self.message = status, reason, message
         self.body = dict(body or {})
+        self.retry_after = retry_after
+        """Seconds the server asked us to wait (Retry-After header or details.retryAfterSeconds)."""
+        self.attempts = 1
+        """How many times the call was tried before this answer was final (set by Kube.request)."""
 
 
 class NotFound(ApiError):
@@ -73,9 +80,18 @@ class TransientError(ApiError):
     """429, 5xx and connection failures: worth retrying."""
 
 
-def map_error(status: int, body: Mapping[str, Any]) -> ApiError:
+class NotLeader(ApiError):
+    """Refused before it was sent: this replica is not (or no longer surely) the leader, so it
+    must not write (leader fencing, see necrocode.leader)."""
+
+
+def map_error(status: int, body: Mapping[str, Any], retry_after: str | None = None) -> ApiError:
     reason = str(body.get("reason") or "")
     message = str(body.get("message") or body)
+    wait = _seconds(retry_after)
+    if wait is None:
+        details = body.get("details")
+        wait = _seconds((details or {}).get("retryAfterSeconds") if isinstance(details, Mapping) else None)
     cls: type[ApiError]
     if status == 404:
         cls = NotFound
@@ -93,7 +109,16 @@ def map_error(status: int, body: Mapping[str, Any]) -> ApiError:
         cls = TransientError
     else:
         cls = ApiError
-    return cls(status, reason, message, body)
+    return cls(status, reason, message, body, retry_after=wait)
+
+
+def _seconds(value: Any) -> float | None:
+    """A Retry-After value in seconds (the HTTP-date form is not used by the API server)."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if out >= 0 else None
 
 
 # ----------------------------------------------------------------------------- paths
@@ -167,15 +192,26 @@ def load_credentials(kubeconfig: str | None = None, context: str | None = None) 
 class Kube:
     """JSON over HTTP to the API server, with at most `concurrency` requests in flight."""
 
+    guard: ClassVar[Callable[[], None] | None] = None
+    """Called before every request that writes (not GET); raises NotLeader to refuse it. Set by
+    leader election: a replica that cannot prove its lease is still valid must not act."""
+
     on_request: ClassVar[Callable[[str], None] | None] = None
     """Called with the verb of every request (the operator counts them in
     necrocode_api_requests_total; set at startup, as kube may not import metrics)."""
 
     def __init__(self, creds: Credentials, concurrency: int = 50, timeout: float = 30.0,
-                 extra_headers: Mapping[str, str] | None = None):
+                 extra_headers: Mapping[str, str] | None = None, retry: RetryPolicy | None = None,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 jitter: Callable[[], float] = random.random):
         self.creds = creds
         self.concurrency = concurrency
         self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self._sleep, self._jitter = sleep, jitter
+        self.fenced = True
+        """Whether Kube.guard applies to this client (the leader elector's own client is not
+        fenced: it must be able to renew the lease that lifts the fence)."""
         self.extra_headers = dict(extra_headers or {})
         self.calls: dict[str, int] = {}
         self._session: aiohttp.ClientSession | None = None
@@ -215,18 +251,42 @@ class Kube:
             headers["Content-Type"] = content_type
             data = orjson.dumps(body)
         q = {k: _param(v) for k, v in (params or {}).items() if v is not None}
-        attempts = READ_ATTEMPTS if method == "GET" else 1  # reads are safe to repeat
-        for attempt in range(1, attempts + 1):
+        policy = self.retry
+        for attempt in range(1, policy.attempts + 1):
             try:
                 return await self._once(method, path, q, data, headers)
-            except TransientError:
-                if attempt == attempts:
+            except TransientError as exc:
+                # Every verb is retried: our writes are safe to repeat (PUTs and guarded PATCHes
+                # carry a resourceVersion, deletes a uid precondition and 404 is done, creates
+                # answer 409 AlreadyExists, merge patches converge), so an answer lost on the way
+                # back costs one more request, never a second effect.
+                exc.attempts = attempt
+                if attempt == policy.attempts:
                     raise
-                await asyncio.sleep(0.2 * 2 ** attempt)
+                await self._sleep(policy.delay(attempt, self._jitter(), exc.retry_after))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def conflict_retry(self, round_: Callable[[], Awaitable[T]]) -> T:
+        """Run a read-decide-write round again while it ends in 409 Conflict (the object changed
+        between our read and our write), at most retry.conflict_attempts times, with a short
+        jittered pause; then the Conflict is the answer. Every conflict loop goes through here."""
+        policy = self.retry
+        for attempt in range(1, policy.conflict_attempts + 1):
+            try:
+                return await round_()
+            except AlreadyExists:
+                raise
+            except Conflict as exc:
+                exc.attempts = attempt
+                if attempt == policy.conflict_attempts:
+                    raise
+                await self._sleep(0.05 * self._jitter())
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _once(self, method: str, path: str, q: Mapping[str, str], data: bytes | None,
                     headers: Mapping[str, str]) -> Obj:
+        if method != "GET" and self.fenced and Kube.guard is not None:
+            Kube.guard()
         self._count(method)
         try:
             # the timeout covers the server's answer, not the wait for one of our own pooled
@@ -237,11 +297,18 @@ class Kube:
                                               sock_read=self.timeout),
             ) as resp:
                 raw = await resp.read()
-                payload: Obj = orjson.loads(raw) if raw else {}
+                try:
+                    payload: Obj = orjson.loads(raw) if raw else {}
+                except json.JSONDecodeError:
+                    if resp.status < 400:
+                        raise
+                    payload = {"message": raw[:512].decode(errors="replace")}  # a proxy's error page
+                if not isinstance(payload, dict):
+                    raise TransientError(0, "BadResponse", f"expected a JSON object, got {type(payload).__name__}")
                 if resp.status >= 400:
-                    raise map_error(resp.status, payload)
+                    raise map_error(resp.status, payload, resp.headers.get("Retry-After"))
                 return payload
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
             raise TransientError(0, "ConnectionError", f"{type(exc).__name__}: {exc}") from exc
         except json.JSONDecodeError as exc:
             raise TransientError(0, "BadResponse", str(exc)) from exc
@@ -321,7 +388,13 @@ class Kube:
                 headers=headers, timeout=aiohttp.ClientTimeout(total=None, sock_read=timeout_seconds + 30),
             ) as resp:
                 if resp.status >= 400:
-                    raise map_error(resp.status, orjson.loads(await resp.read() or b"{}"))
+                    raw = await resp.read()
+                    try:
+                        body = orjson.loads(raw or b"{}")
+                    except json.JSONDecodeError:
+                        body = {"message": raw[:512].decode(errors="replace")}
+                    raise map_error(resp.status, body if isinstance(body, dict) else {},
+                                    resp.headers.get("Retry-After"))
                 async for line in resp.content:
                     if not line.strip():
                         continue
@@ -330,7 +403,8 @@ class Kube:
                         status = event.get("object") or {}
                         raise map_error(int(status.get("code") or 500), status)
                     yield event
-        except (aiohttp.ClientError, TimeoutError, asyncio.IncompleteReadError) as exc:
+        except (aiohttp.ClientError, TimeoutError, ConnectionError, asyncio.IncompleteReadError,
+                json.JSONDecodeError) as exc:
             raise TransientError(0, "WatchBroken", str(exc)) from exc
 
 
@@ -340,5 +414,6 @@ def _param(v: Any) -> str:
     return str(v)
 
 
-def make_kube(kubeconfig: str | None = None, context: str | None = None, concurrency: int = 50) -> Kube:
-    return Kube(load_credentials(kubeconfig, context), concurrency=concurrency)
+def make_kube(kubeconfig: str | None = None, context: str | None = None, concurrency: int = 50,
+              retry: RetryPolicy | None = None) -> Kube:
+    return Kube(load_credentials(kubeconfig, context), concurrency=concurrency, retry=retry)

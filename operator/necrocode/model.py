@@ -8,10 +8,11 @@ read it back on resume and write it on every change, so their field names are th
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 GROUP = "necrocode.io"
 VERSION = "v1alpha1"
@@ -27,13 +28,44 @@ LABEL_SLOT_STATE = "necrocode.io/slot-state"
 LABEL_ARTIFACT = "necrocode.io/artifact"
 LABEL_SCRATCH = "necrocode.io/scratch"
 LABEL_DISPATCH_BLOCKED = "necrocode.io/dispatch-blocked"
+LABEL_RELEASED_BY = "necrocode.io/released-by"
+"""On a repo slot Lease we released: the uid of the cancellation that released it, so the count
+of released slots is exact even when the operator died between a release and a status write."""
 ANNOTATION_CANCEL_REQUESTED = "necrocode.io/cancel-requested"
 ANNOTATION_CANCELLED_BY = "necrocode.io/cancelled-by"
+ANNOTATION_CANCELLED_BY_UID = "necrocode.io/cancelled-by-uid"
+"""With ANNOTATION_CANCELLED_BY on the AgentJob: the uid of the claiming JobCancellation, so a
+request recreated under the same name is never taken for the one that claimed the job."""
+ANNOTATION_ESCALATED_BY = "necrocode.io/escalated-by"
+"""On a running cancellation: a forced request (kind/name) asked it to force its runners now."""
+MESSAGE_LIMIT = 1024
+"""Characters kept of any message written into a status (and of an Event message)."""
 FIELD_MANAGER = "necrocode-cancel"
 
 JOB_CANCELLATION = "JobCancellation"
 TASK_CANCELLATION = "TaskCancellation"
 PLURAL = {JOB_CANCELLATION: "jobcancellations", TASK_CANCELLATION: "taskcancellations"}
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A cancellation request by kind, name and uid: records are told apart by kind and uid,
+    never by name alone (a TaskCancellation and a JobCancellation may share a name, and a
+    request may be deleted and created again under its old name)."""
+
+    kind: str
+    name: str
+    uid: str
+
+    @property
+    def text(self) -> str:
+        return f"{self.kind.lower()}/{self.name}"
+
+
+def clip(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """At most `limit` characters, marked when cut (a status must stay under the API server's
+    request size limit whatever the messages it quotes)."""
+    return text if len(text) <= limit else text[: limit - 15] + "... (truncated)"
 
 
 def now_utc() -> datetime:
@@ -148,6 +180,9 @@ class Progress(_Model):
     leases_released: int = Field(default=0, alias="leasesReleased")
     resources_deleted: int = Field(default=0, alias="resourcesDeleted")
     artifacts_preserved: int = Field(default=0, alias="artifactsPreserved")
+    resources_to_delete: int | None = Field(default=None, alias="resourcesToDelete")
+    """Scratch resources (and artifacts, when not kept) found when the cleanup began, written
+    before the first delete: a resumed cleanup counts what went before it from this."""
 
 
 class AffectedTask(_Model):
@@ -215,6 +250,24 @@ class CancellationStatus(_Model):
     requested_by: str | None = Field(default=None, alias="requestedBy")
     runner_summary: str | None = Field(default=None, alias="runnerSummary")
     cascade_warnings: list[str] = Field(default_factory=list, alias="cascadeWarnings")
+    errors_total: int | None = Field(default=None, alias="errorsTotal")
+    """How many distinct errors there were; `errors` lists at most the list limit of them."""
+    affected_tasks_total: int | None = Field(default=None, alias="affectedTasksTotal")
+    """How many tasks the request affects; `affectedTasks` lists at most the list limit."""
+    escalated: str | None = None
+    """A forced request that found another one running gracefully: the one it escalated."""
+    escalated_by: str | None = Field(default=None, alias="escalatedBy")
+    """Set on a request escalated to force by a later forced request (kind/name)."""
+
+    _limit: int = PrivateAttr(default=100)
+    _error_keys: set[tuple[str, str]] = PrivateAttr(default_factory=set)
+
+    def bound(self, limit: int) -> None:
+        """Keep at most `limit` entries in each list of this status (the counts stay exact)."""
+        self._limit = max(1, limit)
+        self._error_keys = {(e.step, e.object) for e in self.errors}
+        if self.errors_total is None or self.errors_total < len(self.errors):
+            self.errors_total = len(self.errors) or None
 
     def step(self, name: str) -> Step:
         for s in self.steps:
@@ -238,11 +291,43 @@ class CancellationStatus(_Model):
         )
 
     def add_error(self, step: str, obj: str, message: str, attempts: int = 1) -> None:
+        """Record one error (per step and object); the list keeps the first `limit` of them,
+        errorsTotal counts them all."""
+        message = clip(message)
         for e in self.errors:
             if e.step == step and e.object == obj:
                 e.message, e.attempts = message, attempts
                 return
-        self.errors.append(ErrorEntry(step=step, object=obj, message=message, attempts=attempts))
+        key = (step, obj)
+        if key in self._error_keys:
+            return
+        self._error_keys.add(key)
+        self.errors_total = (self.errors_total or 0) + 1
+        if len(self.errors) < self._limit:
+            self.errors.append(ErrorEntry(step=step, object=obj, message=message, attempts=attempts))
+
+    def dump(self) -> dict[str, Any]:
+        """The status as written: every list capped (the reason: one write must stay far below
+        the API server's request size limit whatever the job; exact counts stand beside each
+        list), every message clipped."""
+        out = super().dump()
+        n = self._limit
+        for key in ("errors", "affectedTasks", "runnerOutcomes", "cascadeWarnings"):
+            if isinstance(out.get(key), list):
+                out[key] = out[key][:n]
+        for part in ("cleanup", "plan"):
+            for key, value in (out.get(part) or {}).items():
+                if isinstance(value, list):
+                    out[part][key] = [clip(str(v), 512) for v in value[:n]]
+        if out.get("message"):
+            out["message"] = clip(out["message"])
+        for st in out.get("steps") or []:
+            if st.get("message"):
+                st["message"] = clip(st["message"])
+        out["cascadeWarnings"] = [clip(w, 512) for w in out.get("cascadeWarnings") or []] or None
+        if out["cascadeWarnings"] is None:
+            del out["cascadeWarnings"]
+        return out
 
     @property
     def terminal(self) -> bool:

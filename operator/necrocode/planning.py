@@ -6,18 +6,26 @@ cleaner, taskregistry) carry these decisions out against the API.
 
 from __future__ import annotations
 
+import enum
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from necrocode.model import (
+    ANNOTATION_CANCEL_REQUESTED,
+    FINISHED_JOB_PHASES,
     FINISHED_TASK_STATES,
+    JOB_CANCELLATION,
     LABEL_TASK,
     PENDING_TASK_STATES,
+    TASK_CANCELLATION,
     TERMINAL_PHASES,
     AffectedTask,
+    JobPhase,
     Phase,
+    Ref,
     TaskState,
     parse_time,
 )
@@ -80,6 +88,72 @@ def job_affected_tasks(tasks: Iterable[Obj], reason: str) -> list[AffectedTask]:
             after=TaskState.CANCELLED.value, reason=reason, runner=(t.get("status") or {}).get("runner"),
         ))
     return out
+
+
+def changed_by(task: Obj, ref: Ref) -> bool:
+    """Did the request `ref` cancel or block this task? Told by uid: a TaskCancellation and a
+    JobCancellation may share a name, and a request deleted and created again under its old
+    name is another request. A record written before uids were recorded matches by name (and
+    a block, which only a TaskCancellation writes, by name and kind)."""
+    status = task.get("status")
+    if not isinstance(status, Mapping):
+        return False
+    rec = status.get("cancellation")
+    if isinstance(rec, Mapping) and rec.get("cancelledBy") == ref.name:
+        uid, kind = rec.get("cancelledByUid"), rec.get("cancelledByKind")
+        if uid:
+            return bool(uid == ref.uid)
+        return kind in (None, ref.kind)
+    if status.get("blockedBy") == ref.name:
+        uid = status.get("blockedByUid")
+        return bool(uid == ref.uid) if uid else ref.kind == TASK_CANCELLATION
+    return False
+
+
+# ----------------------------------------------------------------------------- runner markers
+@dataclass(frozen=True)
+class Marker:
+    """The cancel-requested annotation as one of our cancellations writes it."""
+
+    by: str
+    uid: str | None
+
+
+def parse_marker(value: object) -> Marker | None:
+    """The annotation's value, or None when it is not one of ours (absent, not JSON, JSON but not
+    an object, no "by"): such a value is treated as "not signalled by us" and overwritten."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        data = json.loads(value)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("by"), str) or not data["by"]:
+        return None
+    uid = data.get("uid")
+    return Marker(by=data["by"], uid=uid if isinstance(uid, str) and uid else None)
+
+
+def marker_of(pod: Obj) -> Marker | None:
+    meta = pod.get("metadata")
+    annotations = meta.get("annotations") if isinstance(meta, Mapping) else None
+    return parse_marker(annotations.get(ANNOTATION_CANCEL_REQUESTED)) if isinstance(annotations, Mapping) else None
+
+
+def marker_is(marker: Marker | None, ref: Ref) -> bool:
+    """Does the marker name this request (by uid; by kind/name for a marker without one)?"""
+    if marker is None:
+        return False
+    return marker.uid == ref.uid if marker.uid else marker.by == ref.text
+
+
+def foreign_marker(marker: Marker | None, ref: Ref, live: Mapping[str, str]) -> bool:
+    """Is the runner signalled by another request that is still in flight (`live`: uid -> kind/name
+    of the in-flight cancellations)? That request counts it; this one only waits until it is gone.
+    A marker of a request that is finished or gone is stale: it is overwritten and the runner counted."""
+    if marker is None or marker_is(marker, ref):
+        return False
+    return marker.uid in live if marker.uid else marker.by in live.values()
 
 
 # ----------------------------------------------------------------------------- cascade
@@ -179,10 +253,12 @@ def _strongly_connected(nodes: set[str], graph: Mapping[str, Sequence[str]]) -> 
 
 
 def task_affected_tasks(
-    tasks: Iterable[Obj], root: str, cascade: bool, reason: str
+    tasks: Iterable[Obj], root: str, cascade: bool, reason: str, me: Ref | None = None
 ) -> tuple[list[AffectedTask], Cascade]:
     """What a TaskCancellation does to each task (seed 5.3): the root becomes Cancelled; its
-    unfinished dependents become Cancelled (cascade) or Blocked (no cascade)."""
+    unfinished dependents become Cancelled (cascade) or Blocked (no cascade). Given `me`, the
+    dependents this request already changed are kept too (a resumed request recomputes the
+    list it could not keep whole in its status, and counts its own work again)."""
     by_id = {task_id(t): t for t in tasks}
     graph = {tid: [str(d) for d in ((t.get("spec") or {}).get("dependsOn") or [])] for tid, t in by_id.items()}
     cas = compute_cascade(root, graph)
@@ -194,7 +270,7 @@ def task_affected_tasks(
     for tid in cas.dependents:
         t = by_id[tid]
         state = task_state(t)
-        if state in FINISHED_TASK_STATES:
+        if state in FINISHED_TASK_STATES and not (me is not None and changed_by(t, me)):
             continue
         after = TaskState.CANCELLED if cascade else TaskState.BLOCKED
         if not cascade and state == TaskState.BLOCKED:
@@ -244,14 +320,36 @@ def next_wakeup(delays: Iterable[float | None], ceiling: float) -> float:
 # ----------------------------------------------------------------------------- retries
 @dataclass(frozen=True)
 class RetryPolicy:
+    """The one retry policy of every API call (kube.Kube.request) and of every conflict loop
+    (kube.Kube.conflict_retry): capped exponential backoff with jitter, a server's Retry-After
+    honoured up to the cap, and a bounded number of attempts, so the time any call can take is
+    known in advance (`budget`)."""
+
     attempts: int = 5
     base_seconds: float = 0.5
     factor: float = 2.0
     max_seconds: float = 30.0
+    conflict_attempts: int = 10
+    """Read-decide-write rounds of one object before a 409 Conflict is given up on."""
 
     def delays(self) -> list[float]:
-        """The pauses between attempts: `attempts - 1` of them, exponential, capped."""
+        """The longest pauses between attempts: `attempts - 1` of them, exponential, capped."""
         return [min(self.max_seconds, self.base_seconds * self.factor**i) for i in range(self.attempts - 1)]
+
+    def delay(self, attempt: int, jitter: float, retry_after: float | None = None) -> float:
+        """The pause after failed attempt `attempt` (1-based). `jitter` in [0, 1) spreads the
+        second half of the backoff ("equal jitter"), so many callers failing together do not
+        come back together; a server's Retry-After wins when it asks for longer, up to the cap."""
+        top = min(self.max_seconds, self.base_seconds * self.factor ** max(0, attempt - 1))
+        pause = top / 2 + top / 2 * min(max(jitter, 0.0), 1.0)
+        if retry_after is not None and retry_after > pause:
+            pause = min(self.max_seconds, retry_after)
+        return pause
+
+    def budget(self, request_timeout: float) -> float:
+        """The longest one call can take, retries included: every attempt timing out, every
+        pause at the cap (Retry-After included)."""
+        return self.attempts * request_timeout + (self.attempts - 1) * self.max_seconds
 
 
 # ----------------------------------------------------------------------------- outcome
@@ -277,10 +375,10 @@ class VerifyFindings:
         return out
 
 
-def earlier_task_cancellations(task_cancellations: Iterable[Obj], job: str, created: str | None,
-                               name: str) -> list[str]:
+def earlier_task_cancellations(task_cancellations: Iterable[Obj], job: str, created: str | None) -> list[str]:
     """The TaskCancellations of `job` requested no later than a JobCancellation (created at
-    `created`, named `name`) that are still in flight. The job cancellation leaves their tasks to them, so
+    `created`) that are still in flight (a TaskCancellation named like the JobCancellation is
+    another request: kinds are told apart). The job cancellation leaves their tasks to them, so
     each task is cancelled, and counted, by the earliest request that covers it."""
     mine = parse_time(created)
     terminal = {p.value for p in TERMINAL_PHASES}
@@ -294,10 +392,57 @@ def earlier_task_cancellations(task_cancellations: Iterable[Obj], job: str, crea
         when, other = parse_time(meta.get("creationTimestamp")), str(meta.get("name", ""))
         # timestamps have whole seconds: one created in the same second counts as earlier (a
         # later one finds the job claimed and ends as a duplicate at once, so waiting is short)
-        if mine is None or when is None or when > mine or other == name:
+        if mine is None or when is None or when > mine:
             continue
         out.append(other)
     return sorted(out)
+
+
+class Claim(enum.StrEnum):
+    """What a new request does about the JobCancellation that claimed the job (if any)."""
+
+    FREE = "free"            # nobody claimed it: go on (a JobCancellation claims it)
+    MINE = "mine"            # this request claimed it (resumed)
+    DUPLICATE = "duplicate"  # claimed by a request in flight or Completed: act on nothing
+    TAKE = "take"            # the claimer ended Failed or PartiallyCompleted, or is gone: act on what is left
+    FINISHED = "finished"    # the job is finished and no request of ours has work left on it
+
+
+def claim_decision(me: Ref, claim_name: str | None, claim_uid: str | None, claimer: Obj | None,
+                   job_phase: str) -> Claim:
+    """Decide on the job's claim (annotations cancelled-by and cancelled-by-uid; `claimer` is the
+    JobCancellation of that name as read now, None when it does not exist). A request that ended
+    Failed or PartiallyCompleted, or that was deleted while the job was still being cancelled,
+    never locks the job: a new request acts on what is left."""
+    finished = job_phase in {p.value for p in FINISHED_JOB_PHASES}
+    if not claim_name:
+        return Claim.FINISHED if finished else Claim.FREE
+    meta = (claimer or {}).get("metadata") or {}
+    same = claimer is not None and (not claim_uid or meta.get("uid") == claim_uid)
+    if me.kind == JOB_CANCELLATION and claim_name == me.name and (claim_uid == me.uid or not claim_uid):
+        return Claim.MINE
+    if not same:  # gone, or another request now has its name
+        return Claim.FINISHED if finished else Claim.TAKE
+    phase = ((claimer or {}).get("status") or {}).get("phase")
+    if phase == Phase.REJECTED.value:
+        return Claim.FINISHED if finished else Claim.FREE
+    if phase in (Phase.FAILED.value, Phase.PARTIALLY_COMPLETED.value):
+        # unless the job ended by itself since (Succeeded or Failed): then there is nothing to do
+        return Claim.TAKE if not finished or job_phase == JobPhase.CANCELLED.value else Claim.FINISHED
+    return Claim.DUPLICATE
+
+
+def cancellation_bound(grace: int, escalate_after: int, stuck_timeout: float, call_budget: float,
+                       steps: int, is_job: bool) -> float:
+    """The longest a cancellation may take, from its spec and the settings, whatever the API
+    answers: the runners' grace, the escalation delay and the stuck timeout, the wait for earlier
+    TaskCancellations (a JobCancellation), and one call's full retry budget for each step (the
+    steps' calls run in parallel, so a step that is not waiting on runners is bounded by the
+    slowest of its calls, retries included, times the few rounds it makes). Past it the engine
+    ends the cancellation with what it has, and says so in status.errors."""
+    runners = grace + escalate_after + stuck_timeout
+    deferral = (stuck_timeout + escalate_after + 30.0) if is_job else 0.0
+    return runners + deferral + steps * 3 * call_budget
 
 
 def final_phase(errors: int, failed_critical: bool) -> Phase:

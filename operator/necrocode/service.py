@@ -8,6 +8,7 @@ operator restart, finished) and only does what is still missing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from necrocode import metrics
@@ -17,6 +18,7 @@ from necrocode.events import EventRecorder
 from necrocode.kube import ApiError, Kube
 from necrocode.logs import Bound
 from necrocode.model import (
+    ANNOTATION_ESCALATED_BY,
     DONE_STEP_STATES,
     TASK_CANCELLATION,
     CancellationSpec,
@@ -26,9 +28,9 @@ from necrocode.model import (
     iso,
     parse_time,
 )
-from necrocode.planning import final_phase
+from necrocode.planning import cancellation_bound, final_phase
 from necrocode.settings import Settings
-from necrocode.steps import STEPS, Ctx, StepDef, StepResult
+from necrocode.steps import STEPS, Ctx, StepDef, StepResult, restore_affected
 from necrocode.taskregistry import TaskRegistry
 from necrocode.tracker import CancellationTracker
 
@@ -39,12 +41,22 @@ class CancellationService:
     def __init__(self, kube: Kube, settings: Settings, clock: Clock | None = None):
         self.kube, self.settings = kube, settings
         self.clock: Clock = clock or SystemClock()
+        self.running: dict[str, Ctx] = {}
+        """The cancellations at work in this process, by uid (a forced request escalates one here)."""
+
+    def escalate(self, uid: str, by: str) -> bool:
+        ctx = self.running.get(uid)
+        if ctx is None:
+            return False
+        ctx.escalate(by)
+        return True
 
     def context(self, body: Obj) -> tuple[Ctx, CancellationTracker]:
         kind = body["kind"]
         meta = body["metadata"]
         spec = CancellationSpec.model_validate(body.get("spec") or {})
         status = CancellationStatus.model_validate(body.get("status") or {})
+        status.bound(self.settings.status_list_limit)
         log = Bound(cancellation=meta["name"], kind=kind, namespace=meta["namespace"], job=spec.job_name,
                     task=spec.task_id)
         tracker = CancellationTracker(self.kube, kind, meta["namespace"], meta["name"], status,
@@ -55,12 +67,16 @@ class CancellationService:
             name=meta["name"], uid=meta.get("uid", ""), spec=spec, status=status, log=log,
             events=EventRecorder(self.kube, self.clock, meta.get("uid", ""), log,
                                  concurrency=max(1, s.concurrency // 5)),
-            registry=TaskRegistry(self.kube, meta["namespace"], clock=self.clock, log=log, policy=s.retry,
+            registry=TaskRegistry(self.kube, meta["namespace"], clock=self.clock, log=log,
                                   concurrency=s.concurrency),
-            cleaner=ResourceCleaner(self.kube, meta["namespace"], policy=s.retry, clock=self.clock, log=log,
-                                    concurrency=s.concurrency, include_secrets=s.include_secrets),
+            cleaner=ResourceCleaner(self.kube, meta["namespace"], log=log, concurrency=s.concurrency,
+                                    include_secrets=s.include_secrets),
             changed=tracker.changed, flush=tracker.flush, body=body,
+            escalate_other=self.escalate,
         )
+        escalated_by = (meta.get("annotations") or {}).get(ANNOTATION_ESCALATED_BY)
+        if escalated_by and not spec.force:  # asked before a restart: still forced
+            ctx.escalated_by = status.escalated_by = str(escalated_by)[:300]
         return ctx, tracker
 
     async def run(self, body: Obj) -> CancellationStatus:
@@ -70,9 +86,11 @@ class CancellationService:
             return status
         metrics.IN_PROGRESS.labels(kind=ctx.kind).inc()
         ctx.in_progress = True
+        self.running[ctx.uid] = ctx
         try:
             return await self._run(ctx, tracker)
         finally:
+            self.running.pop(ctx.uid, None)
             _leave(ctx)
 
     async def _run(self, ctx: Ctx, tracker: CancellationTracker) -> CancellationStatus:
@@ -98,18 +116,30 @@ class CancellationService:
                                   (f": {ctx.spec.reason}" if ctx.spec.reason else ""))
         tracker.changed()  # written in the background: the first step starts at once
 
+        s = self.settings
+        bound = cancellation_bound(ctx.grace, ctx.spec.escalate_after_seconds, s.stuck_timeout,
+                                   s.retry.budget(s.request_timeout), len(steps), ctx.is_job)
+        started = parse_time(status.started_at)
+        left = bound - ((self.clock.now() - started).total_seconds() if started else 0.0)
         failed_critical = False
-        for d in steps:
-            step = status.step(d.name)
-            if step.state in DONE_STEP_STATES:
-                continue
-            if ctx.stop or failed_critical:
-                step.state = StepState.SKIPPED
-                step.message = "not needed" if ctx.stop else "skipped after a failed step"
-                continue
-            result = await self._step(ctx, tracker, d)
-            if result.state == StepState.FAILED and d.critical and not ctx.stop:
-                failed_critical = True
+        try:
+            async with asyncio.timeout(max(0.0, left)):
+                if resumed:
+                    with contextlib.suppress(ApiError):
+                        await restore_affected(ctx)
+                for d in steps:
+                    step = status.step(d.name)
+                    if step.state in DONE_STEP_STATES:
+                        continue
+                    if ctx.stop or failed_critical:
+                        step.state = StepState.SKIPPED
+                        step.message = "not needed" if ctx.stop else "skipped after a failed step"
+                        continue
+                    result = await self._step(ctx, tracker, d)
+                    if result.state == StepState.FAILED and d.critical and not ctx.stop:
+                        failed_critical = True
+        except TimeoutError:
+            failed_critical = self._out_of_time(ctx, steps, bound)
 
         if ctx.final is not None:
             status.phase, status.message = ctx.final
@@ -135,6 +165,23 @@ class CancellationService:
         ctx.log.info("cancellation finished", phase=status.phase.value, duration=elapsed,
                      message=status.message, progress=status.progress.dump(), errors=len(status.errors))
         return status
+
+    def _out_of_time(self, ctx: Ctx, steps: tuple[StepDef, ...], bound: float) -> bool:
+        """The cancellation ran past its bound (the API answered too slowly, or not, for too
+        long): the step at work fails, the rest are skipped, and it ends now, named in errors.
+        Returns whether a critical step was lost (the phase is then Failed)."""
+        critical = False
+        for d in steps:
+            step = ctx.status.step(d.name)
+            if step.state == StepState.RUNNING:
+                step.state, step.finished_at = StepState.FAILED, iso(self.clock.now())
+                step.message = f"did not finish within the cancellation's bound of {bound:.0f}s"
+                ctx.status.add_error(d.name, "-", step.message)
+                critical = critical or d.critical
+            elif step.state == StepState.PENDING:
+                step.state, step.message = StepState.SKIPPED, "skipped: the cancellation's bound ran out"
+        ctx.log.error("cancellation bound ran out", bound_seconds=round(bound))
+        return critical
 
     async def _step(self, ctx: Ctx, tracker: CancellationTracker, d: StepDef) -> StepResult:
         step = ctx.status.step(d.name)

@@ -19,7 +19,8 @@ class Settings:
     status_write_interval: float = 0.5
     """At most one status write per this many seconds per cancellation while work goes on."""
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    """Backoff for failed cleanup operations and task updates."""
+    """The one retry policy of every API call (429, 5xx, timeouts, resets; Retry-After honoured)
+    and of every read-decide-write round that meets a 409 Conflict."""
     stuck_timeout: float = 30.0
     """After a force delete, how long a pod may linger (a finalizer) before it is an error."""
     request_timeout: float = 30.0
@@ -46,10 +47,11 @@ class Settings:
             concurrency=int(_env("NECROCODE_CONCURRENCY", "50")),
             status_write_interval=float(_env("NECROCODE_STATUS_WRITE_INTERVAL", "0.5")),
             retry=RetryPolicy(
-                attempts=int(_env("NECROCODE_RETRY_ATTEMPTS", "5")),
+                attempts=max(1, int(_env("NECROCODE_RETRY_ATTEMPTS", "5"))),
                 base_seconds=float(_env("NECROCODE_RETRY_BASE_SECONDS", "0.5")),
                 factor=float(_env("NECROCODE_RETRY_FACTOR", "2")),
                 max_seconds=float(_env("NECROCODE_RETRY_MAX_SECONDS", "30")),
+                conflict_attempts=max(1, int(_env("NECROCODE_RETRY_CONFLICT_ATTEMPTS", "10"))),
             ),
             stuck_timeout=float(_env("NECROCODE_STUCK_TIMEOUT_SECONDS", "30")),
             request_timeout=float(_env("NECROCODE_REQUEST_TIMEOUT_SECONDS", "30")),

@@ -16,11 +16,12 @@ from necrocode.cleaner import CleanupOutcome, ResourceCleaner
 from necrocode.clock import Clock
 from necrocode.concurrency import bounded
 from necrocode.events import EventRecorder
-from necrocode.kube import ApiError, Conflict, Kube, NotFound, core_path, nc_path
+from necrocode.kube import ApiError, Kube, NotFound, core_path, nc_path
 from necrocode.logs import Bound
 from necrocode.model import (
     ANNOTATION_CANCELLED_BY,
-    FINISHED_JOB_PHASES,
+    ANNOTATION_CANCELLED_BY_UID,
+    ANNOTATION_ESCALATED_BY,
     FINISHED_TASK_STATES,
     JOB_CANCELLATION,
     LABEL_ARTIFACT,
@@ -31,6 +32,7 @@ from necrocode.model import (
     PLURAL,
     ROLE_RUNNER,
     TASK_CANCELLATION,
+    TERMINAL_PHASES,
     AffectedTask,
     CancellationSpec,
     CancellationStatus,
@@ -38,15 +40,20 @@ from necrocode.model import (
     JobPhase,
     Phase,
     Plan,
+    Ref,
     RunnerOutcome,
     StepState,
     TaskState,
 )
 from necrocode.planning import (
+    Claim,
     VerifyFindings,
+    changed_by,
+    claim_decision,
     classify_tasks,
     earlier_task_cancellations,
     job_affected_tasks,
+    runner_clock,
     runner_summary,
     task_affected_tasks,
     task_id,
@@ -94,10 +101,58 @@ class Ctx:
     """Lists a step made that the next step may use once instead of listing again (the path to
     the first deletion is a chain of requests: each one saved is reaction time)."""
     background: set[asyncio.Task[None]] = field(default_factory=set)
+    affected_all: list[AffectedTask] | None = None
+    """Every task this request affects (the status keeps only the first status_list_limit)."""
+    escalated_by: str | None = None
+    """A later forced request asked this one to force its runners (kind/name)."""
+    escalate_other: Callable[[str, str], bool] = lambda uid, by: False
+    """Escalate the running cancellation with this uid, if it runs in this process (the service
+    wires it); the annotation on that object covers a restart."""
+    terminator: RunnerTerminator | None = None
+    """The terminator at work, while TerminateRunners runs (an escalation reaches it here)."""
+    _live: dict[str, str] | None = None
 
     @property
     def ref(self) -> str:
         return f"{self.kind.lower()}/{self.name}"
+
+    @property
+    def me(self) -> Ref:
+        return Ref(self.kind, self.name, self.uid)
+
+    @property
+    def forced(self) -> bool:
+        return self.spec.force or self.escalated_by is not None
+
+    @property
+    def grace(self) -> int:
+        return 0 if self.forced else self.spec.grace_period_seconds
+
+    def escalate(self, by: str) -> None:
+        """A forced request found this one running gracefully: force what is left, now."""
+        if self.escalated_by is not None or self.spec.force:
+            return
+        self.escalated_by = by
+        self.status.escalated_by = by
+        self.status.set_condition("Escalated", True, "ForceRequested", f"escalated to force by {by}")
+        self.log.warning("cancellation escalated to force", by=by)
+        if self.terminator is not None:
+            self.terminator.escalate()
+        self.changed()
+
+    async def live_requests(self) -> dict[str, str]:
+        """The other cancellations of this namespace still in flight: uid -> kind/name."""
+        if self._live is None:
+            terminal = {p.value for p in TERMINAL_PHASES}
+            live: dict[str, str] = {}
+            for kind, plural in PLURAL.items():
+                items, _ = await self.kube.list_all(nc_path(self.namespace, plural), meta_only=False)
+                for o in items:
+                    meta = o.get("metadata") or {}
+                    if (o.get("status") or {}).get("phase") not in terminal and meta.get("uid") != self.uid:
+                        live[str(meta.get("uid"))] = f"{kind.lower()}/{meta.get('name')}"
+            self._live = live
+        return self._live
 
     @property
     def is_job(self) -> bool:
@@ -115,7 +170,7 @@ class Ctx:
         """For a TaskCancellation: the tasks whose runners and resources go; None: the whole job."""
         if self.is_job:
             return None
-        return frozenset(a.task_id for a in self.status.affected_tasks if a.after == TaskState.CANCELLED.value)
+        return frozenset(a.task_id for a in self.affected() if a.after == TaskState.CANCELLED.value)
 
     @property
     def listed(self) -> int:
@@ -125,7 +180,10 @@ class Ctx:
     def affected_task_ids(self) -> frozenset[str] | None:
         if self.is_job:
             return None
-        return frozenset(a.task_id for a in self.status.affected_tasks)
+        return frozenset(a.task_id for a in self.affected())
+
+    def affected(self) -> list[AffectedTask]:
+        return self.affected_all if self.affected_all is not None else list(self.status.affected_tasks)
 
     def spawn(self, work: Awaitable[None]) -> None:
         """Off the critical path; the engine waits for it before the final status."""
@@ -156,44 +214,76 @@ class Ctx:
 
 # ============================================================================ Validate
 async def validate(ctx: Ctx) -> StepResult:
-    """The job (and task) exist and are not finished; a second request for a job that is being,
-    or has been, cancelled records duplicateOf and acts on nothing."""
+    """The job (and task) exist and are not finished; a request for a job that another request
+    in flight (or Completed) covers records duplicateOf and acts on nothing, and, when it is
+    forced, escalates that one. A request that ended Failed or PartiallyCompleted, or was
+    deleted, never locks the job (planning.claim_decision)."""
     spec = ctx.spec
-    while True:
+
+    async def round_() -> StepResult:
         try:
             job = await ctx.kube.get(ctx.registry.job_path(spec.job_name))
         except NotFound:
-            ctx.end(Phase.REJECTED, f"AgentJob {spec.job_name!r} not found in namespace {ctx.namespace}")
-            ctx.status.set_condition("Rejected", True, "JobNotFound", ctx.status.message or "")
-            return StepResult(StepState.FAILED, ctx.status.message or "")
+            return _reject(ctx, "JobNotFound", f"AgentJob {spec.job_name!r} not found in namespace {ctx.namespace}")
         ctx.job = job
-        claimed_by = ((job["metadata"].get("annotations") or {}).get(ANNOTATION_CANCELLED_BY))
-        if claimed_by and claimed_by != ctx.name and await _exists(ctx, JOB_CANCELLATION, claimed_by):
-            ctx.status.duplicate_of = f"jobcancellation/{claimed_by}"
-            what = "job" if ctx.is_job else f"task {spec.task_id} with the rest of the job"
-            ctx.end(Phase.COMPLETED, f"job {spec.job_name} is already cancelled by jobcancellation/"
-                                     f"{claimed_by}; this request acts on nothing ({what} is covered by it)")
-            ctx.status.set_condition("Duplicate", True, "AlreadyCancelling", ctx.status.message or "")
-            return StepResult(StepState.SUCCEEDED, ctx.status.message or "")
-        phase = (job.get("status") or {}).get("phase") or JobPhase.PENDING.value
-        if phase in FINISHED_JOB_PHASES and claimed_by != ctx.name:
-            ctx.end(Phase.REJECTED, f"AgentJob {spec.job_name!r} is already {phase}; nothing to cancel")
-            ctx.status.set_condition("Rejected", True, "JobFinished", ctx.status.message or "")
-            return StepResult(StepState.FAILED, ctx.status.message or "")
+        annotations = job["metadata"].get("annotations") or {}
+        claim_name, claim_uid = annotations.get(ANNOTATION_CANCELLED_BY), annotations.get(ANNOTATION_CANCELLED_BY_UID)
+        phase = str((job.get("status") or {}).get("phase") or JobPhase.PENDING.value)
+        claimer = None
+        if claim_name and not (ctx.is_job and claim_name == ctx.name and claim_uid in (None, ctx.uid)):
+            claimer = await _get(ctx, JOB_CANCELLATION, claim_name)
+        decision = claim_decision(ctx.me, claim_name, claim_uid, claimer, phase)
+        if decision == Claim.DUPLICATE:
+            assert claimer is not None
+            return await _duplicate(ctx, claimer)
+        if decision == Claim.FINISHED:
+            return _reject(ctx, "JobFinished", f"AgentJob {spec.job_name!r} is already {phase}; nothing to cancel")
         if not ctx.is_job:
             res = await _validate_task(ctx)
             if res is not None:
                 return res
-        if spec.dry_run or not ctx.is_job or claimed_by == ctx.name:
-            break
-        try:
-            ctx.job = await ctx.registry.claim_job(job, ctx.name)
-            break
-        except Conflict:
-            continue  # the job changed under us: decide again
-    ctx.spawn(_label_self(ctx))
-    return StepResult(message=f"AgentJob {spec.job_name} is {phase}" +
-                      (f", task {spec.task_id} can be cancelled" if not ctx.is_job else ""))
+        if ctx.is_job and not spec.dry_run and decision != Claim.MINE:
+            ctx.job = await ctx.registry.claim_job(job, ctx.me)  # 409: the job changed; decide again
+            if decision == Claim.TAKE:
+                ctx.log.info("job taken over from an earlier request that did not finish it",
+                             earlier=f"jobcancellation/{claim_name}")
+        ctx.spawn(_label_self(ctx))
+        return StepResult(message=f"AgentJob {spec.job_name} is {phase}" +
+                          (f", task {spec.task_id} can be cancelled" if not ctx.is_job else "") +
+                          (f"; acting on what jobcancellation/{claim_name} left" if decision == Claim.TAKE else ""))
+
+    return await ctx.kube.conflict_retry(round_)
+
+
+def _reject(ctx: Ctx, reason: str, message: str) -> StepResult:
+    ctx.end(Phase.REJECTED, message)
+    ctx.status.set_condition("Rejected", True, reason, message)
+    return StepResult(StepState.FAILED, message)
+
+
+async def _duplicate(ctx: Ctx, claimer: Obj) -> StepResult:
+    """Covered by the request that claimed the job; a forced request escalates it if it is
+    still running gracefully (annotation for a restart, and at once if it runs here)."""
+    meta, cspec = claimer["metadata"], claimer.get("spec") or {}
+    other = f"jobcancellation/{meta['name']}"
+    ctx.status.duplicate_of = other
+    what = "job" if ctx.is_job else f"task {ctx.spec.task_id} with the rest of the job"
+    message = (f"job {ctx.spec.job_name} is already cancelled by {other}; this request acts on nothing "
+               f"({what} is covered by it)")
+    running = (claimer.get("status") or {}).get("phase") not in {p.value for p in TERMINAL_PHASES}
+    escalated_before = (meta.get("annotations") or {}).get(ANNOTATION_ESCALATED_BY)
+    if ctx.spec.force and running and not cspec.get("force") and not escalated_before:
+        await ctx.kube.merge_patch(nc_path(ctx.namespace, PLURAL[JOB_CANCELLATION], meta["name"]),
+                                   {"metadata": {"annotations": {ANNOTATION_ESCALATED_BY: ctx.ref}}})
+        ctx.escalate_other(str(meta.get("uid")), ctx.ref)
+        ctx.status.escalated = other
+        ctx.status.set_condition("Escalated", True, "EscalatedOther", f"escalated {other} to force")
+        await ctx.events.emit(claimer, f"escalated-by-{ctx.uid}", "Escalated",
+                              f"escalated to force by {ctx.ref}", "Warning")
+        message += f"; escalated {other} to force: its runners are force-deleted now"
+    ctx.end(Phase.COMPLETED, message)
+    ctx.status.set_condition("Duplicate", True, "AlreadyCancelling", message)
+    return StepResult(StepState.SUCCEEDED, message)
 
 
 async def _validate_task(ctx: Ctx) -> StepResult | None:
@@ -201,24 +291,18 @@ async def _validate_task(ctx: Ctx) -> StepResult | None:
     ctx.listed_once["tasks"] = every
     tasks = [t for t in every if task_id(t) == ctx.spec.task_id]
     if not tasks:
-        ctx.end(Phase.REJECTED, f"task {ctx.spec.task_id!r} not found in job {ctx.spec.job_name!r}")
-        ctx.status.set_condition("Rejected", True, "TaskNotFound", ctx.status.message or "")
-        return StepResult(StepState.FAILED, ctx.status.message or "")
+        return _reject(ctx, "TaskNotFound", f"task {ctx.spec.task_id!r} not found in job {ctx.spec.job_name!r}")
     state = task_state(tasks[0])
-    mine = ((tasks[0].get("status") or {}).get("cancellation") or {}).get("cancelledBy") == ctx.name
-    if state in FINISHED_TASK_STATES and not mine:
-        ctx.end(Phase.REJECTED, f"task {ctx.spec.task_id!r} is already {state.value}; nothing to cancel")
-        ctx.status.set_condition("Rejected", True, "TaskFinished", ctx.status.message or "")
-        return StepResult(StepState.FAILED, ctx.status.message or "")
+    if state in FINISHED_TASK_STATES and not changed_by(tasks[0], ctx.me):
+        return _reject(ctx, "TaskFinished", f"task {ctx.spec.task_id!r} is already {state.value}; nothing to cancel")
     return None
 
 
-async def _exists(ctx: Ctx, kind: str, name: str) -> bool:
+async def _get(ctx: Ctx, kind: str, name: str) -> Obj | None:
     try:
-        obj = await ctx.kube.get(nc_path(ctx.namespace, PLURAL[kind], name))
+        return await ctx.kube.get(nc_path(ctx.namespace, PLURAL[kind], name))
     except NotFound:
-        return False
-    return bool((obj.get("status") or {}).get("phase") != Phase.REJECTED.value)
+        return None
 
 
 async def _label_self(ctx: Ctx) -> None:
@@ -261,7 +345,7 @@ async def classify_tasks_step(ctx: Ctx) -> StepResult:
 async def compute_cascade_step(ctx: Ctx) -> StepResult:
     tasks = ctx.reuse("tasks") or await ctx.registry.list_tasks(ctx.spec.job_name)
     assert ctx.spec.task_id is not None
-    affected, cascade = task_affected_tasks(tasks, ctx.spec.task_id, ctx.spec.cascade, _reason(ctx))
+    affected, cascade = task_affected_tasks(tasks, ctx.spec.task_id, ctx.spec.cascade, _reason(ctx), ctx.me)
     _set_affected(ctx, affected)
     ctx.status.cascade_warnings = cascade.warnings
     for w in cascade.warnings:
@@ -276,8 +360,22 @@ async def compute_cascade_step(ctx: Ctx) -> StepResult:
     return StepResult(message=msg)
 
 
+async def restore_affected(ctx: Ctx) -> None:
+    """A resumed TaskCancellation whose status could not keep every affected task recomputes the
+    list from the tasks (its own earlier changes included), so nothing is left out or counted twice."""
+    total = ctx.status.affected_tasks_total or 0
+    if ctx.is_job or ctx.affected_all is not None or total <= len(ctx.status.affected_tasks):
+        return
+    assert ctx.spec.task_id is not None
+    tasks = await ctx.registry.list_tasks(ctx.spec.job_name)
+    if any(task_id(t) == ctx.spec.task_id for t in tasks):
+        ctx.affected_all, _ = task_affected_tasks(tasks, ctx.spec.task_id, ctx.spec.cascade, _reason(ctx), ctx.me)
+
+
 def _set_affected(ctx: Ctx, affected: list[AffectedTask]) -> None:
-    ctx.status.affected_tasks = affected[:ctx.listed] if ctx.is_job else affected
+    ctx.affected_all = None if ctx.is_job else affected
+    ctx.status.affected_tasks = affected[:ctx.listed]
+    ctx.status.affected_tasks_total = len(affected)
     if len(affected) > ctx.listed and ctx.is_job:
         ctx.log.info("affected task list truncated in status", total=len(affected), listed=ctx.listed)
 
@@ -320,8 +418,10 @@ def _terminator(ctx: Ctx, state: Termination) -> RunnerTerminator:
         if len(state.forced) > ctx.settings.task_events_limit:
             return
         await ctx.events.emit(ctx.body, f"forced-{name}", "RunnerForced",
-                              f"runner pod {name} force-deleted (grace {ctx.spec.effective_grace}s "
-                              f"+ {ctx.spec.escalate_after_seconds}s ran out)", "Warning")
+                              f"runner pod {name} force-deleted " + (
+                                  f"(escalated by {ctx.escalated_by})" if ctx.escalated_by else
+                                  f"(grace {ctx.spec.effective_grace}s + {ctx.spec.escalate_after_seconds}s ran out)"),
+                              "Warning")
 
     def progress(t: Termination) -> None:
         p = ctx.status.progress
@@ -332,20 +432,21 @@ def _terminator(ctx: Ctx, state: Termination) -> RunnerTerminator:
         ctx.changed()
 
     return RunnerTerminator(
-        ctx.kube, ctx.namespace, ctx.runner_selector, grace=ctx.spec.effective_grace,
+        ctx.kube, ctx.namespace, ctx.runner_selector, grace=ctx.grace,
         escalate_after=ctx.spec.escalate_after_seconds, stuck_timeout=ctx.settings.stuck_timeout,
         concurrency=ctx.settings.concurrency, clock=ctx.clock, log=ctx.log, on_progress=progress,
-        on_forced=forced, adopt_new=ctx.is_job, owner=ctx.ref, task_filter=ctx.cancelled_task_ids(),
+        on_forced=forced, adopt_new=ctx.is_job, owner=ctx.me, task_filter=ctx.cancelled_task_ids(),
+        live_requests=ctx.live_requests,
     )
 
 
 async def signal_runners(ctx: Ctx) -> StepResult:
-    if ctx.spec.force:
+    if ctx.forced:
         return StepResult(StepState.SKIPPED, "force: runners are deleted without a cooperative stop")
     term = _terminator(ctx, Termination())
     pods, rv = await term.list_runners()
     ctx.listed_once["runners"] = (pods, rv)
-    n = await term.signal(pods, _reason(ctx), ctx.ref)
+    n = await term.signal(pods, _reason(ctx))
     return StepResult(message=f"{n} runner(s) annotated necrocode.io/cancel-requested")
 
 
@@ -363,15 +464,21 @@ async def terminate_runners(ctx: Ctx) -> StepResult:
     missing = p.runners_terminated - len(prior.gone)
     for i in range(max(0, missing)):  # counted before a restart but not listed by name
         prior.gone.add(f"(earlier-{i})")
-    term = _terminator(ctx, prior)
-    out = await term.terminate(prior, listed=ctx.reuse("runners"))
+    term = ctx.terminator = _terminator(ctx, prior)
+    if ctx.escalated_by:
+        term.escalate()
+    try:
+        out = await term.terminate(prior, listed=ctx.reuse("runners"))
+    finally:
+        ctx.terminator = None
     outcomes = [RunnerOutcome(pod=n, outcome="Forced") for n in sorted(out.forced & out.gone)]
     outcomes += [RunnerOutcome(pod=n, outcome="Stuck") for n in sorted(out.stuck)]
     outcomes += [RunnerOutcome(pod=n, outcome="Terminated") for n in sorted(out.gone - out.forced)
                  if not n.startswith("(earlier-")]
     ctx.status.runner_outcomes = outcomes[:ctx.listed]
     for name, why in out.stuck.items():
-        ctx.status.add_error("TerminateRunners", f"pod/{name}", why)
+        ctx.status.add_error("TerminateRunners", f"pod/{name}", why, max(1, out.attempts.get(name, 1)))
+    for name, why in sorted(out.stuck.items())[:ctx.settings.task_events_limit]:
         await ctx.events.emit(ctx.body, f"stuck-{name}", "RunnerStuck", f"runner pod {name}: {why}", "Warning")
     msg = f"{out.terminated}/{out.total} runner(s) gone, {len(out.forced & out.gone)} forced"
     more = len(out.forced) - ctx.settings.task_events_limit
@@ -394,7 +501,7 @@ async def _defer_to_earlier_task_cancellations(ctx: Ctx) -> None:
     created = (ctx.body.get("metadata") or {}).get("creationTimestamp")
     while True:
         items, _ = await ctx.kube.list_all(nc_path(ctx.namespace, PLURAL[TASK_CANCELLATION]))
-        waiting = earlier_task_cancellations(items, ctx.spec.job_name, created, ctx.name)
+        waiting = earlier_task_cancellations(items, ctx.spec.job_name, created)
         if not waiting:
             return
         if ctx.clock.monotonic() - started >= limit:
@@ -417,16 +524,14 @@ async def update_task_states(ctx: Ctx) -> StepResult:
                          before=((t.get("status") or {}).get("cancellation") or {}).get("previousState", "Unknown"),
                          after=TaskState.CANCELLED.value, reason=reason)
             for t in tasks
-            if task_state(t) == TaskState.CANCELLED
-            and ((t.get("status") or {}).get("cancellation") or {}).get("cancelledBy") == ctx.name
+            if task_state(t) == TaskState.CANCELLED and changed_by(t, ctx.me)
         ]
         ctx.status.progress.tasks_unaffected = sum(
-            1 for t in tasks if task_state(t) in FINISHED_TASK_STATES
-            and ((t.get("status") or {}).get("cancellation") or {}).get("cancelledBy") != ctx.name)
+            1 for t in tasks if task_state(t) in FINISHED_TASK_STATES and not changed_by(t, ctx.me))
     else:
-        targets = list(ctx.status.affected_tasks)
+        targets = ctx.affected()
         tasks = []
-    res = await ctx.registry.apply(targets, by=ctx.name, requested_by=ctx.spec.requested_by, reason=reason,
+    res = await ctx.registry.apply(targets, by=ctx.me, requested_by=ctx.spec.requested_by, reason=reason,
                                    known={t["metadata"]["name"]: t for t in tasks})
     p = ctx.status.progress
     p.tasks_cancelled = sum(1 for a in res.changed if a.after == TaskState.CANCELLED.value)
@@ -438,13 +543,15 @@ async def update_task_states(ctx: Ctx) -> StepResult:
         merged = [a if a.before != "Unknown" or a.name not in before else a.model_copy(update={"before": before[a.name]})
                   for a in res.changed]
         ctx.status.affected_tasks = sorted(merged, key=lambda a: a.name)[:ctx.listed]
+        ctx.status.affected_tasks_total = len(merged)
     else:  # mark those that finished meanwhile
         left = {a.name: state for a, state in res.unaffected}
-        ctx.status.affected_tasks = [
+        ctx.affected_all = [
             a if a.name not in left else a.model_copy(update={"after": left[a.name],
                                                               "reason": f"{left[a.name]} meanwhile; left as it is"})
-            for a in ctx.status.affected_tasks
+            for a in ctx.affected()
         ]
+        ctx.status.affected_tasks = ctx.affected_all[:ctx.listed]
     for a, msg, attempts in res.failed:
         ctx.status.add_error("UpdateTaskStates", f"agenttask/{a.name}", msg, attempts)
     await _task_events(ctx, res.changed)
@@ -486,26 +593,51 @@ async def _task_events(ctx: Ctx, changed: list[AffectedTask]) -> None:
 
 
 # ============================================================================ cleanup
+async def _slot_keeper(ctx: Ctx) -> Callable[[Obj], str | None]:
+    """Repo slots stay held while their runner pod exists (a stuck or undeletable runner may
+    still write to the workspace): by holder name or by task."""
+    pods, _ = await _terminator(ctx, Termination()).list_runners()
+    by_name = {p["metadata"]["name"] for p in pods}
+    by_task = {str(t): p["metadata"]["name"] for p in pods
+               if (t := ((p["metadata"].get("labels") or {}).get(LABEL_TASK)))}
+
+    def keep(lease: Obj) -> str | None:
+        holder = (lease.get("spec") or {}).get("holderIdentity")
+        task = ((lease.get("metadata") or {}).get("labels") or {}).get(LABEL_TASK)
+        pod = holder if holder in by_name else by_task.get(str(task)) if task else None
+        return f"runner pod {pod} still exists" if pod else None
+
+    return keep
+
+
 async def cleanup_resources(ctx: Ctx) -> StepResult:
-    out = await ctx.cleaner.cleanup(ctx.job_selector, ctx.spec.preserve_artifacts, ctx.affected_task_ids())
-    prior = ctx.status.cleanup or CleanupReport()
-    report = CleanupReport(
-        released=sorted(set(prior.released) | set(out.released)),
-        deleted=sorted(set(prior.deleted) | set(out.deleted)),
-        preserved=sorted(set(out.preserved) | set(prior.preserved)),
-        failed=sorted(f"{o}: {m}" for o, m, _ in out.failed),
-    )
     p = ctx.status.progress
-    p.leases_released, p.resources_deleted, p.artifacts_preserved = (
-        len(report.released), len(report.deleted), len(report.preserved))
-    ctx.status.cleanup = CleanupReport(released=report.released[:ctx.listed], deleted=report.deleted[:ctx.listed],
-                                       preserved=report.preserved[:ctx.listed], failed=report.failed[:ctx.listed])
+    before = 0  # deleted by an earlier run of this step (the operator restarted meanwhile)
+
+    async def before_delete(present: int) -> None:
+        nonlocal before
+        if p.resources_to_delete is None:
+            p.resources_to_delete = present
+            await ctx.flush()  # durable before the first delete: a restart counts from it
+        else:
+            before = max(0, p.resources_to_delete - present)
+
+    out = await ctx.cleaner.cleanup(ctx.job_selector, ctx.spec.preserve_artifacts, ctx.affected_task_ids(),
+                                    by_uid=ctx.uid, keep=await _slot_keeper(ctx), before_delete=before_delete)
+    released = sorted(f"lease/{o['metadata']['name']}" for o in await ctx.cleaner.released_by(ctx.uid))
+    prior = ctx.status.cleanup or CleanupReport()
+    deleted = sorted(set(prior.deleted) | set(out.deleted))
+    p.leases_released = len(released)
+    p.resources_deleted = max(before + len(out.deleted), len(deleted))
+    p.artifacts_preserved = len(out.preserved)
+    ctx.status.cleanup = CleanupReport(released=released, deleted=deleted, preserved=sorted(out.preserved),
+                                       failed=sorted(f"{o}: {m}" for o, m, _ in out.failed))
     for obj, msg, attempts in out.failed:
         ctx.status.add_error(ctx.step_name, obj, msg, attempts)
     msg = (f"{p.leases_released} lease(s) released, {p.resources_deleted} resource(s) deleted, "
            f"{p.artifacts_preserved} artifact(s) kept")
     if out.failed:
-        return StepResult(StepState.FAILED, msg + f", {len(out.failed)} failed after retries")
+        return StepResult(StepState.FAILED, msg + f", {len(out.failed)} not done")
     return StepResult(message=msg)
 
 
@@ -546,7 +678,7 @@ async def _inspect(ctx: Ctx) -> VerifyFindings:
         except NotFound:
             pass
     else:
-        want = {a.name: a.after for a in ctx.status.affected_tasks}
+        want = {a.name: a.after for a in ctx.affected()}
         f.live_tasks = sorted(t["metadata"]["name"] for t in tasks
                               if t["metadata"]["name"] in want and task_state(t) in live
                               and want[t["metadata"]["name"]] != task_state(t).value)
@@ -554,10 +686,27 @@ async def _inspect(ctx: Ctx) -> VerifyFindings:
 
 
 async def _repair(ctx: Ctx, f: VerifyFindings) -> None:
+    """One repair: a runner never deleted is deleted with its grace; one whose grace and
+    escalation delay ran out is forced; one still inside its grace is left alone (Verify
+    never takes grace away). Slots go back only when their runner is gone."""
+    pods = {p["metadata"]["name"]: p for p in (await _terminator(ctx, Termination()).list_runners())[0]}
     for name in f.runner_pods:
-        await ctx.kube.delete(core_path(ctx.namespace, "pods", name), grace_period_seconds=0)
+        pod = pods.get(name)
+        if pod is None:
+            continue
+        clock = runner_clock(pod, ctx.spec.escalate_after_seconds)
+        if clock is not None and clock.escalate_at > ctx.clock.now():
+            continue
+        try:
+            await ctx.kube.delete(core_path(ctx.namespace, "pods", name), uid=pod["metadata"].get("uid"),
+                                  grace_period_seconds=ctx.grace if clock is None else 0, meta_only=True)
+        except ApiError as exc:
+            ctx.log.warning("verify: runner delete failed", runner=name, error=str(exc), attempts=exc.attempts)
     if f.held_leases:
-        await ctx.cleaner.release_leases(ctx.job_selector, CleanupOutcome(), only=ctx.affected_task_ids())
+        out = CleanupOutcome()
+        await ctx.cleaner.release_leases(ctx.job_selector, out, only=ctx.affected_task_ids(), by_uid=ctx.uid,
+                                         keep=await _slot_keeper(ctx))
+        ctx.status.progress.leases_released = len(await ctx.cleaner.released_by(ctx.uid))
     if f.live_tasks:
         await update_task_states(ctx)
     if f.job_phase and ctx.is_job:

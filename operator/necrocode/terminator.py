@@ -13,7 +13,7 @@ import contextlib
 import heapq
 import itertools
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -23,8 +23,16 @@ from necrocode.clock import Clock
 from necrocode.concurrency import bounded
 from necrocode.kube import ApiError, Gone, Kube, NotFound, TransientError, core_path
 from necrocode.logs import Bound
-from necrocode.model import ANNOTATION_CANCEL_REQUESTED, LABEL_TASK, iso
-from necrocode.planning import RunnerClock, escalation_delay, next_wakeup, runner_clock
+from necrocode.model import ANNOTATION_CANCEL_REQUESTED, LABEL_TASK, Ref, clip, iso
+from necrocode.planning import (
+    RunnerClock,
+    escalation_delay,
+    foreign_marker,
+    marker_is,
+    marker_of,
+    next_wakeup,
+    runner_clock,
+)
 
 Obj = dict[str, Any]
 
@@ -38,6 +46,9 @@ class Termination:
     stuck: dict[str, str] = field(default_factory=dict)
     gone: set[str] = field(default_factory=set)
     errors: dict[str, str] = field(default_factory=dict)
+    """The API's last refusal of a delete of this runner (for the status, if it ends stuck)."""
+    attempts: dict[str, int] = field(default_factory=dict)
+    """Delete attempts of this runner that failed (retries of the one policy included)."""
 
     @property
     def terminated(self) -> int:
@@ -87,7 +98,8 @@ class RunnerTerminator:
     def __init__(self, kube: Kube, namespace: str, selector: str, *, grace: int, escalate_after: int,
                  stuck_timeout: float, concurrency: int, clock: Clock, log: Bound,
                  on_progress: Callable[[Termination], None], on_forced: Callable[[str], Awaitable[None]],
-                 adopt_new: bool, owner: str, task_filter: frozenset[str] | None = None):
+                 adopt_new: bool, owner: Ref, task_filter: frozenset[str] | None = None,
+                 live_requests: Callable[[], Awaitable[Mapping[str, str]]] | None = None):
         self.kube, self.namespace, self.selector = kube, namespace, selector
         self.grace, self.escalate_after, self.stuck_timeout = grace, escalate_after, stuck_timeout
         self.concurrency, self.clock, self.log = concurrency, clock, log
@@ -95,6 +107,11 @@ class RunnerTerminator:
         self._forced_at: dict[str, float] = {}
         self.owner, self.task_filter = owner, task_filter
         self.foreign: set[str] = set()
+        self._live_requests = live_requests
+        self._live: Mapping[str, str] | None = None
+        self._attempts: dict[str, int] = {}
+        self._escalated = False
+        self._events: asyncio.Queue[Obj] | None = None
 
     @property
     def pods_path(self) -> str:
@@ -107,30 +124,47 @@ class RunnerTerminator:
         items, rv = await self.kube.list_all(self.pods_path, label_selector=self.selector, meta_only=True)
         return [p for p in items if self.wanted(p)], rv
 
-    def is_foreign(self, pod: Obj) -> bool:
-        """Signalled by another cancellation (a TaskCancellation racing a JobCancellation): that one
-        counts it; this one only waits until it is gone."""
-        prior = ((pod.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_CANCEL_REQUESTED)
-        if not prior:
-            return False
-        try:
-            return bool(json.loads(prior).get("by") not in (None, self.owner))
-        except ValueError:
-            return False
+    async def live(self) -> Mapping[str, str]:
+        """The other cancellations in flight (uid -> kind/name), asked once and only when some
+        runner carries a marker that is not ours."""
+        if self._live is None:
+            self._live = await self._live_requests() if self._live_requests is not None else {}
+        return self._live
+
+    async def find_foreign(self, pods: list[Obj]) -> set[str]:
+        """Runners signalled by another request still in flight (a TaskCancellation racing a
+        JobCancellation): that one counts them; this one only waits until they are gone. Any
+        other marker (unreadable, or of a request finished or gone) is not a reason to skip."""
+        marked = [(p, marker_of(p)) for p in pods]
+        if not any(m is not None and not marker_is(m, self.owner) for _, m in marked):
+            return set()
+        live = await self.live()
+        return {p["metadata"]["name"] for p, m in marked if foreign_marker(m, self.owner, live)}
+
+    def escalate(self) -> None:
+        """A forced request asked for it: every runner still there is force-deleted now."""
+        self._escalated = True
+        self.grace = 0
+        if self._events is not None:
+            self._events.put_nowait({"type": "ESCALATE"})
 
     # ------------------------------------------------------------------ signal
-    async def signal(self, pods: list[Obj], reason: str, by: str) -> int:
+    async def signal(self, pods: list[Obj], reason: str) -> int:
         """Annotate each runner with the cancellation request, for runners that stop cooperatively
-        (they read it through the downward API). Returns how many were signalled."""
-        value = json.dumps({"reason": reason, "requestedAt": iso(self.clock.now()), "by": by})
+        (they read it through the downward API). A marker that is not ours and not of another
+        request in flight (unreadable, stale) is overwritten. Returns how many carry ours."""
+        value = json.dumps({"reason": reason, "requestedAt": iso(self.clock.now()), "by": self.owner.text,
+                            "uid": self.owner.uid})
+        foreign = await self.find_foreign(pods)
         done = 0
 
         async def one(pod: Obj) -> None:
             nonlocal done
             meta = pod["metadata"]
-            prior = (meta.get("annotations") or {}).get(ANNOTATION_CANCEL_REQUESTED)
-            if prior:  # signalled already, by us (a resumed step) or by another cancellation
-                done += 0 if self.is_foreign(pod) else 1
+            if meta["name"] in foreign:
+                return
+            if marker_is(marker_of(pod), self.owner):  # signalled already (a resumed step)
+                done += 1
                 return
             try:
                 await self.kube.merge_patch(core_path(self.namespace, "pods", meta["name"]),
@@ -141,7 +175,8 @@ class RunnerTerminator:
             except NotFound:
                 self.log.info("runner already gone", runner=meta["name"], task=_task(pod))
             except ApiError as exc:
-                self.log.warning("runner signal failed", runner=meta["name"], task=_task(pod), error=str(exc))
+                self.log.warning("runner signal failed", runner=meta["name"], task=_task(pod), error=str(exc),
+                                 attempts=exc.attempts)
 
         await bounded(pods, one, self.concurrency)
         return done
@@ -155,7 +190,7 @@ class RunnerTerminator:
         remaining = _Remaining(self.escalate_after)
         for p in pods:
             remaining[p["metadata"]["name"]] = p
-        self.foreign = {n for n, p in remaining.items() if self.is_foreign(p)}
+        self.foreign = await self.find_foreign(pods)
         counted = len(remaining) - len(self.foreign)
         if state.total == 0:
             state.total = counted
@@ -163,9 +198,16 @@ class RunnerTerminator:
             state.total = max(state.total, counted + state.terminated + len(state.stuck))
         forced_at = self._forced_at = {}
         started = self.clock.monotonic()
+        # A runner whose graceful delete never went through (refused, failing) is forced when
+        # the grace and the escalation delay have run out since we first tried, like any other:
+        # every runner's end is bounded by grace + escalation + stuck timeout (+ retries).
+        undeleted_deadline = started + self.grace + self.escalate_after
         self.on_progress(state)
 
         events: asyncio.Queue[Obj] = asyncio.Queue()
+        self._events = events
+        if self._escalated:
+            events.put_nowait({"type": "ESCALATE"})
         watch_rv = [rv]
         watcher = asyncio.create_task(self._watch(events, watch_rv))
         try:
@@ -173,37 +215,25 @@ class RunnerTerminator:
             self._settle(remaining, state, started)
             while remaining:
                 now = self.clock.now()
-                due = remaining.due(now, state.forced)
+                if self._escalated:
+                    due = [n for n in remaining if n not in state.forced]
+                else:
+                    due = remaining.due(now, state.forced)
+                    if self.clock.monotonic() >= undeleted_deadline:
+                        due += [n for n in self._undeleted(remaining, state) if n not in due]
                 if due:
                     await bounded(due, lambda n: self._force(n, remaining, state, forced_at), self.concurrency)
                     self._settle(remaining, state, started)
                     continue
                 for name in [n for n, t in forced_at.items() if n in remaining]:
                     if self.clock.monotonic() - forced_at[name] >= self.stuck_timeout:
-                        # ask the API server, not the watch: under load the watch can lag
-                        # behind, and a pod it has not reported gone may be gone already
-                        try:
-                            pod = await self.kube.request("GET", core_path(self.namespace, "pods", name),
-                                                          meta_only=True)
-                        except NotFound:
-                            self._gone(name, remaining, state, started)
-                            continue
-                        except ApiError:
-                            pod = remaining[name]
-                        if pod.get("metadata", {}).get("uid") != remaining[name].get("metadata", {}).get("uid"):
-                            self._gone(name, remaining, state, started)  # a new pod took the name
-                            continue
-                        remaining.pop(name)
-                        finalizers = (pod.get("metadata") or {}).get("finalizers") or []
-                        state.stuck[name] = ("still present after force deletion"
-                                             + (f" (finalizers: {', '.join(finalizers)})" if finalizers else ""))
-                        metrics.TERMINATION_TIMEOUTS.inc()
-                        self.log.error("runner stuck", runner=name, task=_task(pod), reason=state.stuck[name])
-                        self.on_progress(state)
+                        await self._check_stuck(name, remaining, state, started)
                 if not remaining:
                     break
+                undeleted = self._undeleted(remaining, state)
                 wait = next_wakeup(
-                    [remaining.next_delay(now, state.forced)]
+                    [remaining.next_delay(now, state.forced),
+                     max(0.0, undeleted_deadline - self.clock.monotonic()) if undeleted else None]
                     + [max(0.0, self.stuck_timeout - (self.clock.monotonic() - t))
                        for n, t in forced_at.items() if n in remaining],
                     ceiling=5.0,
@@ -211,8 +241,9 @@ class RunnerTerminator:
                 try:
                     ev = await asyncio.wait_for(events.get(), timeout=max(wait, 0.01))
                 except TimeoutError:
-                    # no news: make sure pods we think are there really are (a missed event)
-                    if wait >= 5.0:
+                    # no news: make sure pods we think are there really are (a missed event),
+                    # and try again the deletes that did not go through
+                    if wait >= 5.0 or undeleted:
                         await self._resync(remaining, state, started)
                     continue
                 await self._apply(ev, remaining, state, started)
@@ -220,10 +251,36 @@ class RunnerTerminator:
                     await self._apply(events.get_nowait(), remaining, state, started)
                 self._settle(remaining, state, started)
         finally:
+            self._events = None
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await watcher
         return state
+
+    def _undeleted(self, remaining: dict[str, Obj], state: Termination) -> list[str]:
+        """Runners we have not managed to delete yet (no deletionTimestamp) and not forced."""
+        return [n for n, p in remaining.items() if runner_clock(p, 0) is None and n not in state.forced]
+
+    async def _check_stuck(self, name: str, remaining: dict[str, Obj], state: Termination, started: float) -> None:
+        """A runner still listed stuck_timeout after its force delete: ask the API server, not
+        the watch (under load the watch can lag behind, and a pod it has not reported gone may be
+        gone already); still there means stuck, named in the status with the API's last answer."""
+        try:
+            pod = await self.kube.request("GET", core_path(self.namespace, "pods", name), meta_only=True)
+        except NotFound:
+            self._gone(name, remaining, state, started)
+            return
+        except ApiError:
+            pod = remaining[name]
+        if (pod.get("metadata") or {}).get("uid") != (remaining[name].get("metadata") or {}).get("uid"):
+            self._gone(name, remaining, state, started)  # a new pod took the name
+            return
+        remaining.pop(name)
+        state.stuck[name] = stuck_reason(pod, state.errors.get(name), state.attempts.get(name, 0))
+        metrics.TERMINATION_TIMEOUTS.inc()
+        self.log.error("runner stuck", runner=name, task=_task(pod), reason=state.stuck[name],
+                       attempts=state.attempts.get(name, 0))
+        self.on_progress(state)
 
     async def _delete(self, pod: Obj, remaining: dict[str, Obj], state: Termination) -> None:
         meta = pod["metadata"]
@@ -236,13 +293,8 @@ class RunnerTerminator:
         try:
             out = await self.kube.delete(core_path(self.namespace, "pods", name),
                                          grace_period_seconds=self.grace, uid=meta.get("uid"), meta_only=True)
-        except TransientError as exc:
-            state.errors[name] = str(exc)
-            self.log.warning("runner delete failed, will retry", runner=name, task=_task(pod), error=str(exc))
-            return
         except ApiError as exc:
-            state.errors[name] = str(exc)
-            self.log.error("runner delete refused", runner=name, task=_task(pod), error=str(exc))
+            self._failed(name, pod, exc, state, "runner delete failed; tried again until the runner's deadline")
             return
         state.errors.pop(name, None)
         if self.grace == 0 and name not in state.forced:  # force: true, no grace at all
@@ -258,25 +310,30 @@ class RunnerTerminator:
 
     async def _force(self, name: str, remaining: dict[str, Obj], state: Termination,
                      forced_at: dict[str, float]) -> None:
+        """Delete with grace 0. Only called once the runner's grace and the escalation delay have
+        run out (from its deletionTimestamp, or since our first delete for one never deleted), or
+        when a forced request escalated this one: a runner never loses grace it is owed."""
         pod = remaining.get(name)
         if pod is None:
             return
-        if runner_clock(pod, 0) is None:  # the graceful delete never went through: try it again
-            await self._delete(pod, remaining, state)
-            if name in remaining and runner_clock(remaining[name], 0) is None:
-                forced_at.setdefault(name, self.clock.monotonic())
-                return
         state.forced.add(name)
         forced_at[name] = self.clock.monotonic()
         await self.on_forced(name)
         try:
-            await self.kube.delete(core_path(self.namespace, "pods", name), grace_period_seconds=0,
-                                   uid=pod["metadata"].get("uid"), meta_only=True)
-            self.log.warning("runner force-deleted", runner=name, task=_task(pod),
-                             grace_period_seconds=self.grace, escalate_after_seconds=self.escalate_after)
+            out = await self.kube.delete(core_path(self.namespace, "pods", name), grace_period_seconds=0,
+                                         uid=pod["metadata"].get("uid"), meta_only=True)
         except ApiError as exc:
-            self.log.error("runner force delete failed", runner=name, task=_task(pod), error=str(exc))
-            state.errors[name] = str(exc)
+            self._failed(name, pod, exc, state, "runner force delete failed")
+            return
+        self.log.warning("runner force-deleted", runner=name, task=_task(pod), grace_period_seconds=self.grace,
+                         escalate_after_seconds=self.escalate_after, escalated=self._escalated)
+        if out is None:
+            self._gone(name, remaining, state, None)
+
+    def _failed(self, name: str, pod: Obj, exc: ApiError, state: Termination, what: str) -> None:
+        state.errors[name] = str(exc)
+        state.attempts[name] = state.attempts.get(name, 0) + exc.attempts
+        self.log.warning(what, runner=name, task=_task(pod), error=str(exc), attempts=state.attempts[name])
 
     def _gone(self, name: str, remaining: dict[str, Obj], state: Termination, started: float | None) -> None:
         pod = remaining.pop(name, None)
@@ -293,6 +350,8 @@ class RunnerTerminator:
 
     async def _apply(self, ev: Obj, remaining: dict[str, Obj], state: Termination, started: float) -> None:
         kind, obj = ev.get("type"), ev.get("object") or {}
+        if kind == "ESCALATE":
+            return  # the loop forces what is left at its next turn
         if kind == "RESYNC":
             await self._resync(remaining, state, started)
             return
@@ -345,6 +404,20 @@ class RunnerTerminator:
                 await self.clock.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 await out.put({"type": "RESYNC"})
+
+
+def stuck_reason(pod: Obj, error: str | None, attempts: int) -> str:
+    """Why a runner is still there, short whatever the pod holds (a long finalizer list must not
+    make the status too large to write)."""
+    if error:
+        return clip(f"not deleted: {error} ({attempts} attempt(s))", 512)
+    finalizers = [str(f) for f in ((pod.get("metadata") or {}).get("finalizers") or [])]
+    why = "still present after force deletion"
+    if finalizers:
+        shown = ", ".join(f[:100] for f in finalizers[:3])
+        more = f" and {len(finalizers) - 3} more" if len(finalizers) > 3 else ""
+        why += f" (finalizers: {shown}{more})"
+    return clip(why, 512)
 
 
 def _task(pod: Obj | None) -> str | None:

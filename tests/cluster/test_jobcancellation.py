@@ -110,7 +110,8 @@ def test_cancels_a_whole_job_end_to_end(kube: Kubectl, namespace: str) -> None:
     for tid in ("run-fast", "run-slow", "run-lost"):
         lease = kube.coord.read_namespaced_lease(f"slot-{tid}", ns)
         assert lease.spec.holder_identity is None
-        assert lease.metadata.labels == {"necrocode.io/repo-pool": "pool-a", "necrocode.io/slot-state": "dirty"}
+        assert lease.metadata.labels == {"necrocode.io/repo-pool": "pool-a", "necrocode.io/slot-state": "dirty",
+                                         "necrocode.io/released-by": jc["metadata"]["uid"]}
     assert kube.coord.read_namespaced_lease("slot-other", ns).spec.holder_identity == "other-x-runner"
     assert "necrocode.io/slot-state" not in (kube.coord.read_namespaced_lease("slot-free", ns).metadata.labels or {})
     cms = {c.metadata.name for c in kube.core.list_namespaced_config_map(ns).items}
@@ -266,7 +267,9 @@ def test_an_undeletable_scratch_resource_makes_it_partially_completed(kube: Kube
         assert {s["name"]: s["state"] for s in st["steps"]}["CleanupResources"] == "Failed"
         errors = [e for e in st["errors"] if e["object"] == "configmap/job7-stuck"]
         assert len(errors) == 1
-        assert errors[0]["attempts"] == 3 and errors[0]["step"] == "CleanupResources"
+        # a refusal is the API's answer, not a fault: the one retry policy repeats only 429, 5xx,
+        # timeouts and resets (docs/reliability.md), so the refused delete was tried once
+        assert errors[0]["attempts"] == 1 and errors[0]["step"] == "CleanupResources"
         assert "pinned" in errors[0]["message"]
         assert st["progress"]["resourcesDeleted"] == 1
         assert kube.task(ns, "job7", "t0")["status"]["state"] == "Cancelled"

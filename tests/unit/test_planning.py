@@ -223,7 +223,8 @@ def test_a_job_cancellation_defers_only_to_earlier_task_cancellations_in_flight(
         tc("rejected", T0, phase="Rejected"),
         tc("other-job", T0, job="k"),
         tc("what-if", T0, dry=True),
+        tc("jc", T0),                                         # named like the JobCancellation: another request
     ]
-    assert earlier_task_cancellations(items, "j", me, "jc") == ["earlier", "not-started", "same-second"]
-    assert earlier_task_cancellations(items, "j", None, "jc") == []
-    assert earlier_task_cancellations([], "j", me, "jc") == []
+    assert earlier_task_cancellations(items, "j", me) == ["earlier", "jc", "not-started", "same-second"]
+    assert earlier_task_cancellations(items, "j", None) == []
+    assert earlier_task_cancellations([], "j", me) == []

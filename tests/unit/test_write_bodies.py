@@ -8,8 +8,7 @@ from typing import Any
 from necrocode.cleaner import _held_for, released
 from necrocode.clock import ManualClock
 from necrocode.logs import Bound
-from necrocode.model import AffectedTask, TaskState
-from necrocode.planning import RetryPolicy
+from necrocode.model import AffectedTask, Ref, TaskState
 from necrocode.taskregistry import TaskRegistry
 
 
@@ -21,9 +20,10 @@ def lease() -> dict[str, Any]:
 
 
 def test_a_released_lease_has_no_holder_no_job_and_is_dirty_and_keeps_the_rest() -> None:
-    out = released(lease())
+    out = released(lease(), "uid-1")
     assert out["kind"] == "Lease" and out["apiVersion"] == "coordination.k8s.io/v1"
-    assert out["metadata"]["labels"] == {"necrocode.io/repo-pool": "main", "team": "x", "necrocode.io/slot-state": "dirty"}
+    assert out["metadata"]["labels"] == {"necrocode.io/repo-pool": "main", "team": "x", "necrocode.io/slot-state": "dirty",
+                                         "necrocode.io/released-by": "uid-1"}  # counted exactly after a restart
     assert out["metadata"]["resourceVersion"] == "42"  # the guard of the PUT
     assert "managedFields" not in out["metadata"]  # absent: the server keeps them
     assert out["spec"] == {"leaseDurationSeconds": 3600}
@@ -33,23 +33,27 @@ def test_a_lease_is_held_for_a_job_while_it_has_its_labels_and_a_holder() -> Non
     assert _held_for(lease(), "necrocode.io/job=j")
     assert _held_for(lease(), "necrocode.io/job=j,necrocode.io/task=a")
     assert not _held_for(lease(), "necrocode.io/job=k")
-    assert not _held_for(released(lease()), "necrocode.io/job=j")
+    assert not _held_for(released(lease(), "uid-1"), "necrocode.io/job=j")
 
 
 def test_a_task_update_keeps_its_status_and_records_the_cancellation() -> None:
     clock = ManualClock(datetime(2026, 11, 26, 3, 0, tzinfo=UTC))
-    reg = TaskRegistry(None, "ns", clock=clock, log=Bound(), policy=RetryPolicy(), concurrency=1)  # type: ignore[arg-type]
+    reg = TaskRegistry(None, "ns", clock=clock, log=Bound(), concurrency=1)  # type: ignore[arg-type]
     task = {"apiVersion": "necrocode.io/v1alpha1", "kind": "AgentTask",
             "metadata": {"name": "j-a", "resourceVersion": "7", "managedFields": [{}]},
             "status": {"state": "Running", "runner": "j-a-runner", "repoSlot": "slot-1"}}
     a = AffectedTask(taskId="a", name="j-a", before="Running", after="Cancelled", reason="")
-    out = reg._update(task, a, by="stop", requested_by=None, reason="budget", prev=TaskState.RUNNING)
+    by = Ref("JobCancellation", "stop", "uid-1")
+    out = reg._update(task, a, by=by, requested_by=None, reason="budget", prev=TaskState.RUNNING)
     assert out["metadata"] == {"name": "j-a", "resourceVersion": "7"}
     assert out["status"]["runner"] == "j-a-runner" and out["status"]["repoSlot"] == "slot-1"
     assert out["status"]["state"] == "Cancelled"
     assert out["status"]["cancellation"] == {"reason": "budget", "cancelledAt": "2026-11-26T03:00:00Z",
-                                             "cancelledBy": "stop", "previousState": "Running"}
+                                             "cancelledBy": "stop", "cancelledByKind": "JobCancellation",
+                                             "cancelledByUid": "uid-1", "previousState": "Running"}
     blocked = reg._update(task, a.model_copy(update={"after": "Blocked", "reason": "dependency a cancelled"}),
-                          by="stop", requested_by="bob", reason="x", prev=TaskState.PENDING)
+                          by=Ref("TaskCancellation", "stop", "uid-2"), requested_by="bob", reason="x",
+                          prev=TaskState.PENDING)
     assert blocked["status"]["blockedBy"] == "stop" and blocked["status"]["message"] == "dependency a cancelled"
+    assert blocked["status"]["blockedByUid"] == "uid-2"
     assert "cancellation" not in blocked["status"]

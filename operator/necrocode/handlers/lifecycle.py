@@ -57,7 +57,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.peering.standalone = True
     Kube.on_request = lambda verb: metrics.API_REQUESTS.labels(verb=verb).inc()
     kube = Kube(load_credentials(os.environ.get("NECROCODE_KUBECONFIG") or None), concurrency=conf.concurrency,
-                timeout=conf.request_timeout)
+                timeout=conf.request_timeout, retry=conf.retry)
     _service = CancellationService(kube, conf)
     if conf.metrics_port and not _metrics_started:
         try:
