@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from necrocode import metrics
 from necrocode.concurrency import bounded
-from necrocode.kube import ApiError, Kube, NotFound, core_path, lease_path
+from necrocode.kube import ApiError, Kube, NotFound, TransientError, core_path, lease_path
 from necrocode.logs import Bound
 from necrocode.model import (
     LABEL_ARTIFACT,
@@ -35,6 +35,7 @@ class Attempted:
     ok: bool
     attempts: int
     error: str = ""
+    transient: bool = False
 
 
 async def attempt(op: Callable[[], Awaitable[T]]) -> Attempted:
@@ -45,7 +46,7 @@ async def attempt(op: Callable[[], Awaitable[T]]) -> Attempted:
     except NotFound:
         return Attempted(True, 1)
     except ApiError as exc:
-        return Attempted(False, exc.attempts, exc.message or str(exc))
+        return Attempted(False, exc.attempts, exc.message or str(exc), isinstance(exc, TransientError))
     return Attempted(True, 1)
 
 
@@ -55,6 +56,8 @@ class CleanupOutcome:
     deleted: list[str] = field(default_factory=list)
     preserved: list[str] = field(default_factory=list)
     failed: list[tuple[str, str, int]] = field(default_factory=list)  # (object, message, attempts)
+    transient: bool = False
+    """Some failure was a fault of the API, not an answer (the step is worth running again)."""
 
 
 class ResourceCleaner:
@@ -150,6 +153,7 @@ class ResourceCleaner:
             self.log.info(f"cleanup {verb}", object=obj, attempts=res.attempts)
         else:
             out.failed.append((obj, res.error, res.attempts))
+            out.transient = out.transient or res.transient
             metrics.CLEANUP_FAILURES.labels(resource=resource).inc()
             self.log.error("cleanup failed", object=obj, attempts=res.attempts, error=res.error)
 

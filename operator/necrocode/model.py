@@ -329,6 +329,18 @@ class CancellationStatus(_Model):
             del out["cascadeWarnings"]
         return out
 
+    def clear_errors(self, step: str) -> None:
+        """Forget a step's errors (it runs again: what it finds now is what counts)."""
+        gone = {k for k in self._error_keys if k[0] == step}
+        if gone:
+            self._error_keys -= gone
+            self.errors = [e for e in self.errors if e.step != step]
+            self.errors_total = max(0, (self.errors_total or 0) - len(gone)) or None
+
+    def reported(self) -> set[str]:
+        """The objects an error is recorded for, in any step (listed, or beyond the list and counted)."""
+        return {o for _, o in self._error_keys}
+
     @property
     def terminal(self) -> bool:
         return self.phase in TERMINAL_PHASES

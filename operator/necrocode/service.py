@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from typing import Any
 
 from necrocode import metrics
 from necrocode.cleaner import ResourceCleaner
 from necrocode.clock import Clock, SystemClock
 from necrocode.events import EventRecorder
-from necrocode.kube import ApiError, Kube
+from necrocode.kube import ApiError, Kube, NotLeader, TransientError
 from necrocode.logs import Bound
 from necrocode.model import (
     ANNOTATION_ESCALATED_BY,
@@ -196,16 +197,7 @@ class CancellationService:
         started = self.clock.monotonic()
         ctx.log, ctx.step_name = log, d.name
         try:
-            result = await d.run(ctx)
-        except asyncio.CancelledError:
-            raise
-        except ApiError as exc:
-            result = StepResult(StepState.FAILED, f"API error: {exc}")
-            ctx.status.add_error(d.name, exc.body.get("details", {}).get("name", "-") if exc.body else "-", str(exc))
-        except Exception as exc:  # a bug must not leave the cancellation Running forever
-            log.error("step crashed", error=repr(exc))
-            result = StepResult(StepState.FAILED, f"internal error: {exc!r}")
-            ctx.status.add_error(d.name, "-", repr(exc))
+            result = await self._attempts(ctx, tracker, d, log)
         finally:
             ctx.log = log.bind(step=None)
         duration = self.clock.monotonic() - started
@@ -221,6 +213,42 @@ class CancellationService:
                               "Warning" if result.state == StepState.FAILED else "Normal")
         log.info("step finished", state=result.state.value, duration=round(duration, 3), message=result.message)
         return result
+
+
+    async def _attempts(self, ctx: Ctx, tracker: CancellationTracker, d: StepDef, log: Bound) -> StepResult:
+        """Run the step; while it fails on a fault of the API (not on an answer), run it again
+        with backoff: every step is idempotent, and the cancellation's bound (the timeout
+        around all steps) is what ends a fault that does not end. The errors in status are
+        those of the latest attempt."""
+        step = ctx.status.step(d.name)
+        attempt = 0
+        while True:
+            attempt += 1
+            ctx.status.clear_errors(d.name)
+            try:
+                result = await d.run(ctx)
+            except (asyncio.CancelledError, NotLeader):
+                raise  # stopped, or no longer the leader: write nothing more
+            except ApiError as exc:
+                result = StepResult(StepState.FAILED, f"API error: {exc}", transient=isinstance(exc, TransientError))
+                ctx.status.add_error(d.name, _object_of(exc), str(exc), exc.attempts)
+            except Exception as exc:  # a bug must not leave the cancellation Running forever
+                log.error("step crashed", error=repr(exc))
+                result = StepResult(StepState.FAILED, f"internal error: {exc!r}")
+                ctx.status.add_error(d.name, "-", repr(exc))
+            if not result.transient or ctx.stop:
+                return result
+            pause = self.settings.retry.delay(attempt, random.random())
+            log.warning("step failed on a fault of the API; running it again", attempt=attempt,
+                        pause=round(pause, 2), message=result.message)
+            step.message = f"attempt {attempt} failed on a fault of the API ({result.message}); again in {pause:.1f}s"
+            tracker.changed()
+            await self.clock.sleep(pause)
+
+
+def _object_of(exc: ApiError) -> str:
+    details = exc.body.get("details") if exc.body else None
+    return str(details.get("name") or "-") if isinstance(details, dict) else "-"
 
 
 def _leave(ctx: Ctx) -> None:

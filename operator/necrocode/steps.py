@@ -70,6 +70,9 @@ Obj = dict[str, Any]
 class StepResult:
     state: StepState = StepState.SUCCEEDED
     message: str = ""
+    transient: bool = False
+    """Failed on a fault of the API (429, 5xx, timeouts, resets past the call's retries), not on
+    an answer: the engine runs the step again, with backoff, until the cancellation's bound."""
 
 
 @dataclass
@@ -108,6 +111,8 @@ class Ctx:
     escalate_other: Callable[[str, str], bool] = lambda uid, by: False
     """Escalate the running cancellation with this uid, if it runs in this process (the service
     wires it); the annotation on that object covers a restart."""
+    durable_total: int | None = None
+    """The runners' total this run has written to the stored status (make_total_durable)."""
     terminator: RunnerTerminator | None = None
     """The terminator at work, while TerminateRunners runs (an escalation reaches it here)."""
     _live: dict[str, str] | None = None
@@ -139,6 +144,15 @@ class Ctx:
         if self.terminator is not None:
             self.terminator.escalate()
         self.changed()
+
+    async def make_total_durable(self, total: int) -> None:
+        """Write the runners' total to the stored status before the first runner is deleted:
+        runners that go while no operator watches (it died, or another replica takes over) are
+        then counted from it after a restart, instead of being lost from the counts."""
+        if self.durable_total != total:
+            self.status.progress.runners_total = total
+            await self.flush()
+            self.durable_total = total
 
     async def live_requests(self) -> dict[str, str]:
         """The other cancellations of this namespace still in flight: uid -> kind/name."""
@@ -446,7 +460,12 @@ async def signal_runners(ctx: Ctx) -> StepResult:
     term = _terminator(ctx, Termination())
     pods, rv = await term.list_runners()
     ctx.listed_once["runners"] = (pods, rv)
-    n = await term.signal(pods, _reason(ctx))
+
+    async def durable_total() -> None:  # written while the runners are signalled: no time of its own
+        if ctx.status.progress.runners_total == 0:
+            await ctx.make_total_durable(len(pods) - len(await term.find_foreign(pods)))
+
+    n, _ = await asyncio.gather(term.signal(pods, _reason(ctx)), durable_total())
     return StepResult(message=f"{n} runner(s) annotated necrocode.io/cancel-requested")
 
 
@@ -468,13 +487,13 @@ async def terminate_runners(ctx: Ctx) -> StepResult:
     if ctx.escalated_by:
         term.escalate()
     try:
-        out = await term.terminate(prior, listed=ctx.reuse("runners"))
+        out = await term.terminate(prior, listed=ctx.reuse("runners"), before_delete=ctx.make_total_durable)
     finally:
         ctx.terminator = None
     outcomes = [RunnerOutcome(pod=n, outcome="Forced") for n in sorted(out.forced & out.gone)]
     outcomes += [RunnerOutcome(pod=n, outcome="Stuck") for n in sorted(out.stuck)]
     outcomes += [RunnerOutcome(pod=n, outcome="Terminated") for n in sorted(out.gone - out.forced)
-                 if not n.startswith("(earlier-")]
+                 if not n.startswith("(")]
     ctx.status.runner_outcomes = outcomes[:ctx.listed]
     for name, why in out.stuck.items():
         ctx.status.add_error("TerminateRunners", f"pod/{name}", why, max(1, out.attempts.get(name, 1)))
@@ -487,7 +506,8 @@ async def terminate_runners(ctx: Ctx) -> StepResult:
                               f"{more} more runner pod(s) force-deleted besides the {ctx.settings.task_events_limit} "
                               f"with an Event of their own (status.progress.runnersForced counts them all)", "Warning")
     if out.stuck:
-        return StepResult(StepState.FAILED, msg + f", {len(out.stuck)} stuck")
+        return StepResult(StepState.FAILED, msg + f", {len(out.stuck)} stuck",
+                          transient=any(n in out.transient for n in out.stuck))
     return StepResult(message=msg)
 
 
@@ -563,7 +583,7 @@ async def update_task_states(ctx: Ctx) -> StepResult:
         msg += f", {p.tasks_blocked} blocked"
     msg += f", {p.tasks_unaffected} left as they were"
     if res.failed:
-        return StepResult(StepState.FAILED, msg + f", {len(res.failed)} failed")
+        return StepResult(StepState.FAILED, msg + f", {len(res.failed)} failed", transient=res.transient)
     return StepResult(message=msg)
 
 
@@ -637,7 +657,7 @@ async def cleanup_resources(ctx: Ctx) -> StepResult:
     msg = (f"{p.leases_released} lease(s) released, {p.resources_deleted} resource(s) deleted, "
            f"{p.artifacts_preserved} artifact(s) kept")
     if out.failed:
-        return StepResult(StepState.FAILED, msg + f", {len(out.failed)} not done")
+        return StepResult(StepState.FAILED, msg + f", {len(out.failed)} not done", transient=out.transient)
     return StepResult(message=msg)
 
 
@@ -652,9 +672,9 @@ async def verify(ctx: Ctx) -> StepResult:
     findings = await _inspect(ctx)
     if findings.clean:
         return StepResult(message="repaired an inconsistency; now consistent")
-    stuck = {e.object for e in ctx.status.errors}
+    known = ctx.status.reported()
     for obj, msg in findings.describe():
-        if obj not in stuck:
+        if obj not in known:
             ctx.status.add_error("Verify", obj, msg)
     return StepResult(StepState.FAILED, f"{len(findings.describe())} inconsistency(ies) remain after one repair")
 

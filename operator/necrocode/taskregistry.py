@@ -14,7 +14,7 @@ from typing import Any
 
 from necrocode.clock import Clock
 from necrocode.concurrency import bounded
-from necrocode.kube import ApiError, Kube, NotFound, nc_path
+from necrocode.kube import ApiError, Kube, NotFound, TransientError, nc_path
 from necrocode.logs import Bound
 from necrocode.model import (
     ANNOTATION_CANCELLED_BY,
@@ -37,6 +37,8 @@ class TaskUpdate:
     changed: list[AffectedTask] = field(default_factory=list)
     unaffected: list[tuple[AffectedTask, str]] = field(default_factory=list)  # (task, its state now)
     failed: list[tuple[AffectedTask, str, int]] = field(default_factory=list)
+    transient: bool = False
+    """Some failure was a fault of the API, not an answer (the step is worth running again)."""
 
 
 class TaskRegistry:
@@ -89,6 +91,7 @@ class TaskRegistry:
                 return
             except ApiError as exc:
                 out.failed.append((a, exc.message, exc.attempts))
+                out.transient = out.transient or isinstance(exc, TransientError)
                 self.log.error("task update failed", task=a.task_id, error=exc.message, attempts=exc.attempts)
                 return
             if verdict == "changed":

@@ -49,6 +49,8 @@ class Termination:
     """The API's last refusal of a delete of this runner (for the status, if it ends stuck)."""
     attempts: dict[str, int] = field(default_factory=dict)
     """Delete attempts of this runner that failed (retries of the one policy included)."""
+    transient: set[str] = field(default_factory=set)
+    """Runners whose last failure was a fault of the API, not an answer."""
 
     @property
     def terminated(self) -> int:
@@ -182,10 +184,13 @@ class RunnerTerminator:
         return done
 
     # ------------------------------------------------------------------ terminate
-    async def terminate(self, state: Termination, listed: tuple[list[Obj], str] | None = None) -> Termination:
+    async def terminate(self, state: Termination, listed: tuple[list[Obj], str] | None = None,
+                        before_delete: Callable[[int], Awaitable[None]] | None = None) -> Termination:
         """Delete every runner matching the selector and wait until each is gone, forced, or stuck.
         `listed`: the runners as the signal step just listed them (the watch starts from that
-        list's resourceVersion, so nothing that changed since is missed)."""
+        list's resourceVersion, so nothing that changed since is missed). `before_delete(total)`
+        runs before the first delete (the step makes the total durable there: runners that go
+        while no operator watches are counted from it after a restart)."""
         pods, rv = listed if listed is not None else await self.list_runners()
         remaining = _Remaining(self.escalate_after)
         for p in pods:
@@ -194,8 +199,13 @@ class RunnerTerminator:
         counted = len(remaining) - len(self.foreign)
         if state.total == 0:
             state.total = counted
-        else:  # resumed: pods that disappeared while we were away count as terminated
-            state.total = max(state.total, counted + state.terminated + len(state.stuck))
+        else:  # resumed: runners of the recorded total that are gone now went while we were away
+            away = state.total - counted - state.terminated
+            for i in range(max(0, away)):
+                state.gone.add(f"(away-{i})")
+            state.total = max(state.total, counted + state.terminated)
+        if before_delete is not None:
+            await before_delete(state.total)
         forced_at = self._forced_at = {}
         started = self.clock.monotonic()
         # A runner whose graceful delete never went through (refused, failing) is forced when
@@ -270,8 +280,10 @@ class RunnerTerminator:
         except NotFound:
             self._gone(name, remaining, state, started)
             return
-        except ApiError:
+        except ApiError as exc:
             pod = remaining[name]
+            if isinstance(exc, TransientError):  # we cannot tell: it may be gone
+                state.transient.add(name)
         if (pod.get("metadata") or {}).get("uid") != (remaining[name].get("metadata") or {}).get("uid"):
             self._gone(name, remaining, state, started)  # a new pod took the name
             return
@@ -332,11 +344,16 @@ class RunnerTerminator:
 
     def _failed(self, name: str, pod: Obj, exc: ApiError, state: Termination, what: str) -> None:
         state.errors[name] = str(exc)
+        if isinstance(exc, TransientError):
+            state.transient.add(name)
+        else:
+            state.transient.discard(name)
         state.attempts[name] = state.attempts.get(name, 0) + exc.attempts
         self.log.warning(what, runner=name, task=_task(pod), error=str(exc), attempts=state.attempts[name])
 
     def _gone(self, name: str, remaining: dict[str, Obj], state: Termination, started: float | None) -> None:
         pod = remaining.pop(name, None)
+        state.stuck.pop(name, None)  # reported stuck by an earlier attempt, gone now
         if name in state.gone or name in self.foreign:
             return
         state.gone.add(name)

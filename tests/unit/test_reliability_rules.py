@@ -164,6 +164,7 @@ def test_the_status_of_5000_stuck_runners_with_long_finalizers_stays_small() -> 
     assert len(orjson.dumps(body)) < 256 * 1024
     st.add_error("TerminateRunners", "pod/runner-00001-" + "x" * 200, "again")  # known: not counted twice
     assert st.dump()["errorsTotal"] == 5000
+    assert "pod/runner-04999-" + "x" * 200 in st.reported()  # beyond the list, still known (Verify skips it)
 
 
 def test_a_resumed_status_keeps_its_error_total() -> None:
@@ -180,3 +181,15 @@ def test_stuck_reasons_name_the_api_answer_and_stay_short() -> None:
     long = stuck_reason({"metadata": {"finalizers": ["x" * 300] * 50}}, None, 0)
     assert len(long) <= 512 and "and 47 more" in long
     assert clip("a" * 5000).endswith("(truncated)") and len(clip("a" * 5000)) == 1024
+
+
+def test_a_step_run_again_reports_only_its_latest_errors() -> None:
+    st = CancellationStatus()
+    st.bound(100)
+    st.add_error("CleanupResources", "lease/a", "reset")
+    st.add_error("TerminateRunners", "pod/p", "stuck")
+    st.clear_errors("CleanupResources")
+    body = st.dump()
+    assert [e["object"] for e in body["errors"]] == ["pod/p"] and body["errorsTotal"] == 1
+    st.clear_errors("TerminateRunners")
+    assert "errorsTotal" not in st.dump() and st.reported() == set()
