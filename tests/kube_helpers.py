@@ -211,3 +211,64 @@ class Kubectl:
 
     def events_for(self, ns: str, name: str) -> list[Any]:
         return [e for e in self.core.list_namespaced_event(ns).items if e.involved_object.name == name]
+
+
+# ---------------------------------------------------------------------- reliability helpers
+def deny_admission(kube: Kubectl, name: str, namespace: str, rules: list[dict[str, Any]], expression: str,
+                   message: str) -> None:
+    """A ValidatingAdmissionPolicy and its binding, both called `name`, that refuse (403, reason
+    Forbidden, `message`) the requests matching `rules` whose `expression` is false, in `namespace` only."""
+    kube.apply_admission({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name},
+        "spec": {"failurePolicy": "Fail", "matchConstraints": {"resourceRules": rules},
+                 "validations": [{"expression": expression, "message": message, "reason": "Forbidden"}]}})
+    kube.apply_admission({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name},
+        "spec": {"policyName": name, "validationActions": ["Deny"],
+                 "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}}})
+
+
+def remove_admission(kube: Kubectl, name: str, binding_only: bool = False) -> None:
+    """Delete the binding (and, unless binding_only, the policy) called `name`; absent is fine."""
+    deletes = [kube.adm.delete_validating_admission_policy_binding]
+    if not binding_only:
+        deletes.append(kube.adm.delete_validating_admission_policy)
+    for delete in deletes:
+        try:
+            delete(name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+
+def absent(read: Callable[[], Any]) -> bool:
+    """True when read() answers 404."""
+    try:
+        read()
+    except ApiException as exc:
+        if exc.status == 404:
+            return True
+        raise
+    return False
+
+
+def in_parallel(fn: Callable[[Any], T], items: list[Any], workers: int = 32) -> list[T]:
+    """fn over items on `workers` threads (the client's pool has 32 connections); the first error is raised."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(fn, items))
+
+
+def bulk_client(kubeconfig: Path, connections: int = 32) -> Kubectl:
+    """A Kubectl whose connection pool really keeps `connections` connections open (Kubectl sets
+    the size after its pool exists, so that pool keeps 10 and opens, then drops, a connection for
+    every request beyond them: many thousands of TLS handshakes for a bulk create)."""
+    from kubernetes.client import rest
+
+    k = Kubectl(kubeconfig)
+    k.api.configuration.connection_pool_maxsize = connections
+    k.api.rest_client = rest.RESTClientObject(k.api.configuration)
+    return k
