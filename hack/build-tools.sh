@@ -4,6 +4,9 @@
 # pinned in hack/versions.env, into a cache outside the repository. A warm cache builds nothing.
 #
 #   hack/build-tools.sh            build what is missing, print the bin directory on the last line
+#   hack/build-tools.sh realnode   opt-in, not part of the default build: the real node's kubelet
+#                                  (same wrapper module and ldflags as kube-apiserver) and its
+#                                  pause binary (static build of the module's build/pause/linux/pause.c)
 #   NECROCODE_CACHE=/path ...      cache root (default ~/.cache/necrocode)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -60,6 +63,17 @@ gen_wrapper() {
   echo "package main" >"$dir/doc.go"
 }
 
+# kube_ldflags VERSION: the version ldflags of every Kubernetes binary built here.
+kube_ldflags() {
+  local ver=$1 major minor ld=""
+  major=$(echo "${ver#v}" | cut -d. -f1); minor=$(echo "${ver#v}" | cut -d. -f2)
+  for p in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
+    ld+=" -X $p.gitVersion=$ver -X $p.gitMajor=$major -X $p.gitMinor=$minor"
+    ld+=" -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
+  done
+  echo "$ld"
+}
+
 build_kubernetes() {
   local ver=$KUBERNETES_VERSION
   local need=()
@@ -69,13 +83,8 @@ build_kubernetes() {
   if ((${#need[@]})); then
     local dir=$work/kubernetes-$ver
     step "generate wrapper module" kubernetes gen_wrapper "$dir" k8s.io/kubernetes "$ver" "$KUBERNETES_STAGING_VERSION"
-    local major minor
-    major=$(echo "${ver#v}" | cut -d. -f1); minor=$(echo "${ver#v}" | cut -d. -f2)
-    local ld=""
-    for p in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
-      ld+=" -X $p.gitVersion=$ver -X $p.gitMajor=$major -X $p.gitMinor=$minor"
-      ld+=" -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
-    done
+    local ld
+    ld=$(kube_ldflags "$ver")
     local pkgs=()
     for c in "${need[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
     step "resolve modules" kubernetes bash -c "cd '$dir' && go list -mod=mod -deps ${pkgs[*]} >/dev/null"
@@ -84,6 +93,32 @@ build_kubernetes() {
     done
   fi
   for c in kube-apiserver kube-controller-manager kube-scheduler kubectl; do link "$c" "$ver"; done
+}
+
+# The real node (hack/realnode.py), opt-in: kubelet from the same wrapper module as
+# kube-apiserver (so it reuses that module's build cache), and the pause binary, a static build
+# of build/pause/linux/pause.c from the same module version (gcc, glibc's libc.a).
+build_kubelet() {
+  local ver=$KUBERNETES_VERSION
+  if ! have kubelet "$ver"; then
+    local dir=$work/kubernetes-$ver ld
+    [[ -f $dir/go.mod ]] || step "generate wrapper module" kubernetes gen_wrapper "$dir" k8s.io/kubernetes "$ver" "$KUBERNETES_STAGING_VERSION"
+    ld=$(kube_ldflags "$ver")
+    step "go build" kubelet bash -c "cd '$dir' && CGO_ENABLED=0 go build -mod=mod -trimpath -ldflags '-s -w $ld' -o '$bin/kubelet-$ver.tmp' k8s.io/kubernetes/cmd/kubelet && mv '$bin/kubelet-$ver.tmp' '$bin/kubelet-$ver'"
+  fi
+  link kubelet "$ver"
+}
+
+build_pause() {
+  local ver=$KUBERNETES_VERSION
+  if ! have pause "$ver"; then
+    local dir=$work/kubernetes-$ver src
+    [[ -f $dir/go.mod ]] || step "generate wrapper module" kubernetes gen_wrapper "$dir" k8s.io/kubernetes "$ver" "$KUBERNETES_STAGING_VERSION"
+    src=$(cd "$dir" && go mod download -json "k8s.io/kubernetes@$ver" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')/build/pause/linux/pause.c
+    [[ -f $src ]] || fail "pause: $src not found"
+    step "gcc -static pause.c" pause bash -c "gcc -Os -static -Wall -Werror -DVERSION=$ver-necrocode -o '$bin/pause-$ver.tmp' '$src' && strip '$bin/pause-$ver.tmp' && mv '$bin/pause-$ver.tmp' '$bin/pause-$ver'"
+  fi
+  link pause "$ver"
 }
 
 build_etcd() {
@@ -114,6 +149,8 @@ case $only in
   all|kwok) go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION" ;;&
   all|helm) go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" ;;&
   all|kubeconform) go_install kubeconform github.com/yannh/kubeconform/cmd/kubeconform "$KUBECONFORM_VERSION" ;;&
+  realnode|kubelet) build_kubelet ;;&
+  realnode|pause) build_pause ;;&
   *) ;;
 esac
 log "all tools ready in $bin"

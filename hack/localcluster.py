@@ -37,6 +37,7 @@ DEFAULT_DIR = CACHE / "cluster"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+KUBELET_CLIENT = "kube-apiserver-kubelet-client"
 
 
 def versions() -> dict[str, str]:
@@ -155,6 +156,40 @@ class LocalCluster:
         if pid_file.exists():
             pid_file.unlink()
 
+    def restart(self, component: str, grace: float = 5.0) -> None:
+        """Stop one component by its recorded pid and start it again with the same arguments,
+        ports and data directory, then wait until it serves again (fault-injection tests: an
+        API server or etcd restarted under load). SIGTERM, then SIGKILL after `grace` seconds,
+        as the kubelet does with a static pod: kube-apiserver stops listening at once but waits
+        up to its 60 s request timeout for open (watch) connections, and etcd for its clients."""
+        if component not in COMPONENTS:
+            raise ValueError(f"unknown component {component!r}; one of {', '.join(COMPONENTS)}")
+        self.bins = self.bins or bin_dir(build=False)
+        self._port()  # load ports.json when this object did not start the cluster
+        pid = self._pids().get(component)
+        if pid is not None:
+            _signal_group(pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and _alive(pid):
+                time.sleep(0.05)
+            if _alive(pid):
+                _signal_group(pid, signal.SIGKILL)
+                while _alive(pid):
+                    time.sleep(0.05)
+        if component == "etcd":
+            self._start_etcd()  # waits for /health
+            self._wait_ready()  # the API server's view: its /readyz includes the etcd check
+        elif component == "kube-apiserver":
+            self._start_apiserver()
+            self._wait_ready()
+        elif component == "kube-controller-manager":
+            self._start(component, self._kcm_args())
+        elif component == "kube-scheduler":
+            self._start(component, self._scheduler_args())
+        else:
+            self._start(component, self._kwok_args())
+            self._wait_nodes_ready()
+
     def running(self) -> bool:
         pids = self._pids()
         if not pids or not all(_alive(p) for p in pids.values()):
@@ -177,6 +212,9 @@ class LocalCluster:
         self._leaf("admin", "/O=system:masters/CN=necrocode-admin", ext=None)
         self._leaf("kcm", "/CN=system:kube-controller-manager", ext=None)
         self._leaf("scheduler", "/CN=system:kube-scheduler", ext=None)
+        # the API server's identity towards kubelets (logs, exec, port-forward on the real node),
+        # bound to system:kubelet-api-admin once the API server runs
+        self._leaf("apiserver-kubelet-client", f"/CN={KUBELET_CLIENT}", ext=None)
         openssl("genrsa", "-out", "sa.key", "2048", cwd=p)
         openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=p)
         for name, user in (("kubeconfig", "admin"), ("kcm.kubeconfig", "kcm"),
@@ -267,11 +305,15 @@ class LocalCluster:
             f"--service-account-key-file={p / 'sa.pub'}",
             f"--service-account-signing-key-file={p / 'sa.key'}",
             f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
-            "--authorization-mode=RBAC",
+            # Node: a kubelet (the real node) may touch only its own node and its pods' objects
+            "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
+            f"--kubelet-client-certificate={p / 'apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={p / 'apiserver-kubelet-client.key'}",
             "--service-cluster-ip-range=10.0.0.0/24",
             "--allow-privileged=true",
             f"--profiling={'true' if self.profiling else 'false'}",
             "--max-requests-inflight=800", "--max-mutating-requests-inflight=400",
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
             "--v=1",
         ])
 
@@ -287,6 +329,8 @@ class LocalCluster:
             f"--root-ca-file={p / 'ca.crt'}",
             f"--cluster-signing-cert-file={p / 'ca.crt'}", f"--cluster-signing-key-file={p / 'ca.key'}",
             "--use-service-account-credentials=true",
+            # flex volume plugins: a directory of ours, not /usr/libexec/kubernetes on the host
+            f"--flex-volume-plugin-dir={self.dir / 'flexvolume'}",
             "--kube-api-qps=100", "--kube-api-burst=200",
             "--v=1",
         ]
@@ -351,7 +395,23 @@ class LocalCluster:
             time.sleep(0.3)
         raise RuntimeError(f"kube-apiserver not ready ({last}):\n" + _tail(self.logs / "kube-apiserver.log"))
 
+    def _bind_kubelet_client(self) -> None:
+        """What the API server may do on a kubelet (logs, exec): the built-in role for it."""
+        binding = {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": "necrocode:kube-apiserver-kubelet-client"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": "system:kubelet-api-admin"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": KUBELET_CLIENT}],
+        }
+        try:
+            self._request("POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", binding)
+        except urllib.error.HTTPError as exc:
+            if exc.code != 409:
+                raise
+
     def _create_nodes(self) -> None:
+        self._bind_kubelet_client()
         for i in range(self.nodes):
             node = {
                 "apiVersion": "v1", "kind": "Node",
