@@ -27,6 +27,27 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- end -}}
 
+{{/* hostNetwork and hostAliases of both Deployments' pods. */}}
+{{- define "necrocode.podNetwork" -}}
+{{- if .Values.hostNetwork }}
+hostNetwork: true
+{{- end }}
+{{- with .Values.hostAliases }}
+hostAliases: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* Where the pods reach the API server, when not through the kubernetes Service (in-cluster
+config reads these two variables; the container's own env wins over the kubelet's). */}}
+{{- define "necrocode.apiServerEnv" -}}
+{{- with .Values.apiServer.host }}
+- {name: KUBERNETES_SERVICE_HOST, value: {{ . | quote }}}
+{{- end }}
+{{- with .Values.apiServer.port }}
+- {name: KUBERNETES_SERVICE_PORT, value: {{ . | quote }}}
+{{- end }}
+{{- end -}}
+
 {{/* Rules the operator needs in each namespace it serves. */}}
 {{- define "necrocode.namespacedRules" -}}
 - apiGroups: [necrocode.io]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Any
@@ -32,7 +33,13 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     path = os.environ.get("NECROCODE_KUBECONFIG")
     if path:
         os.environ["KUBECONFIG"] = path
-    info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    info = kopf.login_with_service_account(**kwargs)
+    host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
+    if info is not None and host and port:
+        # kopf always says https://kubernetes.default.svc; the in-cluster contract is these two
+        # variables (the chart's apiServer.host/port, e.g. a hostNetwork pod on a local node)
+        info = dataclasses.replace(info, server=f"https://{f'[{host}]' if ':' in host else host}:{port}")
+    info = info or kopf.login_with_kubeconfig(**kwargs)
     return info or kopf.login_via_client(**kwargs)
 
 
