@@ -385,3 +385,27 @@ def test_proxy_delays_resets_and_drops_connections(kube: Kubectl, cluster: Clust
             proxy.passthrough()
             print(f"\nproxy: {proxy.stats}", file=sys.stderr)
             finish_and_check(kube, ns, op, log)
+
+
+def test_a_fault_longer_than_one_calls_retries_is_ridden_out(kube: Kubectl, cluster: ClusterInfo,
+                                                             solo_namespace: str, tmp_path: Path) -> None:
+    """Every connection reset for longer than a call's whole retry budget (3 attempts from 0.2 s:
+    about 0.6 s of pauses): the steps that fail on it are run again, with backoff, within the
+    cancellation's bound, and the end is the same as without the fault."""
+    ns, log = solo_namespace, tmp_path / "operator.log"
+    host, port = kube.api.configuration.host.removeprefix("https://").rsplit(":", 1)
+    populate(kube, ns)
+    with FaultProxy(host, int(port)) as proxy:
+        kc = proxy_kubeconfig(cluster.kubeconfig, tmp_path / "proxied.kubeconfig", proxy)
+        with run_operator(cluster, ns, log, NECROCODE_KUBECONFIG=str(kc), KUBECONFIG=str(kc),
+                          NECROCODE_REQUEST_TIMEOUT_SECONDS="5", NECROCODE_RETRY_ATTEMPTS="3",
+                          NECROCODE_RETRY_BASE_SECONDS="0.2") as op:
+            kube.cancel_job(ns, "stop", JOB, gracePeriodSeconds=GRACE, escalateAfterSeconds=ESCALATE)
+            wait_terminating(kube, ns, op, log)
+            base = proxy.stats
+            proxy.reset()
+            hold(6, lambda: proxy.stats.resets > base.resets + 5, "connections reset", op, log)
+            proxy.passthrough()
+            print(f"\nproxy: {proxy.stats}", file=sys.stderr)
+            finish_and_check(kube, ns, op, log)
+        assert "running it again" in log.read_text(), "the fault should have outlasted a call's retries"
