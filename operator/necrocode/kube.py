@@ -308,7 +308,7 @@ class Kube:
                 if resp.status >= 400:
                     raise map_error(resp.status, payload, resp.headers.get("Retry-After"))
                 return payload
-        except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:  # OSError: resets, refusals, unreachable
             raise TransientError(0, "ConnectionError", f"{type(exc).__name__}: {exc}") from exc
         except json.JSONDecodeError as exc:
             raise TransientError(0, "BadResponse", str(exc)) from exc

@@ -191,11 +191,6 @@ class Ctx:
         """Entries kept in a status list (settings.status_list_limit); counts stay exact."""
         return self.settings.status_list_limit
 
-    def affected_task_ids(self) -> frozenset[str] | None:
-        if self.is_job:
-            return None
-        return frozenset(a.task_id for a in self.affected())
-
     def affected(self) -> list[AffectedTask]:
         return self.affected_all if self.affected_all is not None else list(self.status.affected_tasks)
 
@@ -286,7 +281,10 @@ async def _duplicate(ctx: Ctx, claimer: Obj) -> StepResult:
                f"({what} is covered by it)")
     running = (claimer.get("status") or {}).get("phase") not in {p.value for p in TERMINAL_PHASES}
     escalated_before = (meta.get("annotations") or {}).get(ANNOTATION_ESCALATED_BY)
-    if ctx.spec.force and running and not cspec.get("force") and not escalated_before:
+    if escalated_before == ctx.ref:  # by this request, before a restart: record it again
+        ctx.status.escalated = other
+        ctx.status.set_condition("Escalated", True, "EscalatedOther", f"escalated {other} to force")
+    elif ctx.spec.force and running and not cspec.get("force") and not escalated_before:
         await ctx.kube.merge_patch(nc_path(ctx.namespace, PLURAL[JOB_CANCELLATION], meta["name"]),
                                    {"metadata": {"annotations": {ANNOTATION_ESCALATED_BY: ctx.ref}}})
         ctx.escalate_other(str(meta.get("uid")), ctx.ref)
@@ -471,7 +469,13 @@ async def signal_runners(ctx: Ctx) -> StepResult:
 
 async def terminate_runners(ctx: Ctx) -> StepResult:
     p = ctx.status.progress
-    prior = Termination(total=p.runners_total)
+    listed = ctx.reuse("runners")
+    # Right after a SignalRunners that wrote the total (its list handed over), the runners are
+    # counted from that list as the signals left it (a racing request's marker may have made one
+    # of them that request's meanwhile), not from the total written while they were signalled;
+    # after a restart or a retry of this step, the recorded total is the starting point.
+    fresh = listed is not None and ctx.durable_total is not None  # this run signalled and wrote the total
+    prior = Termination(total=0 if fresh else p.runners_total)
     # resumed: what earlier runs recorded (outcomes) seeds the sets, so nothing is counted twice
     for o in ctx.status.runner_outcomes:
         if o.outcome in ("Terminated", "Forced", "AlreadyGone"):
@@ -481,13 +485,16 @@ async def terminate_runners(ctx: Ctx) -> StepResult:
         if o.outcome == "Stuck":
             prior.stuck[o.pod] = "stuck"
     missing = p.runners_terminated - len(prior.gone)
+    forced = p.runners_forced - len(prior.forced & prior.gone)
     for i in range(max(0, missing)):  # counted before a restart but not listed by name
         prior.gone.add(f"(earlier-{i})")
+        if i < forced:
+            prior.forced.add(f"(earlier-{i})")
     term = ctx.terminator = _terminator(ctx, prior)
     if ctx.escalated_by:
         term.escalate()
     try:
-        out = await term.terminate(prior, listed=ctx.reuse("runners"), before_delete=ctx.make_total_durable)
+        out = await term.terminate(prior, listed=listed, before_delete=ctx.make_total_durable)
     finally:
         ctx.terminator = None
     outcomes = [RunnerOutcome(pod=n, outcome="Forced") for n in sorted(out.forced & out.gone)]
@@ -642,7 +649,7 @@ async def cleanup_resources(ctx: Ctx) -> StepResult:
         else:
             before = max(0, p.resources_to_delete - present)
 
-    out = await ctx.cleaner.cleanup(ctx.job_selector, ctx.spec.preserve_artifacts, ctx.affected_task_ids(),
+    out = await ctx.cleaner.cleanup(ctx.job_selector, ctx.spec.preserve_artifacts, ctx.cancelled_task_ids(),
                                     by_uid=ctx.uid, keep=await _slot_keeper(ctx), before_delete=before_delete)
     released = sorted(f"lease/{o['metadata']['name']}" for o in await ctx.cleaner.released_by(ctx.uid))
     prior = ctx.status.cleanup or CleanupReport()
@@ -684,7 +691,7 @@ async def _inspect(ctx: Ctx) -> VerifyFindings:
     term = _terminator(ctx, Termination())
     pods, _ = await term.list_runners()
     f.runner_pods = sorted(p["metadata"]["name"] for p in pods)
-    leases = await ctx.cleaner.held_leases(ctx.job_selector, ctx.affected_task_ids())
+    leases = await ctx.cleaner.held_leases(ctx.job_selector, ctx.cancelled_task_ids())
     f.held_leases = sorted(o["metadata"]["name"] for o in leases)
     tasks = await ctx.registry.list_tasks(ctx.spec.job_name)
     live = {TaskState.PENDING, TaskState.READY, TaskState.RUNNING}
@@ -724,7 +731,7 @@ async def _repair(ctx: Ctx, f: VerifyFindings) -> None:
             ctx.log.warning("verify: runner delete failed", runner=name, error=str(exc), attempts=exc.attempts)
     if f.held_leases:
         out = CleanupOutcome()
-        await ctx.cleaner.release_leases(ctx.job_selector, out, only=ctx.affected_task_ids(), by_uid=ctx.uid,
+        await ctx.cleaner.release_leases(ctx.job_selector, out, only=ctx.cancelled_task_ids(), by_uid=ctx.uid,
                                          keep=await _slot_keeper(ctx))
         ctx.status.progress.leases_released = len(await ctx.cleaner.released_by(ctx.uid))
     if f.live_tasks:

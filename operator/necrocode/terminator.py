@@ -21,7 +21,7 @@ from typing import Any
 from necrocode import metrics
 from necrocode.clock import Clock
 from necrocode.concurrency import bounded
-from necrocode.kube import ApiError, Gone, Kube, NotFound, TransientError, core_path
+from necrocode.kube import ApiError, Conflict, Gone, Kube, NotFound, TransientError, core_path
 from necrocode.logs import Bound
 from necrocode.model import ANNOTATION_CANCEL_REQUESTED, LABEL_TASK, Ref, clip, iso
 from necrocode.planning import (
@@ -109,6 +109,9 @@ class RunnerTerminator:
         self._forced_at: dict[str, float] = {}
         self.owner, self.task_filter = owner, task_filter
         self.foreign: set[str] = set()
+        self.seen: set[str] = set()
+        """Every runner this terminator has had in hand: a watch replaying an old event of one
+        that went (after a reconnect) must not bring it back as a late runner."""
         self._live_requests = live_requests
         self._live: Mapping[str, str] | None = None
         self._attempts: dict[str, int] = {}
@@ -162,22 +165,41 @@ class RunnerTerminator:
 
         async def one(pod: Obj) -> None:
             nonlocal done
-            meta = pod["metadata"]
-            if meta["name"] in foreign:
+            name = pod["metadata"]["name"]
+            if name in foreign:
                 return
-            if marker_is(marker_of(pod), self.owner):  # signalled already (a resumed step)
-                done += 1
-                return
+
+            async def round_() -> bool:
+                """Signal, guarded by the pod's resourceVersion: of two requests that list a runner
+                at the same moment, one writes its marker and the other, refused with 409,
+                reads the pod again and finds that marker (the runner is then the other's to count)."""
+                meta = pod["metadata"]
+                marker = marker_of(pod)
+                if marker_is(marker, self.owner):  # signalled already (a resumed step)
+                    return True
+                if marker is not None and foreign_marker(marker, self.owner, await self.live()):
+                    return False
+                body = {"metadata": {"annotations": {ANNOTATION_CANCEL_REQUESTED: value}}}
+                if meta.get("resourceVersion"):
+                    body["metadata"]["resourceVersion"] = meta["resourceVersion"]
+                try:
+                    out = await self.kube.merge_patch(core_path(self.namespace, "pods", name), body, meta_only=True)
+                except Conflict:
+                    fresh = await self.kube.request("GET", core_path(self.namespace, "pods", name), meta_only=True)
+                    pod["metadata"] = fresh.get("metadata") or meta  # the next step decides on what is there now
+                    self._live = None  # a request that started meanwhile may have signalled it
+                    raise
+                pod["metadata"] = out.get("metadata") or meta
+                self.log.info("runner signalled", runner=name, task=_task(pod))
+                return True
+
             try:
-                await self.kube.merge_patch(core_path(self.namespace, "pods", meta["name"]),
-                                            {"metadata": {"annotations": {ANNOTATION_CANCEL_REQUESTED: value}}},
-                                            meta_only=True)
-                done += 1
-                self.log.info("runner signalled", runner=meta["name"], task=_task(pod))
+                if await self.kube.conflict_retry(round_):
+                    done += 1
             except NotFound:
-                self.log.info("runner already gone", runner=meta["name"], task=_task(pod))
+                self.log.info("runner already gone", runner=name, task=_task(pod))
             except ApiError as exc:
-                self.log.warning("runner signal failed", runner=meta["name"], task=_task(pod), error=str(exc),
+                self.log.warning("runner signal failed", runner=name, task=_task(pod), error=str(exc),
                                  attempts=exc.attempts)
 
         await bounded(pods, one, self.concurrency)
@@ -195,6 +217,7 @@ class RunnerTerminator:
         remaining = _Remaining(self.escalate_after)
         for p in pods:
             remaining[p["metadata"]["name"]] = p
+        self.seen = set(remaining) | state.gone | set(state.stuck)
         self.foreign = await self.find_foreign(pods)
         counted = len(remaining) - len(self.foreign)
         if state.total == 0:
@@ -203,6 +226,8 @@ class RunnerTerminator:
             away = state.total - counted - state.terminated
             for i in range(max(0, away)):
                 state.gone.add(f"(away-{i})")
+                if self.grace == 0:  # a forced request deletes with grace 0 only: they were forced
+                    state.forced.add(f"(away-{i})")
             state.total = max(state.total, counted + state.terminated)
         if before_delete is not None:
             await before_delete(state.total)
@@ -260,6 +285,7 @@ class RunnerTerminator:
                 while not events.empty():
                     await self._apply(events.get_nowait(), remaining, state, started)
                 self._settle(remaining, state, started)
+            self.on_progress(state)  # the last runner may have gone in a resync or a stuck check
         finally:
             self._events = None
             watcher.cancel()
@@ -297,23 +323,24 @@ class RunnerTerminator:
     async def _delete(self, pod: Obj, remaining: dict[str, Obj], state: Termination) -> None:
         meta = pod["metadata"]
         name = meta["name"]
+        grace = self.grace  # as sent: an escalation may set self.grace to 0 while this DELETE is on the wire
         clock = runner_clock(pod, 0)
         if clock is not None:
             left = (clock.grace_end - self.clock.now()).total_seconds()
-            if left <= self.grace:  # already deleting with no more grace than ours
+            if left <= grace:  # already deleting with no more grace than ours
                 return
         try:
             out = await self.kube.delete(core_path(self.namespace, "pods", name),
-                                         grace_period_seconds=self.grace, uid=meta.get("uid"), meta_only=True)
+                                         grace_period_seconds=grace, uid=meta.get("uid"), meta_only=True)
         except ApiError as exc:
             self._failed(name, pod, exc, state, "runner delete failed; tried again until the runner's deadline")
             return
         state.errors.pop(name, None)
-        if self.grace == 0 and name not in state.forced:  # force: true, no grace at all
+        if grace == 0 and name not in state.forced:  # force: true, no grace at all
             state.forced.add(name)
             self._forced_at[name] = self.clock.monotonic()
             await self.on_forced(name)
-        self.log.info("runner deleted", runner=name, task=_task(pod), grace_period_seconds=self.grace,
+        self.log.info("runner deleted", runner=name, task=_task(pod), grace_period_seconds=grace,
                       answer="gone" if out is None else "terminating")
         if out is None:
             self._gone(name, remaining, state, None)
@@ -381,9 +408,11 @@ class RunnerTerminator:
         elif kind in ("ADDED", "MODIFIED"):
             if name in remaining:
                 remaining[name] = obj
-            elif self.adopt_new and self.wanted(obj) and name not in state.gone and name not in state.stuck:
+            elif (self.adopt_new and self.wanted(obj) and name not in self.seen
+                  and not foreign_marker(marker_of(obj), self.owner, await self.live())):
                 # a runner that appeared after the list (a racing dispatcher): it goes too
                 remaining[name] = obj
+                self.seen.add(name)
                 state.total += 1
                 self.log.warning("late runner found", runner=name, task=_task(obj))
                 await self._delete(obj, remaining, state)

@@ -87,6 +87,22 @@ def test_without_cascade_dependents_are_blocked(kube: Kubectl, namespace: str) -
     assert (st["progress"]["tasksCancelled"], st["progress"]["tasksBlocked"]) == (1, 2)
 
 
+def test_without_cascade_a_blocked_dependents_resources_are_left_alone(kube: Kubectl, namespace: str) -> None:
+    """Blocked is not cancelled: the dependent keeps its scratch and its slot (the soak found
+    them cleaned up with the cancelled task's)."""
+    ns = namespace
+    chain(kube, ns)
+    kube.create_configmap(ns, "job-c-scratch", "job", "scratch", task_id="c")
+    kube.create_lease(ns, "job-slot-c", job="job", task_id="c", holder="job-c-next")
+    kube.cancel_task(ns, "tc", "job", "b", cascade=False)
+    st = kube.wait_phase("taskcancellations", ns, "tc")["status"]
+    assert st["phase"] == "Completed", st
+    assert kube.task(ns, "job", "c")["status"]["state"] == "Blocked"
+    assert kube.core.read_namespaced_config_map("job-c-scratch", ns).metadata.name == "job-c-scratch"
+    assert kube.coord.read_namespaced_lease("job-slot-c", ns).spec.holder_identity == "job-c-next"
+    assert (st["progress"]["leasesReleased"], st["progress"]["resourcesDeleted"]) == (1, 1)  # b's only
+
+
 def test_diamond_cancels_each_dependent_once(kube: Kubectl, namespace: str) -> None:
     ns = namespace
     kube.create_job(ns, "dia")
