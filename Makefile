@@ -5,7 +5,7 @@ CACHE ?= $(HOME)/.cache/necrocode
 CLUSTER_DIR ?= $(CACHE)/cluster
 export NECROCODE_CACHE := $(CACHE)
 
-.PHONY: help system-deps venv tools chart-sync lock kind-e2e cluster-up cluster-down cluster-status test unit lint crds demo run clean bench
+.PHONY: help system-deps venv tools chart-sync lock kind-e2e cluster-up cluster-down cluster-status test unit lint crds demo run clean bench soak
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -13,14 +13,20 @@ help: ## list the targets
 venv: ## create/update .venv from pyproject.toml (idempotent)
 	@hack/venv.sh
 
-tools: ## build etcd, kube-apiserver & co, kwok, helm, kubeconform into $(CACHE)/bin (cached)
+tools: ## build etcd, kube-apiserver & co, kwok, helm, kubeconform (and, as root, the real node's kubelet) into $(CACHE)/bin (cached)
 	@hack/build-tools.sh >/dev/null
+	@if [ "$$(id -u)" = 0 ]; then hack/build-tools.sh realnode >/dev/null; fi
 
-cluster-up: venv tools ## start the local control plane (kubeconfig: $(CLUSTER_DIR)/kubeconfig)
+cluster-up: venv tools ## start the local control plane, and a real node when this host can run one (kubeconfig: $(CLUSTER_DIR)/kubeconfig)
 	@$(PY) hack/localcluster.py up --dir $(CLUSTER_DIR) >/dev/null
+	@if $(PY) hack/realnode.py check >/dev/null 2>&1; then \
+	  $(PY) hack/realnode.py up --cluster-dir $(CLUSTER_DIR) --state-dir $(CLUSTER_DIR)-realnode >/dev/null && \
+	  echo "# real node necrocode-real-0 joined (hack/realnode.py down --state-dir $(CLUSTER_DIR)-realnode)"; \
+	else echo "# no real node: $$($(PY) hack/realnode.py check 2>&1 | tail -n 1)"; fi
 	@echo "export KUBECONFIG=$(CLUSTER_DIR)/kubeconfig"
 
-cluster-down: ## stop the local control plane
+cluster-down: ## stop the real node (restoring the host) and the local control plane
+	@if [ -d $(CLUSTER_DIR)-realnode ]; then $(PY) hack/realnode.py down --state-dir $(CLUSTER_DIR)-realnode; fi
 	@$(PY) hack/localcluster.py down --dir $(CLUSTER_DIR)
 
 cluster-status: ## is the local control plane running?
@@ -29,7 +35,7 @@ cluster-status: ## is the local control plane running?
 lint: venv ## ruff, mypy --strict, import-linter layer rules, CRDs up to date
 	@.venv/bin/ruff check operator tests hack benchmarks
 	@.venv/bin/mypy
-	@.venv/bin/mypy benchmarks/run.py
+	@.venv/bin/mypy benchmarks/run.py benchmarks/soak.py
 	@.venv/bin/lint-imports --no-cache
 	@$(PY) hack/gen_crds.py --check
 
@@ -52,8 +58,9 @@ run: venv ## run the operator against $$KUBECONFIG (text logs)
 clean: cluster-down ## stop the cluster and remove .venv
 	rm -rf .venv
 
-system-deps: ## openssl and promtool (apt-get, when missing and run as root)
+system-deps: ## openssl and promtool, and as root the real node's containerd, runc, CNI plugins, busybox (apt-get, when missing)
 	@hack/system-deps.sh
+	@if [ "$$(id -u)" = 0 ]; then hack/realnode-deps.sh; fi
 
 chart-sync: ## copy crds/, the admission policy, alert rules and dashboard into the chart
 	@cp crds/*.yaml charts/necrocode-cancel/crds/
@@ -76,3 +83,6 @@ kind-e2e: ## (needs Docker and kind) build the image, load it into kind, install
 
 bench: venv tools ## benchmarks (not part of the tests): make bench [BENCH_ARGS="--sizes 100,1000"]
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
+
+soak: venv tools ## soak: 500 cancellations under random faults, each checked: make soak [SOAK_ARGS="--cancellations 40 --seed 7"]
+	$(PY) benchmarks/soak.py $(SOAK_ARGS)
