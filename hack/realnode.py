@@ -54,6 +54,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from localcluster import versions  # the one reader of hack/versions.env
+
 HACK = Path(__file__).resolve().parent
 REPO = HACK.parent
 CACHE = Path(os.environ.get("NECROCODE_CACHE", Path.home() / ".cache" / "necrocode"))
@@ -98,16 +100,6 @@ KNOWN_SYSCTLS = ("kernel.panic", "kernel.panic_on_oops", "vm.overcommit_memory",
 # ----------------------------------------------------------------------------- small helpers
 def log(msg: str) -> None:
     print(f"[realnode {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def versions() -> dict[str, str]:
-    out: dict[str, str] = {}
-    for line in (HACK / "versions.env").read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            k, v = line.split("=", 1)
-            out[k] = v
-    return out
 
 
 def run(*args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -3,6 +3,7 @@ NecroCode objects (jobs, tasks, runner pods, leases, artifacts), and wait for co
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,19 @@ class ClusterInfo:
     local: bool
     bins: Path | None
     state_dir: Path | None = None
+
+
+def json_lines(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines log (the operator's); other lines are skipped."""
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            out.append(obj)
+    return out
 
 
 def wait_for(fn: Callable[[], T], timeout: float = 30.0, interval: float = 0.2, what: str = "condition") -> T:

@@ -81,6 +81,55 @@ def real_node(real_node_handle: RealNodeHandle) -> str:
     return real_node_handle.name
 
 
+# ----------------------------------------------------------------------------- runner pods
+RUNNER_IMAGE = "necrocode.local/runner:v1"
+KEEP = "necrocode.io/test-keep-status"  # a finalizer, so the final container status can be read
+
+
+def runner_pod(name: str, node: str, script: str, artifacts: Path, grace: int) -> dict[str, Any]:
+    """A reference runner (examples/runner) on the real node, its artifacts in a host directory,
+    its annotations mounted through the downward API."""
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"necrocode.io/role": "runner"}, "finalizers": [KEEP]},
+        "spec": {
+            "nodeName": node,
+            "tolerations": [{"key": "necrocode.io/real-node", "operator": "Exists", "effect": "NoSchedule"}],
+            "terminationGracePeriodSeconds": grace,
+            "automountServiceAccountToken": False,
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "runner", "image": RUNNER_IMAGE, "imagePullPolicy": "Never",
+                "command": [f"/runner/{script}"],
+                "env": [{"name": "STEP_SECONDS", "value": "0.2"}],
+                "volumeMounts": [{"name": "artifacts", "mountPath": "/artifacts"},
+                                 {"name": "podinfo", "mountPath": "/etc/podinfo"}],
+            }],
+            "volumes": [
+                {"name": "artifacts", "hostPath": {"path": str(artifacts), "type": "DirectoryOrCreate"}},
+                {"name": "podinfo", "downwardAPI": {"items": [
+                    {"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}}]}},
+            ],
+        },
+    }
+
+
+def start_job_runners(kube: Kubectl, ns: str, job: str, node: str, base: Path) -> dict[str, tuple[str, Path]]:
+    """Two running tasks of `job` on the real node: "graceful" (saves its work on SIGTERM) and
+    "stubborn" (ignores SIGTERM). Returns task id -> (runner pod name, artifact directory)."""
+    out = {}
+    for tid, script in (("graceful", "runner.sh"), ("stubborn", "ignore-sigterm.sh")):
+        art = base / tid
+        art.mkdir()
+        pod = runner_pod(f"{job}-{tid}-runner", node, script, art, grace=30)
+        pod["metadata"]["labels"].update({"necrocode.io/job": job, "necrocode.io/task": tid})
+        pod["metadata"]["finalizers"] = []
+        kube.core.create_namespaced_pod(ns, pod)
+        kube.create_task(ns, job, tid, "Running", runner=pod["metadata"]["name"])
+        out[tid] = (pod["metadata"]["name"], art)
+    return out
+
+
 # ----------------------------------------------------------------------------- the operator image
 def build_image_module() -> Any:
     spec = importlib.util.spec_from_file_location("build_image_cli", REPO / "hack" / "build-image.py")

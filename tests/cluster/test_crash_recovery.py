@@ -37,7 +37,7 @@ import yaml
 
 from conftest import operator_env
 from faultproxy import FaultProxy, proxy_kubeconfig
-from kube_helpers import ClusterInfo, Kubectl, wait_for
+from kube_helpers import ClusterInfo, Kubectl, json_lines, wait_for
 
 STEPS = ["Validate", "BlockDispatch", "ClassifyTasks", "SignalRunners", "TerminateRunners",
          "UpdateTaskStates", "CleanupResources", "Verify"]
@@ -79,22 +79,12 @@ def go(proc: subprocess.Popen[bytes]) -> None:
     proc.stdin.close()
 
 
-def log_events(log: Path) -> list[dict[str, Any]]:
-    out = []
-    for line in log.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
-
-
 def step_log(log: Path, event: str, step: str) -> bool:
     """Does the operator's log show `event` for `step`? (cheap: scans the raw text first)"""
     text = log.read_text()
     if f'"{step}"' not in text:
         return False
-    return any(e.get("event") == event and e.get("step") == step for e in log_events(log))
+    return any(e.get("event") == event and e.get("step") == step for e in json_lines(log))
 
 
 def _job(kube: Kubectl, ns: str) -> dict[str, Any]:
@@ -188,7 +178,7 @@ def test_operator_killed_inside_each_step_finishes_with_exact_counts(
                     p.stdin.close()
                 p.wait(timeout=20)
 
-    second_events = log_events(second_log)
+    second_events = json_lines(second_log)
     tail = "\n".join(json.dumps(e) for e in second_events[-40:])
     assert st["phase"] == "Completed", (st, tail)
     assert {k: st["progress"].get(k) for k in EXPECTED} == EXPECTED, (st["progress"], st.get("cleanup"), tail)

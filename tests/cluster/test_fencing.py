@@ -11,13 +11,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from test_high_availability import holder
 from test_metrics_and_logs import Samples, scrape
 
 from conftest import operator_env
-from kube_helpers import ClusterInfo, Kubectl, wait_for
+from kube_helpers import ClusterInfo, Kubectl, json_lines, wait_for
 from localcluster import free_port
 
 LEASE, DEADLINE, RETRY = 6, 4.0, 0.5
@@ -34,16 +33,6 @@ def replica(cluster: ClusterInfo, ns: str, log: Path, metrics_port: int) -> subp
          "--leader-namespace", ns, "--leader-lease-seconds", str(LEASE),
          "--leader-renew-deadline-seconds", str(DEADLINE), "--leader-retry-seconds", str(RETRY)],
         env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
-
-
-def events(log: Path) -> list[dict[str, Any]]:
-    out = []
-    for line in log.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
 
 
 def writes(samples: Samples) -> dict[str, float]:
@@ -151,7 +140,7 @@ def test_a_paused_leader_makes_no_write_after_resuming(kube: Kubectl, cluster: C
                 p.terminate()
                 p.wait(timeout=20)
 
-    old_log = events(logs["a"])
+    old_log = json_lines(logs["a"])
     tail = "\n".join(json.dumps(e) for e in old_log[-30:])
     # it stopped and exits non-zero (restarted as a standby by its Deployment)
     assert code == 1, tail
@@ -186,5 +175,5 @@ def test_a_paused_leader_makes_no_write_after_resuming(kube: Kubectl, cluster: C
         task = kube.task(ns, "job", t)["status"]
         assert task["state"] == "Cancelled" and task["cancellation"]["cancelledBy"] == "stop"
     assert kube.task(ns, "job", "done")["status"]["state"] == "Done"
-    new_log = events(logs["b"])
+    new_log = json_lines(logs["b"])
     assert any(e["event"] == "leadership acquired" for e in new_log)

@@ -31,41 +31,13 @@ from typing import Any
 import pytest
 from kubernetes.client.rest import ApiException
 from realnode_fixtures import *  # noqa: F403  (the fixtures: real_node_handle, real_node)
-from realnode_fixtures import RealNodeHandle
+from realnode_fixtures import RealNodeHandle, runner_pod, start_job_runners
 
 from kube_helpers import ClusterInfo, Kubectl, wait_for
 
 pytestmark = pytest.mark.realnode
 
-RUNNER_IMAGE = "necrocode.local/runner:v1"
 CANCEL_ANNOTATION = "necrocode.io/cancel-requested"
-KEEP = "necrocode.io/test-keep-status"  # a finalizer, so the final container status can be read
-
-
-def runner_pod(name: str, node: str, script: str, artifacts: Path, grace: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "labels": {"necrocode.io/role": "runner"}, "finalizers": [KEEP]},
-        "spec": {
-            "nodeName": node,
-            "tolerations": [{"key": "necrocode.io/real-node", "operator": "Exists", "effect": "NoSchedule"}],
-            "terminationGracePeriodSeconds": grace,
-            "automountServiceAccountToken": False,
-            "restartPolicy": "Never",
-            "containers": [{
-                "name": "runner", "image": RUNNER_IMAGE, "imagePullPolicy": "Never",
-                "command": [f"/runner/{script}"],
-                "env": [{"name": "STEP_SECONDS", "value": "0.2"}],
-                "volumeMounts": [{"name": "artifacts", "mountPath": "/artifacts"},
-                                 {"name": "podinfo", "mountPath": "/etc/podinfo"}],
-            }],
-            "volumes": [
-                {"name": "artifacts", "hostPath": {"path": str(artifacts), "type": "DirectoryOrCreate"}},
-                {"name": "podinfo", "downwardAPI": {"items": [
-                    {"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}}]}},
-            ],
-        },
-    }
 
 
 def _container(kube: Kubectl, ns: str, name: str) -> Any:
@@ -245,16 +217,7 @@ def test_jobcancellation_stops_real_runners(kube: Kubectl, namespace: str, real_
     (137), counted as terminated, not forced."""
     ns, job, grace = namespace, "job1", 4
     kube.create_job(ns, job)
-    pods = {}
-    for tid, script in (("graceful", "runner.sh"), ("stubborn", "ignore-sigterm.sh")):
-        art = tmp_path / tid
-        art.mkdir()
-        pod = runner_pod(f"{job}-{tid}-runner", real_node, script, art, grace=30)
-        pod["metadata"]["labels"].update({"necrocode.io/job": job, "necrocode.io/task": tid})
-        pod["metadata"]["finalizers"] = []
-        kube.core.create_namespaced_pod(ns, pod)
-        kube.create_task(ns, job, tid, "Running", runner=pod["metadata"]["name"])
-        pods[tid] = (pod["metadata"]["name"], art)
+    pods = start_job_runners(kube, ns, job, real_node, tmp_path)
     for name, art in pods.values():
         wait_for(lambda n=name: _running(kube, ns, n), timeout=60, what=f"{name} Running")
         wait_for(lambda a=art: (a / "progress").exists(), timeout=10, what=f"{name} working")

@@ -44,8 +44,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 from realnode_fixtures import *  # noqa: F403  (the fixtures: real_node_handle, operator_image, apiserver_forwarder)
-from realnode_fixtures import RealNodeHandle, TcpForwarder
-from test_realnode import runner_pod
+from realnode_fixtures import RealNodeHandle, TcpForwarder, start_job_runners
 
 from kube_helpers import ClusterInfo, Kubectl, wait_for
 
@@ -287,16 +286,7 @@ def test_the_operator_pod_cancels_a_job_of_real_runners(kube: Kubectl, release: 
         pytest.skip("needs the installed release")
     ns, job, grace = rel.ns, "job1", 3
     kube.create_job(ns, job)
-    arts = {}
-    for tid, script in (("graceful", "runner.sh"), ("stubborn", "ignore-sigterm.sh")):
-        art = tmp_path / tid
-        art.mkdir()
-        pod = runner_pod(f"{job}-{tid}-runner", node, script, art, grace=30)
-        pod["metadata"]["labels"].update({"necrocode.io/job": job, "necrocode.io/task": tid})
-        pod["metadata"]["finalizers"] = []
-        kube.core.create_namespaced_pod(ns, pod)
-        kube.create_task(ns, job, tid, "Running", runner=pod["metadata"]["name"])
-        arts[tid] = art
+    arts = {tid: art for tid, (_, art) in start_job_runners(kube, ns, job, node, tmp_path).items()}
     for tid, art in arts.items():
         wait_for(lambda a=art: (a / "progress").exists(), timeout=60, what=f"runner {tid} working")
     t0 = time.monotonic()
