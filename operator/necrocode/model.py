@@ -41,6 +41,8 @@ ANNOTATION_ESCALATED_BY = "necrocode.io/escalated-by"
 MESSAGE_LIMIT = 1024
 """Characters kept of any message written into a status (and of an Event message)."""
 FIELD_MANAGER = "necrocode-cancel"
+FINALIZER = "necrocode.io/operator"
+"""kopf's finalizer on the cancellation records (it stops a record's daemon before it goes)."""
 
 JOB_CANCELLATION = "JobCancellation"
 TASK_CANCELLATION = "TaskCancellation"

@@ -13,6 +13,7 @@ from prometheus_client import start_http_server
 from necrocode import metrics
 from necrocode.kube import Kube, load_credentials
 from necrocode.logs import log
+from necrocode.model import FINALIZER
 from necrocode.service import CancellationService
 from necrocode.settings import Settings
 
@@ -47,7 +48,7 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     global _service, _metrics_started
     conf = Settings.from_env()
-    settings.persistence.finalizer = "necrocode.io/operator"
+    settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="necrocode.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="necrocode.io", key="last-handled-configuration")
