@@ -5,7 +5,7 @@ CACHE ?= $(HOME)/.cache/necrocode
 CLUSTER_DIR ?= $(CACHE)/cluster
 export NECROCODE_CACHE := $(CACHE)
 
-.PHONY: help system-deps venv tools chart-sync lock kind-e2e cluster-up cluster-down cluster-status test unit lint crds demo run clean bench soak
+.PHONY: help system-deps venv tools chart-sync lock kind-check kind-e2e kind-down cluster-up cluster-down cluster-status test unit lint crds demo run clean bench soak
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -62,24 +62,51 @@ system-deps: ## openssl and promtool, and as root the real node's containerd, ru
 	@hack/system-deps.sh
 	@if [ "$$(id -u)" = 0 ]; then hack/realnode-deps.sh; fi
 
-chart-sync: ## copy crds/, the admission policy, alert rules and dashboard into the chart
+chart-sync: ## copy crds/, the admission policies, user roles, alert rules and dashboard into the chart
 	@cp crds/*.yaml charts/necrocode-cancel/crds/
-	@cp deploy/admission-policy.yaml deploy/prometheus/necrocode-alerts.yaml deploy/grafana/necrocode-dashboard.json charts/necrocode-cancel/files/
+	@cp deploy/admission-policy.yaml deploy/requester-policy.yaml deploy/user-roles.yaml deploy/prometheus/necrocode-alerts.yaml deploy/grafana/necrocode-dashboard.json charts/necrocode-cancel/files/
 
 lock: venv ## regenerate requirements.lock (runtime dependencies, fully resolved)
 	@$(PY) hack/lock.py
 
+# make kind-e2e: the real-node tests (the same that run on hack/realnode.py's node here) against a
+# kind cluster: hack/kind-config.yaml labels one worker necrocode.io/node-kind=real; the operator
+# image (Dockerfile) and the runner image (examples/runner/Dockerfile) are built by docker and
+# loaded into kind. See docs/local-control-plane.md, "kind".
+DOCKER ?= docker
+KIND ?= kind
 IMAGE ?= necrocode-cancel:dev
+RUNNER_IMAGE ?= necrocode.local/runner:v1
 KIND_CLUSTER ?= necrocode
-kind-e2e: ## (needs Docker and kind) build the image, load it into kind, install the chart, run the tests there
-	docker build -t $(IMAGE) .
-	kind get clusters | grep -qx $(KIND_CLUSTER) || kind create cluster --name $(KIND_CLUSTER)
-	kind load docker-image $(IMAGE) --name $(KIND_CLUSTER)
-	helm upgrade --install necrocode charts/necrocode-cancel -n necrocode --create-namespace \
-	  --set image.repository=$(word 1,$(subst :, ,$(IMAGE))) --set image.tag=$(word 2,$(subst :, ,$(IMAGE))) \
-	  --set image.pullPolicy=Never --wait
-	KUBECONFIG=$$(mktemp) && kind get kubeconfig --name $(KIND_CLUSTER) > $$KUBECONFIG && \
-	  KUBECONFIG=$$KUBECONFIG NECROCODE_TEST_EXTERNAL_OPERATOR=1 $(PY) -m pytest tests/cluster -q -k "not leftovers and not version and not metrics and not restart and not high_availability and not chart"
+KIND_CONFIG ?= hack/kind-config.yaml
+# Kubernetes >= 1.36 (MutatingAdmissionPolicy v1); this one is in kind v0.33.0's release notes
+KIND_NODE_IMAGE ?= kindest/node:v1.36.4@sha256:099e049362a1526b2db71494e1947aae99bd16290d7c895f2b7ea312e3cbfaed
+KIND_KUBECONFIG ?= $(CACHE)/kind-$(KIND_CLUSTER).kubeconfig
+KIND_PYTEST_ARGS ?= -q -rs
+
+kind-check: ## (kind-e2e's first step) fail early, saying what is missing, without Docker, kind, kubectl or helm
+	@missing=""; \
+	for t in $(DOCKER) $(KIND) kubectl helm; do \
+	  command -v $$t >/dev/null 2>&1 || [ -x "$(CACHE)/bin/$$t" ] || missing="$$missing $$t"; \
+	done; \
+	if [ -n "$$missing" ]; then echo "kind-e2e needs Docker, kind, kubectl and helm; not found:$$missing" >&2; exit 2; fi; \
+	if ! $(DOCKER) info >/dev/null 2>&1; then \
+	  echo "kind-e2e needs a running Docker engine: '$(DOCKER) info' failed (the local real node needs none: make test)" >&2; exit 2; fi
+
+kind-e2e: kind-check venv ## (needs Docker, kind, kubectl, helm) build both images, load them into a kind cluster, run the real-node tests there
+	$(DOCKER) build -t $(IMAGE) .
+	$(DOCKER) build -t $(RUNNER_IMAGE) examples/runner
+	$(KIND) get clusters 2>/dev/null | grep -qx $(KIND_CLUSTER) || \
+	  $(KIND) create cluster --name $(KIND_CLUSTER) --config $(KIND_CONFIG) --image $(KIND_NODE_IMAGE) --wait 180s
+	mkdir -p $(dir $(KIND_KUBECONFIG)) && $(KIND) get kubeconfig --name $(KIND_CLUSTER) > $(KIND_KUBECONFIG)
+	$(KIND) load docker-image $(IMAGE) $(RUNNER_IMAGE) --name $(KIND_CLUSTER)
+	KUBECONFIG=$(KIND_KUBECONFIG) NECROCODE_TEST_IMAGE=$(IMAGE) NECROCODE_TEST_RUNNER_IMAGE=$(RUNNER_IMAGE) \
+	  NECROCODE_TEST_REQUIRE_REALNODE=1 $(PY) -m pytest -m "realnode and not localnode" $(KIND_PYTEST_ARGS) \
+	  tests/cluster/test_realnode.py tests/cluster/test_realnode_helm.py
+
+kind-down: ## delete make kind-e2e's kind cluster
+	$(KIND) delete cluster --name $(KIND_CLUSTER)
+	rm -f $(KIND_KUBECONFIG)
 
 bench: venv tools ## benchmarks (not part of the tests): make bench [BENCH_ARGS="--sizes 100,1000"]
 	$(PY) benchmarks/run.py $(BENCH_ARGS)

@@ -78,7 +78,7 @@ def main() -> int:
         from kube_helpers import Kubectl
 
         kube = Kubectl(kubeconfig)
-        say("installing the CRDs (crds/) and the dispatch admission policy (deploy/)")
+        say("installing the CRDs (crds/) and the admission policies (deploy/: blocked dispatch, requester)")
         kube.install_crds()
         subprocess.run([*kubectl, "get", "nodes"], check=True)
         kube.delete_namespace(NS)
@@ -87,7 +87,7 @@ def main() -> int:
 
         say("starting the operator (logs: " + str(CACHE / "demo-operator.log") + ")")
         env = {**os.environ, "KUBECONFIG": str(kubeconfig), "NECROCODE_METRICS_PORT": "0",
-               "NECROCODE_STATUS_WRITE_INTERVAL": "0.3"}
+               "NECROCODE_STATUS_WRITE_INTERVAL": "0.3", "NECROCODE_REQUESTER_POLICY": "true"}
         operator = subprocess.Popen(
             [sys.executable, "-m", "necrocode.main", "--log-format", "json", "--liveness", "",
              "--namespace", NS], env=env, stdout=(CACHE / "demo-operator.log").open("w"), stderr=subprocess.STDOUT)

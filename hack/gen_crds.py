@@ -77,7 +77,12 @@ CANCELLATION_STATUS = obj({
     "startedAt": TS, "completedAt": TS,
     "observedGeneration": i(format="int64"),
     "duplicateOf": s(description="the cancellation that already covers this request"),
-    "requestedBy": s(),
+    "requestedBy": s(description="who asked: the user the API server recorded (requesterVerified), "
+                                 "else what spec.requestedBy claims"),
+    "requesterVerified": b(description="requestedBy is the API server's record of who created the request"),
+    "jobUid": s(description="the uid of the AgentJob instance acted on"),
+    "jobCreatedAt": TS,
+    "artifactsKeptReason": s(description="why artifacts were kept although preserveArtifacts is false"),
     "errorsTotal": i(minimum=0, description="how many errors there were; errors lists the first of them"),
     "affectedTasksTotal": i(minimum=0, description="how many tasks are affected; affectedTasks lists the first of them"),
     "escalated": s(description="the running graceful cancellation this forced request escalated"),
@@ -95,7 +100,8 @@ JOB_NAME = {**NAME, "x-kubernetes-validations": [{
 COMMON_SPEC = {
     "jobName": {**JOB_NAME, "description": "the AgentJob to cancel (in this namespace)"},
     "reason": s(maxLength=1024, description="why; recorded on every task and event"),
-    "requestedBy": s(maxLength=253, description="who asked (set by the CLI and the REST API)"),
+    "requestedBy": s(maxLength=253, description="who the client says asked (a claim; the API server records "
+                                                "the real requester in the annotation necrocode.io/requester)"),
     "force": b(default=False, description="delete runner pods with grace period 0"),
     "gracePeriodSeconds": i(default=30, minimum=0, maximum=3600,
                             description="grace each runner pod gets to stop"),
@@ -163,6 +169,7 @@ def definitions() -> dict[str, dict[str, Any]]:
             "blockedByUid": s(description="its uid"),
             "cancellation": obj({
                 "reason": s(), "requestedBy": s(), "cancelledAt": TS, "cancelledBy": s(),
+                "requesterVerified": b(description="requestedBy was recorded by the API server"),
                 "cancelledByKind": s(description="JobCancellation or TaskCancellation"),
                 "cancelledByUid": s(description="the uid of the cancellation that cancelled the task"),
                 "previousState": s(),
@@ -179,6 +186,8 @@ def definitions() -> dict[str, dict[str, Any]]:
     jobcancellation = crd(
         "JobCancellation", "jobcancellations", "jc", jc_spec, CANCELLATION_STATUS,
         [{"name": "Job", "type": "string", "jsonPath": ".spec.jobName"},
+         {"name": "Requester", "type": "string", "jsonPath": ".metadata.annotations.necrocode\\.io/requester",
+          "description": "who created the request, as the API server recorded it"},
          {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
          {"name": "Runners", "type": "string", "jsonPath": ".status.runnerSummary",
           "description": "terminated/total runner pods"},
@@ -196,6 +205,8 @@ def definitions() -> dict[str, dict[str, Any]]:
         "TaskCancellation", "taskcancellations", "tc", tc_spec, CANCELLATION_STATUS,
         [{"name": "Job", "type": "string", "jsonPath": ".spec.jobName"},
          {"name": "Task", "type": "string", "jsonPath": ".spec.taskId"},
+         {"name": "Requester", "type": "string", "jsonPath": ".metadata.annotations.necrocode\\.io/requester",
+          "description": "who created the request, as the API server recorded it"},
          {"name": "Cascade", "type": "boolean", "jsonPath": ".spec.cascade"},
          {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
          {"name": "Affected", "type": "integer", "jsonPath": ".status.progress.tasksCancelled"},

@@ -37,14 +37,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     """In CI (CI=true) the real-node tests must run: a skip (the host lacks what the node needs)
-    is turned into a failure that says what is missing, so CI can never pass without them."""
+    is turned into a failure that says what is missing, so CI can never pass without them.
+    NECROCODE_TEST_REQUIRE_REALNODE=1 does the same for the tests it selects (make kind-e2e: every
+    real-node test that can run against kind, `-m "realnode and not localnode"`)."""
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]
-    if (report.skipped and item.get_closest_marker("realnode") is not None
-            and os.environ.get("CI", "").lower() in ("1", "true", "yes")):
+    ci = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+    required = os.environ.get("NECROCODE_TEST_REQUIRE_REALNODE", "").lower() in ("1", "true", "yes")
+    if report.skipped and item.get_closest_marker("realnode") is not None and (ci or required):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
-        report.longrepr = f"CI=true: the real-node tests must run on this machine, but: {reason}"
+        why = "CI=true" if ci else "NECROCODE_TEST_REQUIRE_REALNODE=1"
+        report.longrepr = f"{why}: the real-node tests must run here, but: {reason}"
 
 
 @pytest.fixture(scope="session")
@@ -112,7 +116,7 @@ def operator(kube: Kubectl, cluster: ClusterInfo, metrics_port: int, operator_lo
     Prometheus endpoint on 127.0.0.1:<metrics_port>."""
     from kopf.testing import KopfRunner
 
-    if os.environ.get("NECROCODE_TEST_EXTERNAL_OPERATOR"):  # e.g. installed by the chart (make kind-e2e)
+    if os.environ.get("NECROCODE_TEST_EXTERNAL_OPERATOR"):  # one already serving the nc-* namespaces (e.g. the chart)
         operator_log.write_text("")
         yield
         return
@@ -146,4 +150,5 @@ def operator_env(cluster: ClusterInfo, metrics_port: int = 0) -> dict[str, str]:
         "NECROCODE_STUCK_TIMEOUT_SECONDS": "4",
         "NECROCODE_STATUS_WRITE_INTERVAL": "0.3",
         "NECROCODE_LOG_FORMAT": "json",
+        "NECROCODE_REQUESTER_POLICY": "true",  # install_crds installs deploy/requester-policy.yaml
     }

@@ -73,14 +73,32 @@ class Kubectl:
     def install_crds(self) -> None:
         for path in sorted((REPO / "crds").glob("*.yaml")):
             self.apply_crd(yaml.safe_load(path.read_text()))
-        for doc in yaml.safe_load_all((REPO / "deploy" / "admission-policy.yaml").read_text()):
-            self.apply_admission(doc)
+        for policy in ("admission-policy.yaml", "requester-policy.yaml"):
+            for doc in yaml.safe_load_all((REPO / "deploy" / policy).read_text()):
+                self.apply_admission(doc)
         for path in sorted((REPO / "crds").glob("*.yaml")):
             name = yaml.safe_load(path.read_text())["metadata"]["name"]
             wait_for(lambda n=name: any(c.type == "Established" and c.status == "True"
                                         for c in (self.ext.read_custom_resource_definition(n).status.conditions or [])),
                      what=f"CRD {name} established")
         wait_for(self._crds_served, what="CRDs served")
+        wait_for(self._admission_ready, what="the requester policy resolving the cancellation kinds")
+
+    def _admission_ready(self) -> bool:
+        """A dry-run create of each cancellation kind passes admission: the requester policy
+        answers 503 until the API server's type information for a new CRD has caught up."""
+        for kind, plural, extra in (("JobCancellation", "jobcancellations", {}),
+                                    ("TaskCancellation", "taskcancellations", {"taskId": "t"})):
+            try:
+                self.custom.create_namespaced_custom_object(G, V, "default", plural, {
+                    "apiVersion": f"{G}/{V}", "kind": kind, "metadata": {"name": "admission-probe"},
+                    "spec": {"jobName": "probe", **extra}}, dry_run="All")
+            except ApiException as exc:
+                if exc.status == 503:
+                    return False
+                if exc.status != 409:
+                    raise
+        return True
 
     def _crds_served(self) -> bool:
         try:
@@ -101,15 +119,12 @@ class Kubectl:
             self.ext.create_custom_resource_definition(doc)
 
     def apply_admission(self, doc: dict[str, Any]) -> None:
-        name = doc["metadata"]["name"]
-        if doc["kind"] == "ValidatingAdmissionPolicy":
-            read, create, replace = (self.adm.read_validating_admission_policy,
-                                     self.adm.create_validating_admission_policy,
-                                     self.adm.replace_validating_admission_policy)
-        else:
-            read, create, replace = (self.adm.read_validating_admission_policy_binding,
-                                     self.adm.create_validating_admission_policy_binding,
-                                     self.adm.replace_validating_admission_policy_binding)
+        name, kind = doc["metadata"]["name"], doc["kind"]
+        noun = {"ValidatingAdmissionPolicy": "validating_admission_policy",
+                "ValidatingAdmissionPolicyBinding": "validating_admission_policy_binding",
+                "MutatingAdmissionPolicy": "mutating_admission_policy",
+                "MutatingAdmissionPolicyBinding": "mutating_admission_policy_binding"}[kind]
+        read, create, replace = (getattr(self.adm, f"{verb}_{noun}") for verb in ("read", "create", "replace"))
         try:
             cur = read(name)
             doc["metadata"]["resourceVersion"] = cur.metadata.resource_version
@@ -286,3 +301,17 @@ def bulk_client(kubeconfig: Path, connections: int = 32) -> Kubectl:
     k.api.configuration.connection_pool_maxsize = connections
     k.api.rest_client = rest.RESTClientObject(k.api.configuration)
     return k
+
+
+def sa_kubeconfig(kube: Kubectl, src: Path, dst: Path, ns: str, sa: str) -> Path:
+    """A kubeconfig for ServiceAccount `sa` (a TokenRequest token): an identity outside
+    system:masters, which the built-in `exempt` FlowSchema would spare from APF."""
+    token = kube.core.create_namespaced_service_account_token(
+        sa, ns, {"spec": {"expirationSeconds": 3600}}).status.token
+    doc = yaml.safe_load(src.read_text())
+    doc["users"] = [{"name": sa, "user": {"token": token}}]
+    for ctx in doc["contexts"]:
+        ctx["context"]["user"] = sa
+    dst.write_text(yaml.safe_dump(doc))
+    dst.chmod(0o600)
+    return dst

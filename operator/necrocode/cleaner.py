@@ -1,6 +1,7 @@
 """ResourceCleaner: release a job's repo slots (Leases), delete its scratch resources, keep (or,
-when asked, delete) its artifacts; each failed operation retried with exponential backoff, and
-a report of what was released, deleted, kept and what failed (seed 4).
+when asked and the requester may, delete) its artifacts; each failed operation retried with
+exponential backoff, and a report of what was released, deleted, kept and what failed (seed 4).
+Only the objects of the job instance acted on are touched (planning.belongs_to).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from necrocode.model import (
     LABEL_SLOT_STATE,
     LABEL_TASK,
 )
+from necrocode.planning import JobInstance, belongs_to
 
 T = TypeVar("T")
 Obj = dict[str, Any]
@@ -69,17 +71,23 @@ class ResourceCleaner:
             self.kinds["Secret"] = "secrets"
 
     # ------------------------------------------------------------------ discovery
-    async def held_leases(self, selector: str, only: frozenset[str] | None = None) -> list[Obj]:
-        """Leases of the pool that carry the job's labels (and, given `only`, one of those tasks)."""
+    async def held_leases(self, selector: str, only: frozenset[str] | None = None, *,
+                          job: JobInstance | None = None) -> list[Obj]:
+        """Leases of the pool that carry the job's labels (and, given `only`, one of those tasks).
+        A slot is a pool object older than any job: only a job-uid label can say it is another's."""
         items, _ = await self.kube.list_all(lease_path(self.namespace), label_selector=f"{selector},{LABEL_REPO_POOL}")
-        return [o for o in items if _in_tasks(o, only)]
+        return [o for o in items if _in_tasks(o, only) and belongs_to(o, job)]
 
-    async def labelled(self, selector: str, marker: str, only: frozenset[str] | None = None) -> list[tuple[str, Obj]]:
+    async def labelled(self, selector: str, marker: str, only: frozenset[str] | None = None, *,
+                       job: JobInstance | None = None) -> list[tuple[str, Obj]]:
+        """The job's objects carrying `marker`; artifacts older than the job are another job's
+        (planning.belongs_to by_time): they are never listed, so never deleted."""
         out: list[tuple[str, Obj]] = []
+        by_time = marker == LABEL_ARTIFACT
         for kind, plural in self.kinds.items():
             items, _ = await self.kube.list_all(core_path(self.namespace, plural),  # names: metadata is enough
                                                 label_selector=f"{selector},{marker}=true", meta_only=True)
-            out += [(kind, o) for o in items if _in_tasks(o, only)]
+            out += [(kind, o) for o in items if _in_tasks(o, only) and belongs_to(o, job, by_time=by_time)]
         return out
 
     async def released_by(self, uid: str) -> list[Obj]:
@@ -90,7 +98,8 @@ class ResourceCleaner:
 
     # ------------------------------------------------------------------ actions
     async def release_leases(self, selector: str, out: CleanupOutcome, only: frozenset[str] | None = None, *,
-                             by_uid: str, keep: Callable[[Obj], str | None] = lambda lease: None) -> None:
+                             by_uid: str, keep: Callable[[Obj], str | None] = lambda lease: None,
+                             job: JobInstance | None = None) -> None:
         """Clear the holder, drop the job and task labels, mark the slot dirty for the pool and
         ours as the releaser. `keep(lease)` names a reason to keep a slot (its runner pod still
         exists: the slot must not go to another task while that runner may still write to it)."""
@@ -115,7 +124,7 @@ class ResourceCleaner:
             res = await attempt(lambda: self.kube.conflict_retry(put))
             self._record(out.released, f"lease/{name}", "lease", res, out, "released")
 
-        await bounded(await self.held_leases(selector, only), release, self.concurrency)
+        await bounded(await self.held_leases(selector, only, job=job), release, self.concurrency)
 
     async def delete_all(self, doomed: list[tuple[str, Obj]], out: CleanupOutcome) -> None:
         async def delete(item: tuple[str, Obj]) -> None:
@@ -127,20 +136,24 @@ class ResourceCleaner:
 
         await bounded(doomed, delete, self.concurrency)
 
-    async def cleanup(self, selector: str, preserve_artifacts: bool, only: frozenset[str] | None = None, *,
+    async def cleanup(self, selector: str, delete_artifacts: frozenset[str], only: frozenset[str] | None = None, *,
                       by_uid: str, keep: Callable[[Obj], str | None] = lambda lease: None,
-                      before_delete: Callable[[int], Awaitable[None]] | None = None) -> CleanupOutcome:
-        """Release leases, delete scratch, keep artifacts; `only` limits it to those tasks.
-        `before_delete(n)` is told how many resources are about to be deleted, before the first is."""
+                      before_delete: Callable[[int], Awaitable[None]] | None = None,
+                      job: JobInstance | None = None) -> CleanupOutcome:
+        """Release leases, delete scratch, keep artifacts except those of the kinds in
+        `delete_artifacts` (asked for, and the requester may delete them); `only` limits it to
+        those tasks. `before_delete(n)` is told how many resources are about to be deleted,
+        before the first is."""
         out = CleanupOutcome()
-        await self.release_leases(selector, out, only, by_uid=by_uid, keep=keep)
-        doomed = await self.labelled(selector, LABEL_SCRATCH, only)
-        if preserve_artifacts:
-            for kind, obj in await self.labelled(selector, LABEL_ARTIFACT, only):
+        await self.release_leases(selector, out, only, by_uid=by_uid, keep=keep, job=job)
+        doomed = await self.labelled(selector, LABEL_SCRATCH, only, job=job)
+        for kind, obj in await self.labelled(selector, LABEL_ARTIFACT, only, job=job):
+            if kind in delete_artifacts:
+                doomed.append((kind, obj))
+            else:
                 out.preserved.append(f"{kind.lower()}/{obj['metadata']['name']}")
+        if out.preserved:
             self.log.info("artifacts preserved", count=len(out.preserved))
-        else:
-            doomed += await self.labelled(selector, LABEL_ARTIFACT, only)
         if before_delete is not None:
             await before_delete(len(doomed))
         await self.delete_all(doomed, out)

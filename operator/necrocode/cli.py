@@ -31,6 +31,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from necrocode.model import (
+    ANNOTATION_REQUESTER,
     API_VERSION,
     GROUP,
     JOB_CANCELLATION,
@@ -101,7 +102,7 @@ class CliError(Exception):
         self.message, self.exit_code = message, exit_code
 
     def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"error: {self.message}", file=file or sys.stderr)
+        click.echo(f"error: {terminal_safe(self.message)}", file=file or sys.stderr)
 
 
 @dataclass(frozen=True)
@@ -332,7 +333,47 @@ def kind_ref(r: CancellationResult) -> str:
     return f"{r.kind.lower()}/{r.name}"
 
 
+# C0 and C1 controls, DEL, and the invisible characters that reorder or break lines (bidi
+# overrides and isolates, line and paragraph separators)
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    c = match.group()
+    return _NAMED_ESCAPES.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+
+
+def terminal_safe(text: str) -> str:
+    """`text` with its control characters written as escapes (\\x1b, \\n, \\u202e). Reasons,
+    messages, names, requesters and errors come from the cluster, where anyone who may create a
+    cancellation chose them: written raw, an ESC sequence or a carriage return could clear the
+    screen or rewrite the lines above. Applied where human output is printed (never to -o
+    json/yaml, which print the stored values, escaped by their own syntax)."""
+    return _CONTROL.sub(_escape, text)
+
+
+def safe_block(lines: Sequence[str]) -> str:
+    """Lines of human output, each made terminal-safe, joined."""
+    return "\n".join(terminal_safe(ln) for ln in lines)
+
+
+def requester_text(obj: Obj, short: bool = False) -> str:
+    """Who asked: the user the API server recorded (annotation necrocode.io/requester), else
+    the client's own claim (spec.requestedBy), marked as such; '-' when neither is there."""
+    recorded = ((obj.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_REQUESTER)
+    status, spec = obj.get("status") or {}, obj.get("spec") or {}
+    verified = status.get("requesterVerified")
+    if isinstance(recorded, str) and recorded and verified is not False:  # False: the operator trusts no annotation
+        return recorded if short or verified is not True else f"{recorded} (recorded by the API server)"
+    claimed = status.get("requestedBy") or spec.get("requestedBy")
+    if not claimed:
+        return "-"
+    return f"{claimed}?" if short else f"{claimed} (unverified: the client's claim)"
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "") -> list[str]:
+    rows = [[terminal_safe(c) for c in row] for row in rows]  # before measuring: an escape is wider
     widths = [len(h) for h in headers]
     for row in rows:
         widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
@@ -486,8 +527,9 @@ def status_view(r: CancellationResult, obj: Obj) -> list[str]:
     lines.append(f"  phase:      {st.phase.value}" + (f" - {st.message}" if st.message else ""))
     if spec.get("reason"):
         lines.append(f"  reason:     {spec['reason']}")
-    if st.requested_by or spec.get("requestedBy"):
-        lines.append(f"  requested:  by {st.requested_by or spec.get('requestedBy')}")
+    who = requester_text(obj)
+    if who != "-":
+        lines.append(f"  requested:  by {who}")
     flags = [k for k, v in (("force", spec.get("force")), ("dry run", spec.get("dryRun"))) if v]
     lines.append(f"  started:    {started_of(obj) or '-'}  (duration {fmt_duration(span(started_of(obj), st.completed_at))})"
                  + (f"  [{', '.join(flags)}]" if flags else ""))
@@ -532,7 +574,7 @@ class Display:
     def update(self, objs: list[Obj]) -> None:
         if self.tty:
             width = max(20, shutil.get_terminal_size((100, 24)).columns - 1)
-            lines = [ln[:width] for o in objs for ln in self.block(result_of(o), o)]
+            lines = [terminal_safe(ln)[:width] for o in objs for ln in self.block(result_of(o), o)]
             up = f"\x1b[{self.drawn}F" if self.drawn else ""
             self._write(up + "\x1b[J" + "".join(ln + "\n" for ln in lines))
             self.drawn = len(lines)
@@ -544,7 +586,7 @@ class Display:
             for key, text in progress_facts(r):
                 if self.seen.get((r.name, key)) != text:
                     self.seen[(r.name, key)] = text
-                    out.append(f"[{fmt_duration(time.monotonic() - self.t0):>6}] {prefix}{text}\n")
+                    out.append(f"[{fmt_duration(time.monotonic() - self.t0):>6}] {terminal_safe(prefix + text)}\n")
         if out:
             self._write("".join(out))
 
@@ -610,7 +652,7 @@ def watch_and_report(conn: Conn, objs: list[Obj], *, job: str, ns: str, timeout:
         emit_document(objs[0] if len(objs) == 1 and final is not None else as_list(objs), output)
     else:
         blocks = [(final or view)(result_of(o), o) for o in objs]
-        click.echo("\n\n".join("\n".join(b) for b in blocks))
+        click.echo("\n\n".join(safe_block(b) for b in blocks))
     raise click.exceptions.Exit(exit_code_of(objs))
 
 
@@ -846,7 +888,7 @@ def cancel_status(ctx: click.Context, job_id: str, watch: bool, timeout: float |
     if output in ("json", "yaml"):
         emit_document(as_list(objs), output)
         return
-    click.echo("\n\n".join("\n".join(status_view(result_of(o), o)) for o in objs))
+    click.echo("\n\n".join(safe_block(status_view(result_of(o), o)) for o in objs))
 
 
 # ----------------------------------------------------------------------------- listing
@@ -936,12 +978,12 @@ def cancellations(ctx: click.Context, limit: int | None, token: str | None, job_
         for o in items:
             r, spec = result_of(o), o.get("spec") or {}
             st = r.status
-            row = [r.name, r.kind, r.job_name, r.task_id or "-", st.phase.value,
+            row = [r.name, r.kind, r.job_name, r.task_id or "-", requester_text(o, short=True), st.phase.value,
                    runners_text(st) if st.steps else "-", started_of(o) or "-",
                    fmt_duration(span(started_of(o), st.completed_at)), str(spec.get("reason") or "")[:60]]
             rows.append(([r.namespace] if ns is None else []) + row)
-        headers = (["NAMESPACE"] if ns is None else []) + ["NAME", "KIND", "JOB", "TASK", "PHASE", "RUNNERS",
-                                                           "STARTED", "DURATION", "REASON"]
+        headers = (["NAMESPACE"] if ns is None else []) + ["NAME", "KIND", "JOB", "TASK", "REQUESTER", "PHASE",
+                                                           "RUNNERS", "STARTED", "DURATION", "REASON"]
         if rows:
             click.echo("\n".join(table(headers, rows)))
         else:

@@ -79,7 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     def operate(stop: asyncio.Event | None = None) -> Awaitable[None]:
         # with leader election the process serves its own liveness endpoint from the start, as a
         # standby too (_leading); kopf's would only start once this replica leads
-        return kopf.operator(clusterwide=not namespaces, namespaces=namespaces,
+        # Exact namespaces (no patterns) need no cluster-wide read: kopf's observation of namespaces
+        # and CRDs is off, which the chart's namespaced RBAC relies on (without it kopf retries the
+        # forbidden lists for about a minute before it serves anything; docs/rbac.md).
+        settings = kopf.OperatorSettings()
+        settings.scanning.disabled = bool(namespaces) and not any(c in n for n in namespaces for c in "!*?,")
+        return kopf.operator(clusterwide=not namespaces, namespaces=namespaces, settings=settings,
                              liveness_endpoint=None if a.leader_elect else (a.liveness or None), stop_flag=stop)
 
     try:

@@ -38,6 +38,14 @@ ANNOTATION_CANCELLED_BY_UID = "necrocode.io/cancelled-by-uid"
 request recreated under the same name is never taken for the one that claimed the job."""
 ANNOTATION_ESCALATED_BY = "necrocode.io/escalated-by"
 """On a running cancellation: a forced request (kind/name) asked it to force its runners now."""
+ANNOTATION_REQUESTER = "necrocode.io/requester"
+"""On a cancellation: the user who created it, written by the API server at admission
+(deploy/requester-policy.yaml) from the authenticated request; a client cannot choose it."""
+ANNOTATION_REQUESTER_GROUPS = "necrocode.io/requester-groups"
+"""With ANNOTATION_REQUESTER: that user's groups, comma separated (for access reviews)."""
+LABEL_JOB_UID = "necrocode.io/job-uid"
+"""Optional, on a job's pods, scratch and artifacts: the uid of the AgentJob they belong to, so
+a job recreated under an old name never reaches the older job's objects (planning.belongs_to)."""
 MESSAGE_LIMIT = 1024
 """Characters kept of any message written into a status (and of an Event message)."""
 FIELD_MANAGER = "necrocode-cancel"
@@ -62,6 +70,34 @@ class Ref:
     @property
     def text(self) -> str:
         return f"{self.kind.lower()}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Requester:
+    """Who asked for a cancellation. `verified`: recorded by the API server (the requester
+    admission policy is installed and wrote the annotations); otherwise only what the client
+    claimed in spec.requestedBy, shown but never trusted for an access decision."""
+
+    username: str
+    groups: tuple[str, ...] = ()
+    verified: bool = False
+
+    @property
+    def text(self) -> str:
+        return self.username if self.verified or not self.username else f"{self.username} (unverified)"
+
+
+def requester_of(meta: dict[str, Any], claimed: str | None, *, policy_installed: bool) -> Requester:
+    """The requester of a cancellation from its metadata: the API server's record when the policy
+    that writes it is installed (an annotation alone proves nothing where anyone may write it),
+    else the client's claim, unverified."""
+    annotations = meta.get("annotations") or {}
+    user = annotations.get(ANNOTATION_REQUESTER)
+    if policy_installed and isinstance(user, str) and user:
+        raw = annotations.get(ANNOTATION_REQUESTER_GROUPS)
+        groups = tuple(g for g in raw.split(",") if g) if isinstance(raw, str) else ()
+        return Requester(clip(user, 253), groups, verified=True)
+    return Requester(clip(claimed or "", 253))
 
 
 def clip(text: str, limit: int = MESSAGE_LIMIT) -> str:
@@ -250,6 +286,14 @@ class CancellationStatus(_Model):
     observed_generation: int | None = Field(default=None, alias="observedGeneration")
     duplicate_of: str | None = Field(default=None, alias="duplicateOf")
     requested_by: str | None = Field(default=None, alias="requestedBy")
+    """Who asked: the user the API server recorded (requesterVerified), else what spec.requestedBy claims."""
+    requester_verified: bool | None = Field(default=None, alias="requesterVerified")
+    job_uid: str | None = Field(default=None, alias="jobUid")
+    """The AgentJob instance acted on (its uid, recorded by Validate): a resumed cancellation
+    never acts on a job recreated under the same name meanwhile, nor on an older one's objects."""
+    job_created_at: str | None = Field(default=None, alias="jobCreatedAt")
+    artifacts_kept_reason: str | None = Field(default=None, alias="artifactsKeptReason")
+    """Why artifacts were kept although preserveArtifacts is false (the requester may not delete them)."""
     runner_summary: str | None = Field(default=None, alias="runnerSummary")
     cascade_warnings: list[str] = Field(default_factory=list, alias="cascadeWarnings")
     errors_total: int | None = Field(default=None, alias="errorsTotal")

@@ -1,7 +1,7 @@
 """Names and label values of the cancellations the CLI and the REST API create (pure, no I/O).
 
 A generated name is `<job>[-<task>]-cancel-<UTC yyyymmddhhmmss>-<4 hex>`: lowercase, a valid
-DNS subdomain of at most 253 characters, sortable by time within a job.
+DNS-1123 subdomain of at most 253 characters for any job and task id, sortable by time within a job.
 """
 
 from __future__ import annotations
@@ -18,16 +18,22 @@ LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 
 def dns_part(text: str) -> str:
-    """`text` lowercased, every run of characters a DNS name may not hold turned into one '-'."""
-    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9.-]", "-", text.lower())).strip("-.")
+    """`text` as a DNS-1123 subdomain fragment: lowercase; every run of characters a name may not
+    hold turned into one '-'; dot-separated labels that each start and end alphanumeric, none
+    empty. Task ids may be any label value (`a._b`, `x-.y`), and a label such as `-b` or an
+    empty one between two dots would make the API server refuse the whole name (422)."""
+    dashed = re.sub(r"-+", "-", re.sub(r"[^a-z0-9.-]", "-", text.lower()))
+    return ".".join(label for part in dashed.split(".") if (label := part.strip("-")))
 
 
 def generate_name(job: str, task: str | None = None, when: datetime | None = None) -> str:
-    """<job>[-<task>]-cancel-<yyyymmddhhmmss>-<4 hex>, lowercase, at most 253 characters."""
+    """<job>[-<task>]-cancel-<yyyymmddhhmmss>-<4 hex>: a valid DNS-1123 subdomain of at most
+    253 characters for any job and task id (cut from the end of the prefix when too long)."""
     stamp = (when or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%d%H%M%S")
     suffix = f"-cancel-{stamp}-{secrets.token_hex(2)}"
     prefix = dns_part(job + (f"-{task}" if task else "")) or "job"
-    return prefix[:NAME_MAX - len(suffix)].rstrip("-.") + suffix
+    # a cut can end a label with '-' or leave a trailing '.': strip both, the suffix starts a new run
+    return (prefix[:NAME_MAX - len(suffix)].rstrip("-.") or "job") + suffix
 
 
 def label_ok(value: str) -> bool:

@@ -18,6 +18,7 @@ from necrocode.model import (
     FINISHED_JOB_PHASES,
     FINISHED_TASK_STATES,
     JOB_CANCELLATION,
+    LABEL_JOB_UID,
     LABEL_TASK,
     PENDING_TASK_STATES,
     TASK_CANCELLATION,
@@ -31,6 +32,51 @@ from necrocode.model import (
 )
 
 Obj = Mapping[str, Any]
+
+
+# ----------------------------------------------------------------------------- job instance
+@dataclass(frozen=True)
+class JobInstance:
+    """One AgentJob's life: its uid and when it was created. A job deleted and created again
+    under its old name is another instance; the label necrocode.io/job=<name> alone cannot tell
+    their objects apart."""
+
+    uid: str
+    created: str | None = None
+
+
+def belongs_to(obj: Obj, job: JobInstance | None, *, by_time: bool = False) -> bool:
+    """Is `obj` (labelled with the job's name) one of this job instance's objects?
+
+    In order: its necrocode.io/job-uid label, else an owner reference to an AgentJob, decide.
+    An object with neither keeps the older contract (the name label is enough), except where a
+    wrong match destroys work (`by_time`, for deleting artifacts): there it must not be older
+    than the job itself. The API server stamps both times, and an object made before the job
+    cannot be its work. (Not for everything: scratch made before its job is submitted would be
+    left behind, and a runner of a deleted job is stopped rather than left running.)
+    Without a known instance (a record from before instances were recorded) everything matches,
+    as before."""
+    if job is None or not job.uid:
+        return True
+    meta = obj.get("metadata") or {}
+    label = (meta.get("labels") or {}).get(LABEL_JOB_UID)
+    if label:
+        return bool(label == job.uid)
+    owners = [o for o in meta.get("ownerReferences") or [] if isinstance(o, Mapping) and o.get("kind") == "AgentJob"]
+    if owners:
+        return any(o.get("uid") == job.uid for o in owners)
+    if not by_time:
+        return True
+    made, born = _time(meta.get("creationTimestamp")), _time(job.created)
+    return made is None or born is None or made >= born
+
+
+def _time(value: object) -> datetime | None:
+    """A timestamp, or None for anything that is not one (a field someone else wrote)."""
+    try:
+        return parse_time(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
 
 
 # ----------------------------------------------------------------------------- tasks

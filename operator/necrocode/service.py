@@ -28,6 +28,7 @@ from necrocode.model import (
     StepState,
     iso,
     parse_time,
+    requester_of,
 )
 from necrocode.planning import cancellation_bound, final_phase
 from necrocode.settings import Settings
@@ -74,6 +75,7 @@ class CancellationService:
                                     include_secrets=s.include_secrets),
             changed=tracker.changed, flush=tracker.flush, body=body,
             escalate_other=self.escalate,
+            requester=requester_of(meta, spec.requested_by, policy_installed=s.requester_policy),
         )
         escalated_by = (meta.get("annotations") or {}).get(ANNOTATION_ESCALATED_BY)
         if escalated_by and not spec.force:  # asked before a restart: still forced
@@ -103,7 +105,8 @@ class CancellationService:
                 status.step(d.name)
         if status.started_at is None:
             status.started_at = iso(self.clock.now())
-        status.requested_by = ctx.spec.requested_by
+        status.requested_by = ctx.requester.username or None
+        status.requester_verified = ctx.requester.verified if ctx.requester.username else None
         status.observed_generation = (ctx.body.get("metadata") or {}).get("generation")
         status.phase = Phase.RUNNING
         ctx.log.info("cancellation resumed" if resumed else "cancellation started", reason=ctx.spec.reason,
@@ -114,6 +117,7 @@ class CancellationService:
             await ctx.events.emit(ctx.body, "started", "Started",
                                   f"cancelling job {ctx.spec.job_name}" +
                                   (f" task {ctx.spec.task_id}" if ctx.spec.task_id else "") +
+                                  (f" for {ctx.requester.text}" if ctx.requester.username else "") +
                                   (f": {ctx.spec.reason}" if ctx.spec.reason else ""))
         tracker.changed()  # written in the background: the first step starts at once
 

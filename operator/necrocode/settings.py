@@ -34,6 +34,11 @@ class Settings:
     client-go's event spam filter would)."""
     include_secrets: bool = False
     """Also delete Secrets labelled as the job's scratch (needs RBAC on secrets)."""
+    requester_policy: bool = False
+    """The requester admission policy (deploy/requester-policy.yaml) is installed: the
+    necrocode.io/requester annotations are the API server's record of who asked and may be
+    trusted for access decisions. Off: requesters are unverified claims and the operator does
+    no optional destructive action for them (preserveArtifacts: false keeps the artifacts)."""
     namespaces: tuple[str, ...] = ()
     """Namespaces to serve; empty means the whole cluster."""
     log_format: str = "json"
@@ -58,6 +63,7 @@ class Settings:
             status_list_limit=max(1, int(_env("NECROCODE_STATUS_LIST_LIMIT", "100"))),
             task_events_limit=max(0, int(_env("NECROCODE_TASK_EVENTS_LIMIT", "100"))),
             include_secrets=_env("NECROCODE_INCLUDE_SECRETS", "false").lower() in ("1", "true", "yes"),
+            requester_policy=_env("NECROCODE_REQUESTER_POLICY", "false").lower() in ("1", "true", "yes"),
             namespaces=ns,
             log_format=_env("NECROCODE_LOG_FORMAT", "json"),
             metrics_port=int(_env("NECROCODE_METRICS_PORT", "8080")),

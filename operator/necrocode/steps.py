@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from necrocode import access
 from necrocode.cleaner import CleanupOutcome, ResourceCleaner
 from necrocode.clock import Clock
 from necrocode.concurrency import bounded
@@ -41,13 +42,17 @@ from necrocode.model import (
     Phase,
     Plan,
     Ref,
+    Requester,
     RunnerOutcome,
     StepState,
     TaskState,
+    clip,
 )
 from necrocode.planning import (
     Claim,
+    JobInstance,
     VerifyFindings,
+    belongs_to,
     changed_by,
     claim_decision,
     classify_tasks,
@@ -106,6 +111,8 @@ class Ctx:
     background: set[asyncio.Task[None]] = field(default_factory=set)
     affected_all: list[AffectedTask] | None = None
     """Every task this request affects (the status keeps only the first status_list_limit)."""
+    requester: Requester = field(default_factory=lambda: Requester(""))
+    """Who asked (model.requester_of): verified when the API server recorded it."""
     escalated_by: str | None = None
     """A later forced request asked this one to force its runners (kind/name)."""
     escalate_other: Callable[[str, str], bool] = lambda uid, by: False
@@ -167,6 +174,15 @@ class Ctx:
                         live[str(meta.get("uid"))] = f"{kind.lower()}/{meta.get('name')}"
             self._live = live
         return self._live
+
+    @property
+    def instance(self) -> JobInstance | None:
+        """The AgentJob instance this request acts on, as Validate recorded it in status."""
+        return JobInstance(self.status.job_uid, self.status.job_created_at) if self.status.job_uid else None
+
+    def mine(self, obj: Obj) -> bool:
+        """One of this job instance's objects (not a same-named older job's)."""
+        return belongs_to(obj, self.instance)
 
     @property
     def is_job(self) -> bool:
@@ -234,7 +250,12 @@ async def validate(ctx: Ctx) -> StepResult:
             job = await ctx.kube.get(ctx.registry.job_path(spec.job_name))
         except NotFound:
             return _reject(ctx, "JobNotFound", f"AgentJob {spec.job_name!r} not found in namespace {ctx.namespace}")
+        uid = str(job["metadata"].get("uid") or "")
+        if ctx.status.job_uid and uid != ctx.status.job_uid:
+            return _reject(ctx, "JobRecreated", f"AgentJob {spec.job_name!r} was deleted and created again since "
+                                                "this request began; it acts on the job it was made for only")
         ctx.job = job
+        ctx.status.job_uid, ctx.status.job_created_at = uid or None, job["metadata"].get("creationTimestamp")
         annotations = job["metadata"].get("annotations") or {}
         claim_name, claim_uid = annotations.get(ANNOTATION_CANCELLED_BY), annotations.get(ANNOTATION_CANCELLED_BY_UID)
         phase = str((job.get("status") or {}).get("phase") or JobPhase.PENDING.value)
@@ -299,7 +320,7 @@ async def _duplicate(ctx: Ctx, claimer: Obj) -> StepResult:
 
 
 async def _validate_task(ctx: Ctx) -> StepResult | None:
-    every = await ctx.registry.list_tasks(ctx.spec.job_name)
+    every = await ctx.registry.list_tasks(ctx.spec.job_name, instance=ctx.instance)
     ctx.listed_once["tasks"] = every
     tasks = [t for t in every if task_id(t) == ctx.spec.task_id]
     if not tasks:
@@ -337,13 +358,13 @@ async def block_dispatch(ctx: Ctx) -> StepResult:
         return StepResult(StepState.SKIPPED, "dry run: dispatch left open")
     job = await ctx.registry.block_dispatch(ctx.spec.job_name)
     await ctx.events.emit(job, "job-cancelling", "Cancelling",
-                          f"{ctx.ref} blocked dispatch: {ctx.spec.reason or 'no reason given'}")
+                          f"{ctx.ref}{_for(ctx)} blocked dispatch: {ctx.spec.reason or 'no reason given'}")
     return StepResult(message="dispatch blocked; AgentJob phase Cancelling; new runner pods are refused at admission")
 
 
 # ============================================================================ ClassifyTasks / ComputeCascade
 async def classify_tasks_step(ctx: Ctx) -> StepResult:
-    tasks = await ctx.registry.list_tasks(ctx.spec.job_name)
+    tasks = await ctx.registry.list_tasks(ctx.spec.job_name, instance=ctx.instance)
     cls = classify_tasks(tasks)
     affected = job_affected_tasks(tasks, _reason(ctx))
     _set_affected(ctx, affected)
@@ -355,7 +376,7 @@ async def classify_tasks_step(ctx: Ctx) -> StepResult:
 
 
 async def compute_cascade_step(ctx: Ctx) -> StepResult:
-    tasks = ctx.reuse("tasks") or await ctx.registry.list_tasks(ctx.spec.job_name)
+    tasks = ctx.reuse("tasks") or await ctx.registry.list_tasks(ctx.spec.job_name, instance=ctx.instance)
     assert ctx.spec.task_id is not None
     affected, cascade = task_affected_tasks(tasks, ctx.spec.task_id, ctx.spec.cascade, _reason(ctx), ctx.me)
     _set_affected(ctx, affected)
@@ -379,7 +400,7 @@ async def restore_affected(ctx: Ctx) -> None:
     if ctx.is_job or ctx.affected_all is not None or total <= len(ctx.status.affected_tasks):
         return
     assert ctx.spec.task_id is not None
-    tasks = await ctx.registry.list_tasks(ctx.spec.job_name)
+    tasks = await ctx.registry.list_tasks(ctx.spec.job_name, instance=ctx.instance)
     if any(task_id(t) == ctx.spec.task_id for t in tasks):
         ctx.affected_all, _ = task_affected_tasks(tasks, ctx.spec.task_id, ctx.spec.cascade, _reason(ctx), ctx.me)
 
@@ -392,6 +413,11 @@ def _set_affected(ctx: Ctx, affected: list[AffectedTask]) -> None:
         ctx.log.info("affected task list truncated in status", total=len(affected), listed=ctx.listed)
 
 
+def _for(ctx: Ctx) -> str:
+    """' for <requester>' in an Event's words ('(unverified)' when only the client says so)."""
+    return f" for {ctx.requester.text}" if ctx.requester.username else ""
+
+
 def _reason(ctx: Ctx) -> str:
     return ctx.spec.reason or f"cancelled by {ctx.ref}"
 
@@ -402,24 +428,25 @@ async def _dry_run(ctx: Ctx, affected: list[AffectedTask]) -> None:
     term = _terminator(ctx, Termination())
     pods, _ = await term.list_runners()
     sel = ctx.job_selector
-    leases = await ctx.cleaner.held_leases(sel, only)
-    scratch = await ctx.cleaner.labelled(sel, LABEL_SCRATCH, only)
-    artifacts = await ctx.cleaner.labelled(sel, LABEL_ARTIFACT, only)
+    leases = await ctx.cleaner.held_leases(sel, only, job=ctx.instance)
+    scratch = await ctx.cleaner.labelled(sel, LABEL_SCRATCH, only, job=ctx.instance)
+    every_artifact = await ctx.cleaner.labelled(sel, LABEL_ARTIFACT, only, job=ctx.instance)
+    deletable = await deletable_artifacts(ctx)
+    doomed = [(k, o) for k, o in every_artifact if k in deletable]
+    artifacts = [(k, o) for k, o in every_artifact if k not in deletable]
     plan = Plan(
         runner_pods=sorted(p["metadata"]["name"] for p in pods)[:ctx.listed],
         leases=sorted(o["metadata"]["name"] for o in leases)[:ctx.listed],
-        scratch_resources=sorted(f"{k.lower()}/{o['metadata']['name']}" for k, o in scratch)[:ctx.listed],
+        scratch_resources=sorted(f"{k.lower()}/{o['metadata']['name']}" for k, o in scratch + doomed)[:ctx.listed],
         artifacts=sorted(f"{k.lower()}/{o['metadata']['name']}" for k, o in artifacts)[:ctx.listed],
     )
-    if not ctx.spec.preserve_artifacts:
-        plan.scratch_resources += plan.artifacts
     ctx.status.plan = plan
     ctx.status.progress.runners_total = len(pods)
     ctx.status.set_condition("DryRun", True, "DryRun",
                              "dry run: status shows what would be affected; nothing was changed")
     ctx.end(Phase.COMPLETED, f"dry run: would stop {len(pods)} runner(s), change {len(affected)} task(s), "
                              f"release {len(leases)} lease(s), delete {len(plan.scratch_resources)} resource(s), "
-                             f"keep {0 if not ctx.spec.preserve_artifacts else len(artifacts)} artifact(s)")
+                             f"keep {len(artifacts)} artifact(s)")
 
 
 # ============================================================================ runners
@@ -448,7 +475,7 @@ def _terminator(ctx: Ctx, state: Termination) -> RunnerTerminator:
         escalate_after=ctx.spec.escalate_after_seconds, stuck_timeout=ctx.settings.stuck_timeout,
         concurrency=ctx.settings.concurrency, clock=ctx.clock, log=ctx.log, on_progress=progress,
         on_forced=forced, adopt_new=ctx.is_job, owner=ctx.me, task_filter=ctx.cancelled_task_ids(),
-        live_requests=ctx.live_requests,
+        live_requests=ctx.live_requests, belongs=ctx.mine,
     )
 
 
@@ -544,7 +571,7 @@ async def update_task_states(ctx: Ctx) -> StepResult:
     if ctx.is_job:
         await _defer_to_earlier_task_cancellations(ctx)
         # level-triggered: every unfinished task of the job, plus those we already changed
-        tasks = await ctx.registry.list_tasks(ctx.spec.job_name)
+        tasks = await ctx.registry.list_tasks(ctx.spec.job_name, instance=ctx.instance)
         targets = [a for a in job_affected_tasks(tasks, reason)]
         targets += [
             AffectedTask(task_id=task_id(t), name=t["metadata"]["name"],
@@ -558,7 +585,7 @@ async def update_task_states(ctx: Ctx) -> StepResult:
     else:
         targets = ctx.affected()
         tasks = []
-    res = await ctx.registry.apply(targets, by=ctx.me, requested_by=ctx.spec.requested_by, reason=reason,
+    res = await ctx.registry.apply(targets, by=ctx.me, requester=ctx.requester, reason=reason,
                                    known={t["metadata"]["name"]: t for t in tasks})
     p = ctx.status.progress
     p.tasks_cancelled = sum(1 for a in res.changed if a.after == TaskState.CANCELLED.value)
@@ -583,8 +610,9 @@ async def update_task_states(ctx: Ctx) -> StepResult:
         ctx.status.add_error("UpdateTaskStates", f"agenttask/{a.name}", msg, attempts)
     await _task_events(ctx, res.changed)
     if ctx.is_job:
-        job = await ctx.registry.set_job_phase(ctx.spec.job_name, JobPhase.CANCELLED, f"cancelled by {ctx.ref}: {reason}")
-        await ctx.events.emit(job, "job-cancelled", "Cancelled", f"cancelled by {ctx.ref}: {reason}")
+        words = f"cancelled by {ctx.ref}{_for(ctx)}: {reason}"
+        job = await ctx.registry.set_job_phase(ctx.spec.job_name, JobPhase.CANCELLED, words)
+        await ctx.events.emit(job, "job-cancelled", "Cancelled", words)
     msg = f"{p.tasks_cancelled} task(s) cancelled"
     if p.tasks_blocked:
         msg += f", {p.tasks_blocked} blocked"
@@ -637,6 +665,31 @@ async def _slot_keeper(ctx: Ctx) -> Callable[[Obj], str | None]:
     return keep
 
 
+async def deletable_artifacts(ctx: Ctx) -> frozenset[str]:
+    """The kinds whose artifacts this request deletes: none unless preserveArtifacts is false,
+    and then only those the requester may delete in the namespace (access.may). What is kept
+    for that reason is said in status (artifactsKeptReason, condition ArtifactsKept) and in an
+    Event, once."""
+    if ctx.spec.preserve_artifacts:
+        return frozenset()
+    allowed: set[str] = set()
+    refusals: list[str] = []
+    for kind, plural in ctx.cleaner.kinds.items():
+        decision = await access.may(ctx.kube, ctx.namespace, ctx.requester, "delete", plural)
+        if decision.allowed:
+            allowed.add(kind)
+        elif decision.why not in refusals:
+            refusals.append(decision.why)
+    if refusals and ctx.status.artifacts_kept_reason is None:
+        why = "artifacts kept although preserveArtifacts is false: " + "; ".join(refusals)
+        ctx.status.artifacts_kept_reason = clip(why, 512)
+        ctx.status.set_condition("ArtifactsKept", True, "RequesterMayNotDelete", clip(why, 512))
+        ctx.log.warning("artifacts kept: the requester may not delete them", requester=ctx.requester.text,
+                        why=why)
+        await ctx.events.emit(ctx.body, "artifacts-kept", "ArtifactsKept", why, "Warning")
+    return frozenset(allowed)
+
+
 async def cleanup_resources(ctx: Ctx) -> StepResult:
     p = ctx.status.progress
     before = 0  # deleted by an earlier run of this step (the operator restarted meanwhile)
@@ -649,8 +702,9 @@ async def cleanup_resources(ctx: Ctx) -> StepResult:
         else:
             before = max(0, p.resources_to_delete - present)
 
-    out = await ctx.cleaner.cleanup(ctx.job_selector, ctx.spec.preserve_artifacts, ctx.cancelled_task_ids(),
-                                    by_uid=ctx.uid, keep=await _slot_keeper(ctx), before_delete=before_delete)
+    deletable = await deletable_artifacts(ctx)
+    out = await ctx.cleaner.cleanup(ctx.job_selector, deletable, ctx.cancelled_task_ids(), by_uid=ctx.uid,
+                                    keep=await _slot_keeper(ctx), before_delete=before_delete, job=ctx.instance)
     released = sorted(f"lease/{o['metadata']['name']}" for o in await ctx.cleaner.released_by(ctx.uid))
     prior = ctx.status.cleanup or CleanupReport()
     deleted = sorted(set(prior.deleted) | set(out.deleted))
@@ -663,6 +717,8 @@ async def cleanup_resources(ctx: Ctx) -> StepResult:
         ctx.status.add_error(ctx.step_name, obj, msg, attempts)
     msg = (f"{p.leases_released} lease(s) released, {p.resources_deleted} resource(s) deleted, "
            f"{p.artifacts_preserved} artifact(s) kept")
+    if ctx.status.artifacts_kept_reason and out.preserved:
+        msg += f" ({ctx.status.artifacts_kept_reason})"
     if out.failed:
         return StepResult(StepState.FAILED, msg + f", {len(out.failed)} not done", transient=out.transient)
     return StepResult(message=msg)
@@ -691,16 +747,17 @@ async def _inspect(ctx: Ctx) -> VerifyFindings:
     term = _terminator(ctx, Termination())
     pods, _ = await term.list_runners()
     f.runner_pods = sorted(p["metadata"]["name"] for p in pods)
-    leases = await ctx.cleaner.held_leases(ctx.job_selector, ctx.cancelled_task_ids())
+    leases = await ctx.cleaner.held_leases(ctx.job_selector, ctx.cancelled_task_ids(), job=ctx.instance)
     f.held_leases = sorted(o["metadata"]["name"] for o in leases)
-    tasks = await ctx.registry.list_tasks(ctx.spec.job_name)
+    tasks = await ctx.registry.list_tasks(ctx.spec.job_name, instance=ctx.instance)
     live = {TaskState.PENDING, TaskState.READY, TaskState.RUNNING}
     if ctx.is_job:
         f.live_tasks = sorted(t["metadata"]["name"] for t in tasks if task_state(t) in live)
         try:
             job = await ctx.kube.get(ctx.registry.job_path(ctx.spec.job_name))
             phase = (job.get("status") or {}).get("phase")
-            if phase != JobPhase.CANCELLED.value:
+            same = ctx.instance is None or job["metadata"].get("uid") == ctx.instance.uid
+            if phase != JobPhase.CANCELLED.value and same:
                 f.job_phase = phase or "unset"
         except NotFound:
             pass
@@ -732,7 +789,7 @@ async def _repair(ctx: Ctx, f: VerifyFindings) -> None:
     if f.held_leases:
         out = CleanupOutcome()
         await ctx.cleaner.release_leases(ctx.job_selector, out, only=ctx.cancelled_task_ids(), by_uid=ctx.uid,
-                                         keep=await _slot_keeper(ctx))
+                                         keep=await _slot_keeper(ctx), job=ctx.instance)
         ctx.status.progress.leases_released = len(await ctx.cleaner.released_by(ctx.uid))
     if f.live_tasks:
         await update_task_states(ctx)

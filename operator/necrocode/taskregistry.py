@@ -24,10 +24,11 @@ from necrocode.model import (
     AffectedTask,
     JobPhase,
     Ref,
+    Requester,
     TaskState,
     iso,
 )
-from necrocode.planning import changed_by, task_state
+from necrocode.planning import JobInstance, belongs_to, changed_by, task_state
 
 Obj = dict[str, Any]
 
@@ -52,13 +53,14 @@ class TaskRegistry:
     def job_path(self, name: str, sub: str | None = None) -> str:
         return nc_path(self.namespace, "agentjobs", name, sub)
 
-    async def list_tasks(self, job: str, extra_selector: str = "") -> list[Obj]:
+    async def list_tasks(self, job: str, extra_selector: str = "", *, instance: JobInstance | None = None) -> list[Obj]:
+        """The job's tasks; given the job `instance`, only that instance's (planning.belongs_to)."""
         sel = f"necrocode.io/job={job}" + (f",{extra_selector}" if extra_selector else "")
         items, _ = await self.kube.list_all(nc_path(self.namespace, "agenttasks"), label_selector=sel)
-        return items
+        return [t for t in items if belongs_to(t, instance)]
 
     # ------------------------------------------------------------------ tasks
-    async def apply(self, affected: list[AffectedTask], *, by: Ref, requested_by: str | None,
+    async def apply(self, affected: list[AffectedTask], *, by: Ref, requester: Requester,
                     reason: str, known: Mapping[str, Obj] | None = None) -> TaskUpdate:
         """`known`: tasks as just listed, by name; the first attempt decides on them instead of
         reading each task again (its resourceVersion still guards the write: 409 -> read again,
@@ -77,7 +79,7 @@ class TaskRegistry:
                     return "changed", state.value
                 if state.value == a.after or state in FINISHED_TASK_STATES:
                     return "unaffected", state.value
-                update = self._update(task, a, by=by, requested_by=requested_by, reason=reason, prev=state)
+                update = self._update(task, a, by=by, requester=requester, reason=reason, prev=state)
                 # a PUT of the object as read, not a PATCH: the same resourceVersion guard, and
                 # the API server has no patch to apply (a quarter less of its CPU per task)
                 await self.kube.request("PUT", self.task_path(a.name, "status"), body=update, meta_only=True)
@@ -104,14 +106,15 @@ class TaskRegistry:
         await bounded(affected, one, self.concurrency)
         return out
 
-    def _update(self, task: Obj, a: AffectedTask, *, by: Ref, requested_by: str | None, reason: str,
+    def _update(self, task: Obj, a: AffectedTask, *, by: Ref, requester: Requester, reason: str,
                 prev: TaskState) -> Obj:
         """The task as read, with its new state: the body of a PUT to its status subresource."""
         now = iso(self.clock.now())
         status: Obj = {**(task.get("status") or {}), "state": a.after}
         if a.after == TaskState.CANCELLED.value:
             status["cancellation"] = {k: v for k, v in {
-                "reason": a.reason or reason, "requestedBy": requested_by, "cancelledAt": now,
+                "reason": a.reason or reason, "requestedBy": requester.username or None,
+                "requesterVerified": requester.verified if requester.username else None, "cancelledAt": now,
                 "cancelledBy": by.name, "cancelledByKind": by.kind, "cancelledByUid": by.uid or None,
                 "previousState": prev.value}.items() if v is not None}
         else:

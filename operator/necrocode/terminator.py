@@ -101,13 +101,14 @@ class RunnerTerminator:
                  stuck_timeout: float, concurrency: int, clock: Clock, log: Bound,
                  on_progress: Callable[[Termination], None], on_forced: Callable[[str], Awaitable[None]],
                  adopt_new: bool, owner: Ref, task_filter: frozenset[str] | None = None,
-                 live_requests: Callable[[], Awaitable[Mapping[str, str]]] | None = None):
+                 live_requests: Callable[[], Awaitable[Mapping[str, str]]] | None = None,
+                 belongs: Callable[[Obj], bool] = lambda pod: True):
         self.kube, self.namespace, self.selector = kube, namespace, selector
         self.grace, self.escalate_after, self.stuck_timeout = grace, escalate_after, stuck_timeout
         self.concurrency, self.clock, self.log = concurrency, clock, log
         self.on_progress, self.on_forced, self.adopt_new = on_progress, on_forced, adopt_new
         self._forced_at: dict[str, float] = {}
-        self.owner, self.task_filter = owner, task_filter
+        self.owner, self.task_filter, self.belongs = owner, task_filter, belongs
         self.foreign: set[str] = set()
         self.seen: set[str] = set()
         """Every runner this terminator has had in hand: a watch replaying an old event of one
@@ -123,7 +124,8 @@ class RunnerTerminator:
         return core_path(self.namespace, "pods")
 
     def wanted(self, pod: Obj) -> bool:
-        return self.task_filter is None or _task(pod) in self.task_filter
+        """A runner of the tasks this request stops, of the job instance it was made for."""
+        return (self.task_filter is None or _task(pod) in self.task_filter) and self.belongs(pod)
 
     async def list_runners(self) -> tuple[list[Obj], str]:
         items, rv = await self.kube.list_all(self.pods_path, label_selector=self.selector, meta_only=True)

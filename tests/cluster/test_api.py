@@ -1,18 +1,24 @@
 """The REST API (`necrocode-api`) against the real control plane with the operator running:
 real ServiceAccount tokens (TokenRequest), one allowed by a Role and one not, every endpoint's
 success and error paths, paging over 120 records, and schemathesis against the served OpenAPI
-document over real HTTP."""
+document over real HTTP. Hardening: the body limit before authentication, token audiences,
+the bound on TokenReviews under a flood of bogus tokens, HTTPS, and the requester recorded
+through the requester admission policy."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
+import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +29,7 @@ import uvicorn
 import yaml
 
 from conftest import SHARED_NS_PREFIX
-from kube_helpers import ClusterInfo, Kubectl, wait_for
+from kube_helpers import ClusterInfo, Kubectl, sa_kubeconfig, wait_for
 from localcluster import free_port
 from necrocode.api.schemas import JobCancelRequest, TaskCancelRequest
 from necrocode.api.server import ApiSettings, create_app
@@ -73,11 +79,12 @@ def _sa_token(kube: Kubectl, ns: str, name: str) -> Account:
     return Account(name=name, namespace=ns, token=token)
 
 
-def _sar(kube: Kubectl, account: Account, ns: str, verb: str, plural: str) -> bool:
+def _sar(kube: Kubectl, account: Account, ns: str, verb: str, plural: str, group: str = G) -> bool:
+    """Whether RBAC lets `account` do it ("" as `ns`: cluster-wide)."""
     groups = ["system:serviceaccounts", f"system:serviceaccounts:{account.namespace}", "system:authenticated"]
     review = kube.auth.create_subject_access_review({"spec": {
         "user": account.username, "groups": groups,
-        "resourceAttributes": {"namespace": ns, "verb": verb, "group": G, "resource": plural}}})
+        "resourceAttributes": {"namespace": ns, "verb": verb, "group": group, "resource": plural}}})
     return bool(review.status.allowed)
 
 
@@ -95,30 +102,39 @@ def grant(kube: Kubectl, ns: str, account: Account) -> None:
              what=f"RBAC for {account.username} in {ns}")
 
 
+@contextmanager
+def serving(settings: ApiSettings, kubeconfig: Path) -> Iterator[tuple[str, Any]]:
+    """The API server in-process (uvicorn on settings.host, in a thread with its own event loop)
+    with `kubeconfig` as its own credentials: its URL and app, until the block ends."""
+    app = create_app(settings, Kube(load_credentials(str(kubeconfig))))
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
+                                           lifespan="on", access_log=False))
+    thread = threading.Thread(target=server.run, name="necrocode-api", daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, timeout=20, what="API server started")
+        yield f"http://{settings.host}:{settings.port}", app
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        assert not thread.is_alive(), "the API server did not stop"
+
+
 @pytest.fixture(scope="module")
 def api(kube: Kubectl, cluster: ClusterInfo) -> Iterator[Api]:
-    """The API server in-process (uvicorn on 127.0.0.1, in a thread with its own event loop),
-    with the admin kubeconfig as its own credentials and a namespace of its own as default."""
+    """The API server shared by this module's tests, with the admin kubeconfig as its own
+    credentials and a namespace of its own as default. Its failure budget is large: tests here
+    send bogus tokens on purpose (the limit is tested on servers of its own)."""
     ns = f"{SHARED_NS_PREFIX}api-{uuid.uuid4().hex[:6]}"
     kube.create_namespace(ns)
-    server: uvicorn.Server | None = None
-    thread: threading.Thread | None = None
     try:
         allowed, denied = _sa_token(kube, ns, "console"), _sa_token(kube, ns, "intruder")
         grant(kube, ns, allowed)
-        settings = ApiSettings(host="127.0.0.1", port=free_port(), namespace=ns, poll_seconds=0.2)
-        app = create_app(settings, Kube(load_credentials(str(cluster.kubeconfig))))
-        server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
-                                               lifespan="on", access_log=False))
-        thread = threading.Thread(target=server.run, name="necrocode-api", daemon=True)
-        thread.start()
-        wait_for(lambda: server is not None and server.started, timeout=20, what="API server started")
-        yield Api(url=f"http://{settings.host}:{settings.port}", app=app, namespace=ns, allowed=allowed, denied=denied)
+        settings = ApiSettings(host="127.0.0.1", port=free_port(), namespace=ns, poll_seconds=0.2,
+                               auth_failure_burst=10000)
+        with serving(settings, cluster.kubeconfig) as (url, app):
+            yield Api(url=url, app=app, namespace=ns, allowed=allowed, denied=denied)
     finally:
-        if server is not None and thread is not None:
-            server.should_exit = True
-            thread.join(timeout=15)
-            assert not thread.is_alive(), "the API server did not stop"
         kube.delete_namespace(ns)
 
 
@@ -220,10 +236,13 @@ def test_successful_token_reviews_are_cached(api: Api) -> None:
             assert c.get("/api/cancellations").status_code == 200
         assert auth.reviews == before  # one TokenReview per token per 10 s, not one per request
     with api.client() as c:
-        for _ in range(2):
+        for _ in range(3):
+            assert c.get("/api/cancellations", headers={"Authorization": f"Bearer nope-{uuid.uuid4()}"}).status_code == 401
+        assert auth.reviews == before + 3  # one review for each new token
+        for _ in range(3):
             assert c.get("/api/cancellations", headers={"Authorization": "Bearer nope"}).status_code == 401
-    assert auth.reviews == before + 2  # failures are not cached
-    assert len(auth.tokens) >= 1
+    assert auth.reviews == before + 4  # a rejected token is remembered: reviewed once
+    assert len(auth.tokens) >= 1 and len(auth.rejected) >= 4
 
 
 async def test_anonymous_callers_only_when_a_setting_says_so(cluster: ClusterInfo, api: Api) -> None:
@@ -517,6 +536,283 @@ def test_history_pages_and_filters_over_120_records(kube: Kubectl, api: Api, ns:
         # cancellation-status of a job with only finished cancellations: the newest
         st = c.get("/api/jobs/ghost-a/cancellation-status", params={"namespace": ns}).json()
         assert st["name"] == expected[[n.startswith("ghost-a") for n in expected].index(True)]
+
+
+# ----------------------------------------------------------------------------- hardening
+def raw_request(url: str, head: str, body_parts: list[bytes]) -> bytes:
+    """Send a request's head and what the server takes of `body_parts`, then read the answer
+    until the server closes; for bodies a client never finishes (a timeout fails the test)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=20) as sock:
+        sock.sendall(head.encode())
+        try:
+            for part in body_parts:
+                sock.sendall(part)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # answered and closed before taking it all
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except ConnectionResetError:
+            pass
+        return answer
+
+
+def test_an_oversized_body_is_413_before_authentication_and_unread(api: Api) -> None:
+    auth = api.app.state.auth
+    before = auth.reviews
+    limit = 64 * 1024  # the default
+    token = f"bogus-{uuid.uuid4()}"
+    head = (f"POST /api/jobs/job1/cancel HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer {token}\r\n"
+            "Content-Type: application/json\r\n")
+    # declared too large: answered before a byte of the body is sent
+    answer = raw_request(api.url, head + f"Content-Length: {10 * 1024 * 1024}\r\n\r\n", [])
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:300]
+    assert answer.endswith(b'{"detail":"the request body is larger than 65536 bytes"}'), answer
+    assert b"\r\nconnection: close\r\n" in answer.lower()
+    # chunked, growing past the limit, never finished: answered as soon as it passed the limit
+    chunk = b"x" * 16384
+    parts = [b"%x\r\n%s\r\n" % (len(chunk), chunk)] * 4 + [b"400\r\n" + b"y" * 1024 + b"\r\n"]
+    answer = raw_request(api.url, head + "Transfer-Encoding: chunked\r\n\r\n", parts)
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:300]
+    assert auth.reviews == before  # neither cost a TokenReview
+    # at the limit the request goes on, to authentication
+    at_limit = b'{"reason": "x"}'.ljust(limit)
+    with api.client() as c:
+        resp = c.post("/api/jobs/job1/cancel", content=at_limit,
+                      headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        assert resp.status_code == 401, resp.text
+    assert auth.reviews == before + 1
+
+
+def _token_for(kube: Kubectl, account: Account, audiences: list[str]) -> str:
+    """A TokenRequest token of `account` issued for `audiences`."""
+    return str(kube.core.create_namespaced_service_account_token(account.name, account.namespace, {
+        "spec": {"audiences": audiences, "expirationSeconds": 3600}}).status.token)
+
+
+async def test_only_tokens_issued_for_the_configured_audiences_are_accepted(kube: Kubectl, cluster: ClusterInfo,
+                                                                             api: Api) -> None:
+    for_api = _token_for(kube, api.allowed, ["necrocode-api"])
+    for_other = _token_for(kube, api.allowed, ["billing"])
+    default = api.allowed.token  # issued for the API server's own audience
+    cases: dict[tuple[str, ...], dict[str, int]] = {
+        ("necrocode-api",): {for_api: 200, for_other: 401, default: 401},
+        ("console", "necrocode-api"): {for_api: 200, for_other: 401},
+        (): {for_api: 401, for_other: 401, default: 200},  # none set: the API server's default audiences
+    }
+    for audiences, expected in cases.items():
+        app = create_app(ApiSettings(namespace=api.namespace, audiences=audiences),
+                         Kube(load_credentials(str(cluster.kubeconfig))))
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://api") as c:
+            for token, status in expected.items():
+                resp = await c.get("/api/cancellations", headers={"Authorization": f"Bearer {token}"})
+                assert resp.status_code == status, (audiences, resp.text)
+                if status == 401:
+                    assert resp.json() == {"detail": "the bearer token was not accepted"}
+
+
+async def test_a_flood_of_bogus_tokens_costs_a_bounded_number_of_token_reviews(cluster: ClusterInfo,
+                                                                               api: Api) -> None:
+    """The documented bound, per client: burst + per_second x seconds TokenReviews for tokens
+    that fail, whatever their number, repetition or concurrency; a token that failed is not
+    reviewed again (from any client) while it is remembered; other clients are served."""
+    burst, per_second = 5, 0.5
+    settings = ApiSettings(host="127.0.0.1", port=free_port(), namespace=api.namespace, auth_failure_burst=burst,
+                           auth_failure_per_second=per_second)
+    with serving(settings, cluster.kubeconfig) as (url, app):
+        auth = app.state.auth
+        repeated = f"bogus-repeated-{uuid.uuid4()}"
+        tokens = [t for i in range(150) for t in (f"bogus-{i}-{uuid.uuid4()}", repeated)]
+        started = time.monotonic()
+        async with httpx.AsyncClient(base_url=url, limits=httpx.Limits(max_connections=30), timeout=60) as c:
+            first = await c.get("/api/cancellations", headers={"Authorization": f"Bearer {repeated}"})
+            assert first.status_code == 401
+            answers = await asyncio.gather(*(c.get("/api/cancellations", headers={"Authorization": f"Bearer {t}"})
+                                             for t in tokens))
+        elapsed = time.monotonic() - started
+        bound = burst + per_second * elapsed
+        assert auth.reviews <= bound, (auth.reviews, bound)
+        codes = [r.status_code for r in answers]
+        assert set(codes) == {401, 429}
+        throttled = [r for r in answers if r.status_code == 429]
+        assert len(throttled) >= len(tokens) - bound
+        assert all(int(r.headers["retry-after"]) >= 1 for r in throttled)
+        assert throttled[0].json() == {"detail": "too many failed authentications from this client; try again later"}
+
+        # a valid token from another client (another source address) is served at once
+        reviews = auth.reviews
+        for source, token, status in (("127.0.0.2", api.allowed.token, 200), ("127.0.0.3", repeated, 401)):
+            async with httpx.AsyncClient(base_url=url, transport=httpx.AsyncHTTPTransport(local_address=source)) as other:
+                resp = await other.get("/api/cancellations", headers={"Authorization": f"Bearer {token}"})
+                assert resp.status_code == status, (source, resp.text)
+        assert auth.reviews == reviews + 1  # the valid token; the repeated bogus one came from the cache
+
+
+def _self_signed(into: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed certificate (its own CA) for 127.0.0.1 and its key, made by openssl."""
+    cert, key = into / f"{name}.crt", into / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", f"/CN={name}",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"], check=True, capture_output=True)
+    return cert, key
+
+
+def test_https_with_a_certificate_and_key_and_a_renewed_one_is_taken(cluster: ClusterInfo, api: Api,
+                                                                     tmp_path: Path) -> None:
+    """`necrocode-api --tls-cert-file --tls-key-file`, the real process: HTTPS verified with
+    the CA; plain HTTP to that port fails; a renewed certificate is served without a restart."""
+    served = tmp_path / "served"
+    served.mkdir()
+    cert, key = _self_signed(tmp_path, "necrocode-api")
+    os.link(cert, served / "tls.crt")
+    os.link(key, served / "tls.key")
+    port = free_port()
+    env = {**os.environ, "NECROCODE_KUBECONFIG": str(cluster.kubeconfig), "NECROCODE_API_TLS_RELOAD_SECONDS": "0.2",
+           "NECROCODE_LOG_FORMAT": "text"}
+    log = tmp_path / "api.log"
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "necrocode-api"), "--host", "127.0.0.1", "--port",
+                             str(port), "--namespace", api.namespace, "--tls-cert-file", str(served / "tls.crt"),
+                             "--tls-key-file", str(served / "tls.key")],
+                            env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    url = f"https://127.0.0.1:{port}"
+
+    def client(ca: Path) -> httpx.Client:
+        return httpx.Client(base_url=url, verify=ssl.create_default_context(cafile=str(ca)), timeout=10)
+
+    def healthy() -> bool:
+        assert proc.poll() is None, log.read_text()
+        try:
+            with client(cert) as c:
+                return c.get("/healthz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_for(healthy, timeout=30, what="necrocode-api serving HTTPS")
+        with client(cert) as c:
+            resp = c.get("/api/cancellations", headers=api.allowed.headers)
+            assert resp.status_code == 200, resp.text
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"), httpx.Client(timeout=10) as c:
+            c.get(f"{url}/healthz")  # the system's CAs do not know it
+        with pytest.raises(httpx.TransportError), httpx.Client(timeout=10) as c:
+            c.get(f"http://127.0.0.1:{port}/healthz")  # no plain HTTP on the TLS port
+
+        # renewal, as the kubelet updates a mounted Secret: the files are swapped
+        new_cert, new_key = _self_signed(tmp_path, "necrocode-api-renewed")
+        os.replace(new_key, served / "tls.key")
+        os.replace(new_cert, served / "tls.crt")
+        renewed = (served / "tls.crt").read_text()
+        wait_for(lambda: ssl.PEM_cert_to_DER_cert(ssl.get_server_certificate(("127.0.0.1", port)))
+                 == ssl.PEM_cert_to_DER_cert(renewed), timeout=20, what="the renewed certificate served")
+        with client(served / "tls.crt") as c:
+            assert c.get("/healthz").status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert "TLS certificate reloaded" in log.read_text()
+
+
+def test_a_task_id_that_is_no_dns_label_still_gets_a_valid_name(kube: Kubectl, api: Api, ns: str) -> None:
+    """`a._b` is a valid task id (a label value) but `a._b` is no DNS subdomain fragment: the
+    generated name must still be one, or the API server refuses the cancellation (422)."""
+    kube.create_job(ns, "job1")
+    kube.custom.create_namespaced_custom_object(G, V, ns, "agenttasks", {
+        "apiVersion": f"{G}/{V}", "kind": "AgentTask",
+        "metadata": {"name": "job1-odd", "labels": {"necrocode.io/job": "job1", "necrocode.io/task": "a._b"}},
+        "spec": {"job": "job1", "taskId": "a._b", "dependsOn": []}})
+    kube.patch_status("agenttasks", ns, "job1-odd", {"state": "Pending"})
+    with api.client(api.allowed) as c:
+        resp = c.post("/api/tasks/a._b/cancel", params={"namespace": ns, "wait": "true", "timeout": 60},
+                      json={"jobId": "job1"})
+    assert resp.status_code == 201, resp.text
+    body = resp.json()
+    assert NAME.match(body["name"]) and body["name"].startswith("job1-a.b-cancel-"), body["name"]
+    assert body["taskId"] == "a._b" and body["status"]["phase"] == "Completed", body
+    stored = kube.get("taskcancellations", ns, body["name"])
+    assert stored["spec"]["taskId"] == "a._b" and stored["metadata"]["labels"]["necrocode.io/task"] == "a._b"
+    assert kube.get("agenttasks", ns, "job1-odd")["status"]["state"] == "Cancelled"
+
+
+# ----------------------------------------------------------------------------- the requester
+@contextmanager
+def api_identity(kube: Kubectl, cluster: ClusterInfo, ns: str, name: str, vouch: bool,
+                 tmp_path: Path) -> Iterator[tuple[Path, Account]]:
+    """ServiceAccount `name` in `ns` with what the chart gives the API's own identity
+    (system:auth-delegator; create/get/list on cancellations, read on jobs and tasks), and
+    `vouch` when asked: its kubeconfig, once RBAC applies it."""
+    who = Account(name=name, namespace=ns, token="")
+    kube.core.create_namespaced_service_account(ns, {"metadata": {"name": name}})
+    verbs = ["get", "list", "create", *(["vouch"] if vouch else [])]
+    kube.rbac.create_namespaced_role(ns, {"metadata": {"name": name}, "rules": [
+        {"apiGroups": [G], "resources": list(KINDS), "verbs": verbs},
+        {"apiGroups": [G], "resources": ["agentjobs", "agenttasks"], "verbs": ["get", "list"]}]})
+    subject = {"kind": "ServiceAccount", "name": name, "namespace": ns}
+    kube.rbac.create_namespaced_role_binding(ns, {"metadata": {"name": name}, "subjects": [subject], "roleRef": {
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name}})
+    delegator = f"{ns}-{name}-auth-delegator"
+    kube.rbac.create_cluster_role_binding({"metadata": {"name": delegator}, "subjects": [subject], "roleRef": {
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:auth-delegator"}})
+    try:
+        wait_for(lambda: _sar(kube, who, "", "create", "tokenreviews", "authentication.k8s.io")
+                 and all(_sar(kube, who, ns, "create", p) for p in KINDS)
+                 and all(_sar(kube, who, ns, "vouch", p) == vouch for p in KINDS),
+                 what=f"RBAC for {who.username}")
+        yield sa_kubeconfig(kube, cluster.kubeconfig, tmp_path / f"{name}.kubeconfig", ns, name), who
+    finally:
+        kube.rbac.delete_cluster_role_binding(delegator)
+
+
+async def cancel_through(kube: Kubectl, kubeconfig: Path, ns: str, caller: Account) -> list[dict[str, Any]]:
+    """A job and a task cancellation created by `caller` through an API server whose own
+    credentials are `kubeconfig`: the stored objects."""
+    app = create_app(ApiSettings(namespace=ns), Kube(load_credentials(str(kubeconfig))))
+    created: list[tuple[str, str]] = []
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://api", headers=caller.headers) as c:
+        for path, body, plural in (("/api/jobs/job1/cancel", {"dryRun": True}, "jobcancellations"),
+                                   ("/api/tasks/a/cancel", {"jobId": "job1", "dryRun": True}, "taskcancellations")):
+            resp = await c.post(path, params={"namespace": ns}, json=body)
+            assert resp.status_code == 201, resp.text
+            created.append((plural, resp.json()["name"]))
+    return [kube.get(plural, ns, name) for plural, name in created]
+
+
+def requester(obj: dict[str, Any]) -> tuple[str, set[str]]:
+    """The requester annotations: username and groups."""
+    annotations = obj["metadata"].get("annotations") or {}
+    groups = annotations.get("necrocode.io/requester-groups", "")
+    return annotations.get("necrocode.io/requester", ""), set(groups.split(",")) if groups else set()
+
+
+def sa_groups(account: Account) -> set[str]:
+    return {"system:serviceaccounts", f"system:serviceaccounts:{account.namespace}", "system:authenticated"}
+
+
+async def test_the_caller_is_recorded_as_requester_when_the_api_may_vouch(kube: Kubectl, cluster: ClusterInfo,
+                                                                          api: Api, ns: str, tmp_path: Path) -> None:
+    """The chart's setup: the API's identity has `vouch`, so the requester policy keeps the
+    annotations the API sets, naming its caller (a different ServiceAccount), not itself."""
+    kube.create_job(ns, "job1")
+    kube.create_task(ns, "job1", "a", "Pending")
+    with api_identity(kube, cluster, ns, "api-vouching", vouch=True, tmp_path=tmp_path) as (kubeconfig, _):
+        for obj in await cancel_through(kube, kubeconfig, ns, api.allowed):
+            assert requester(obj) == (api.allowed.username, sa_groups(api.allowed)), obj["metadata"]
+            assert obj["spec"]["requestedBy"] == api.allowed.username  # for operators that read only the spec
+
+
+async def test_without_vouch_the_policy_records_the_api_itself(kube: Kubectl, cluster: ClusterInfo, api: Api,
+                                                                 ns: str, tmp_path: Path) -> None:
+    """An API identity without `vouch` cannot speak for its callers: the requester policy
+    overwrites the annotations with the identity that created the object, the API's own."""
+    kube.create_job(ns, "job1")
+    kube.create_task(ns, "job1", "a", "Pending")
+    with api_identity(kube, cluster, ns, "api-plain", vouch=False, tmp_path=tmp_path) as (kubeconfig, me):
+        for obj in await cancel_through(kube, kubeconfig, ns, api.allowed):
+            assert requester(obj) == (me.username, sa_groups(me)), obj["metadata"]
+            assert obj["spec"]["requestedBy"] == api.allowed.username  # a claim, which the annotations outrank
 
 
 # ----------------------------------------------------------------------------- schemathesis

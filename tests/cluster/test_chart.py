@@ -74,8 +74,9 @@ def render(cluster: ClusterInfo, *sets: str) -> str:
     return subprocess.run(args, check=True, capture_output=True, text=True).stdout
 
 
-@pytest.mark.parametrize("values", [[], ["replicaCount=2"], ["watchNamespaces={team-a,team-b}", "dashboard.enabled=true"]],
-                         ids=["default", "ha", "namespaced"])
+@pytest.mark.parametrize("values", [[], ["replicaCount=2"], ["watchNamespaces={team-a,team-b}", "dashboard.enabled=true"],
+                                    ["api.tls.secretName=api-tls", "api.audiences={necrocode-api,console}"]],
+                         ids=["default", "ha", "namespaced", "api-tls"])
 def test_rendered_chart_passes_kubeconform_strict(kube: Kubectl, cluster: ClusterInfo, tmp_path: Path,
                                                   values: list[str]) -> None:
     schemas = kubeconform_schemas(kube, tmp_path / "schemas")
@@ -204,7 +205,7 @@ def test_install_run_with_least_privilege_and_uninstall(kube: Kubectl, cluster: 
     assert out.returncode == 0, out.stderr
     from kubernetes.client.rest import ApiException
 
-    for read in (lambda: kube.rbac.read_cluster_role(f"{fullname}-discovery"),
+    for read in (lambda: kube.rbac.read_cluster_role("necrocode-cancel-edit"),  # the users' roles go too
                  lambda: kube.adm.read_validating_admission_policy(f"{fullname}-block-dispatch"),
                  lambda: kube.core.read_namespaced_service_account(fullname, ns)):
         with pytest.raises(ApiException) as err:

@@ -332,8 +332,11 @@ def test_cancellations_pages_120_records_newest_first(kube: Kubectl, cluster: Cl
     # the table: same paging, a "more:" hint on stderr with the next token
     res = run(cluster, "job", "cancellations", "-n", ns, "--limit", "50")
     rows = res.stdout.splitlines()
-    assert rows[0].split() == ["NAME", "KIND", "JOB", "TASK", "PHASE", "RUNNERS", "STARTED", "DURATION", "REASON"]
+    assert rows[0].split() == ["NAME", "KIND", "JOB", "TASK", "REQUESTER", "PHASE", "RUNNERS", "STARTED", "DURATION",
+                               "REASON"]
     assert len(rows) == 51 and rows[1].split()[:3] == ["rec-049", "JobCancellation", "cli-ghost-049"]
+    admin = kube.get("jobcancellations", ns, "rec-049")["metadata"]["annotations"]["necrocode.io/requester"]
+    assert rows[1].split()[4] == admin  # recorded by the API server (the test's admin client created it)
     assert re.match(r"more: necrocode job cancellations --limit 50 --continue \S+$", res.stderr.strip())
 
     # without --limit: every page, globally newest first

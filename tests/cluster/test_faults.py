@@ -45,14 +45,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client
 from kubernetes.client import rest
 from kubernetes.client.rest import ApiException
 
 from conftest import operator_env
 from faultproxy import FaultProxy, proxy_kubeconfig
-from kube_helpers import ClusterInfo, Kubectl, wait_for
+from kube_helpers import ClusterInfo, Kubectl, sa_kubeconfig, wait_for
 from localcluster import LocalCluster
 
 N = 200
@@ -262,19 +261,6 @@ def test_component_restarted_during_terminate_runners(dedicated: Dedicated, comp
 
 
 # ----------------------------------------------------------------------------- APF 429
-def sa_kubeconfig(kube: Kubectl, src: Path, dst: Path, ns: str, sa: str) -> Path:
-    """A kubeconfig for ServiceAccount `sa` (a TokenRequest token): an identity outside
-    system:masters, which the built-in `exempt` FlowSchema would spare from APF."""
-    token = kube.core.create_namespaced_service_account_token(
-        sa, ns, {"spec": {"expirationSeconds": 3600}}).status.token
-    doc = yaml.safe_load(src.read_text())
-    doc["users"] = [{"name": sa, "user": {"token": token}}]
-    for ctx in doc["contexts"]:
-        ctx["context"]["user"] = sa
-    dst.write_text(yaml.safe_dump(doc))
-    return dst
-
-
 def rejected(kube: Kubectl, flow_schema: str) -> int:
     """apiserver_flowcontrol_rejected_requests_total for that FlowSchema: the API server's own
     count of the 429s it answered to the identity the FlowSchema matches."""

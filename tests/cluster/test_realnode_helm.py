@@ -1,5 +1,7 @@
 """Helm for real: the chart installed with the image built here (hack/build-image.py, no Docker)
-onto the real node (hack/realnode.py), the operator a real pod with its real probes.
+onto the real node (hack/realnode.py), the operator a real pod with its real probes. Against
+$KUBECONFIG (kind: `make kind-e2e`) the same, with the image named by $NECROCODE_TEST_IMAGE and
+the node labelled necrocode.io/node-kind=real (see realnode_fixtures).
 
 In order, on one release:
 - `helm install --wait`: the operator (and API) pods reach Ready through their httpGet probes,
@@ -15,11 +17,13 @@ In order, on one release:
 - `helm uninstall` leaves nothing: no pods, Deployments, RBAC objects, admission policy, leader
   Lease, and no finalizer on the cancellations; the namespace then goes away.
 
-The pods reach the API server, which listens on 127.0.0.1 only, through a forwarder on the node's
-bridge address (realnode_fixtures.TcpForwarder): `apiServer.host=kubernetes.default.svc` (a name
-in the API server's certificate) mapped by `hostAliases` to that address. (`hostNetwork: true`
-would reach it too, but makes the container ports host ports: one replica per node, and no
-rolling update on a single node.)
+Locally the pods reach the API server, which listens on 127.0.0.1 only, through a forwarder on
+the node's bridge address (realnode_fixtures.TcpForwarder): `apiServer.host=kubernetes.default.svc`
+(a name in the API server's certificate) mapped by `hostAliases` to that address. (`hostNetwork:
+true` would reach it too, but makes the container ports host ports: one replica per node, and no
+rolling update on a single node.) On an external cluster they use its `kubernetes` Service, unless
+$NECROCODE_TEST_HELM_VALUES adds other values. Everything the tests read of a pod goes through the
+API server: its probes' and metrics' answers (pod proxy), its log, its token (exec).
 
 Skipped, with what is missing, where the host cannot run the real node.
 """
@@ -32,7 +36,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -44,7 +47,16 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 from realnode_fixtures import *  # noqa: F403  (the fixtures: real_node_handle, operator_image, apiserver_forwarder)
-from realnode_fixtures import RealNodeHandle, TcpForwarder, start_job_runners
+from realnode_fixtures import (
+    HELM_VALUES_ENV,
+    ExitWatch,
+    RealNodeHandle,
+    TcpForwarder,
+    pod_log,
+    start_job_runners,
+    tool,
+    wait_working,
+)
 
 from kube_helpers import ClusterInfo, Kubectl, wait_for
 
@@ -61,11 +73,11 @@ def log(msg: str) -> None:
 
 
 class Release:
-    def __init__(self, cluster: ClusterInfo, ns: str, name: str, values: Path) -> None:
+    def __init__(self, cluster: ClusterInfo, ns: str, name: str, values: list[Path]) -> None:
         self.cluster, self.ns, self.name, self.values = cluster, ns, name, values
         self.fullname = f"{name}-necrocode-cancel"
-        self.helm = str((cluster.bins or Path.home() / ".cache" / "necrocode" / "bin") / "helm")
-        self.kubectl = str((cluster.bins or Path.home() / ".cache" / "necrocode" / "bin") / "kubectl")
+        self.helm = tool(cluster, "helm")
+        self.kubectl = tool(cluster, "kubectl")
         self.env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
 
     def run(self, *args: str, timeout: float = 240) -> tuple[subprocess.CompletedProcess[str], float]:
@@ -84,30 +96,31 @@ class Release:
 
 @pytest.fixture(scope="module")
 def release(cluster: ClusterInfo, kube: Kubectl, real_node_handle: RealNodeHandle, operator_image: str,
-            apiserver_forwarder: TcpForwarder, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
-    if not cluster.local:
-        pytest.skip("installs cluster-scoped objects and imports an image: only on the local control plane")
+            apiserver_forwarder: TcpForwarder | None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
     import realnode
 
     ns = f"rn-{uuid.uuid4().hex[:6]}"
     kube.create_namespace(ns)
     repo, tag = operator_image.rsplit(":", 1)
-    values = {
+    values: dict[str, Any] = {
         "image": {"repository": repo, "tag": tag, "pullPolicy": "Never"},
         "watchNamespaces": [ns],
         "leaderElection": {"enabled": True, "leaseSeconds": 5},
-        "apiServer": {"host": "kubernetes.default.svc", "port": str(apiserver_forwarder.port)},
-        "hostAliases": [{"ip": realnode.NODE_IP, "hostnames": ["kubernetes.default.svc"]}],
         "tolerations": [{"key": realnode.TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}],
-        # the real node first; a kwok node only when it cannot take the pod (cordoned, for the drain)
+        # the real node first; another node only when it cannot take the pod (cordoned, for the drain)
         "affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
             "weight": 100, "preference": {"matchExpressions": [
                 {"key": realnode.LABEL, "operator": "In", "values": ["real"]}]}}]}},
         "operator": {"retryBaseSeconds": 0.2, "stuckTimeoutSeconds": 5},
     }
+    if cluster.local:  # no kube-proxy: through the forwarder on the node's bridge (the module's docstring)
+        assert apiserver_forwarder is not None
+        values["apiServer"] = {"host": "kubernetes.default.svc", "port": str(apiserver_forwarder.port)}
+        values["hostAliases"] = [{"ip": realnode.NODE_IP, "hostnames": ["kubernetes.default.svc"]}]
     path = tmp_path_factory.mktemp("helm") / "values.yaml"
     path.write_text(yaml.safe_dump(values))
-    rel = Release(cluster, ns, f"rn{ns[-6:]}", path)
+    extra = os.environ.get(HELM_VALUES_ENV)  # external mode: added (and winning), e.g. how to reach the API server
+    rel = Release(cluster, ns, f"rn{ns[-6:]}", [path, *([Path(extra)] if extra else [])])
     try:
         yield rel
     finally:
@@ -127,22 +140,29 @@ def ready(pod: Any) -> bool:
     return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
 
 
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=3) as r:
-        return json.loads(r.read())
+def pod_get(kube: Kubectl, pod: Any, port: int, path: str) -> str:
+    """GET http://<pod>:<port>/<path> through the API server's pod proxy (which reaches pod IPs
+    from the control plane: on kind the pytest machine has no route to them)."""
+    resp = kube.core.connect_get_namespaced_pod_proxy_with_path(
+        f"{pod.metadata.name}:{port}", pod.metadata.namespace, path.lstrip("/"),
+        _preload_content=False, _request_timeout=5)
+    return str(resp.data.decode())
 
 
-def metrics(pod: Any) -> dict[str, float]:
+def get_json(kube: Kubectl, pod: Any, port: int, path: str) -> Any:
+    return json.loads(pod_get(kube, pod, port, path))
+
+
+def metrics(kube: Kubectl, pod: Any) -> dict[str, float]:
     from prometheus_client.parser import text_string_to_metric_families
 
-    with urllib.request.urlopen(f"http://{pod.status.pod_ip}:8080/metrics", timeout=3) as r:
-        text = r.read().decode()
+    text = pod_get(kube, pod, 8080, "/metrics")
     return {s.name + json.dumps(s.labels, sort_keys=True) if s.labels else s.name: s.value
             for fam in text_string_to_metric_families(text) for s in fam.samples if s.name.startswith("necrocode_")}
 
 
-def role(pod: Any) -> str:
-    return str(get_json(f"http://{pod.status.pod_ip}:8081/healthz")["role"])
+def role(kube: Kubectl, pod: Any) -> str:
+    return str(get_json(kube, pod, 8081, "/healthz")["role"])
 
 
 def deployment(kube: Kubectl, rel: Release) -> Any:
@@ -168,8 +188,8 @@ class ReadyWatch:
     deleted: what the Deployment and the PodDisruptionBudget count), and each pod's role (from
     its own /healthz) whenever it is Ready."""
 
-    def __init__(self, kube: Kubectl, rel: Release) -> None:
-        self.kube, self.rel = kube, rel
+    def __init__(self, kube: Kubectl, rel: Release, node: str) -> None:
+        self.kube, self.rel, self.node = kube, rel, node
         self.min_ready, self.max_ready = 99, 0
         self.max_ready_any = 0  # terminating pods included
         self.roles: dict[str, set[str]] = {}
@@ -190,10 +210,10 @@ class ReadyWatch:
             self.max_ready_any = max(self.max_ready_any, len(every))
             for p in pods:
                 self.nodes[p.metadata.name] = p.spec.node_name
-                if p.status.pod_ip and p.status.pod_ip.startswith("10.213."):
+                if p.spec.node_name == self.node:  # a real pod (not one of kwok's, whose IP leads nowhere)
                     try:
-                        self.roles.setdefault(p.metadata.name, set()).add(role(p))
-                    except OSError:
+                        self.roles.setdefault(p.metadata.name, set()).add(role(self.kube, p))
+                    except (OSError, ApiException, ValueError):
                         pass
             time.sleep(0.2)
 
@@ -203,21 +223,21 @@ class ReadyWatch:
         return self
 
 
-def pod_token(handle: RealNodeHandle, pod: Any) -> str:
-    """The ServiceAccount token the kubelet projected into the pod (read from the node's disk)."""
-    base = handle.node.dir / "kubelet" / "pods" / pod.metadata.uid / "volumes" / "kubernetes.io~projected"
-    tokens = list(base.glob("*/token"))
-    assert tokens, f"no projected token under {base}"
-    return tokens[0].read_text()
+def pod_token(rel: Release, pod: Any) -> str:
+    """The ServiceAccount token the kubelet projected into the pod, as the process reads it."""
+    out = subprocess.run([rel.kubectl, "exec", "-n", pod.metadata.namespace, pod.metadata.name, "-c", "operator",
+                          "--", "cat", "/var/run/secrets/kubernetes.io/serviceaccount/token"],
+                         env=rel.env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout, out.stderr
+    return out.stdout
 
 
-def pod_log(handle: RealNodeHandle, pod: Any, container: str = "operator") -> str:
-    """The container's log as the kubelet wrote it (on the node's disk)."""
-    d = handle.node.dir / "pod-logs" / f"{pod.metadata.namespace}_{pod.metadata.name}_{pod.metadata.uid}" / container
-    return "".join(f.read_text(errors="replace") for f in sorted(d.glob("*.log")))
+def operator_log(kube: Kubectl, pod: Any) -> str:
+    """The operator container's log, through the API server."""
+    return pod_log(kube, pod.metadata.namespace, pod.metadata.name, "operator")
 
 
-def diag(kube: Kubectl, rel: Release, handle: RealNodeHandle, lines: int = 15) -> str:
+def diag(kube: Kubectl, rel: Release, lines: int = 15) -> str:
     """The leader Lease and the tail of each operator pod's log, for a failure message."""
     try:
         lease = kube.coord.read_namespaced_lease(f"{rel.fullname}-leader", rel.ns).spec
@@ -225,8 +245,8 @@ def diag(kube: Kubectl, rel: Release, handle: RealNodeHandle, lines: int = 15) -
     except ApiException as exc:
         out = [f"lease: {exc.status}"]
     for p in operator_pods(kube, rel):
-        text = pod_log(handle, p).splitlines()[-lines:] if p.spec.node_name == handle.name else ["(not on the real node)"]
-        out.append(f"--- {p.metadata.name}:\n" + "\n".join(text))
+        text = operator_log(kube, p).splitlines()[-lines:]
+        out.append(f"--- {p.metadata.name} on {p.spec.node_name}:\n" + "\n".join(text))
     return "\n".join(out)
 
 
@@ -244,18 +264,18 @@ def allowed(kube: Kubectl, user: str, ns: str | None, verb: str, resource: str, 
 def test_install_ready_through_real_probes_serving_metrics(kube: Kubectl, release: Release,
                                                           real_node_handle: RealNodeHandle) -> None:
     rel, node = release, real_node_handle.name
-    _, took = rel.run("install", rel.name, str(CHART), "-n", rel.ns, "-f", str(rel.values), "--wait",
-                      "--timeout", "180s")
+    files = [arg for v in rel.values for arg in ("-f", str(v))]
+    _, took = rel.run("install", rel.name, str(CHART), "-n", rel.ns, *files, "--wait", "--timeout", "180s")
     [pod] = settled(kube, rel, 1, node)
     api = kube.pods(rel.ns, f"app.kubernetes.io/instance={rel.name},app.kubernetes.io/component=api")
     assert len(api) == 1 and ready(api[0]) and api[0].spec.node_name == node
     c = pod.spec.containers[0]
     assert c.liveness_probe.http_get.path == "/healthz" and c.readiness_probe.http_get.path == "/healthz"
     # the probes' answers, as the kubelet gets them: the process itself serves them
-    wait_for(lambda: role(pod) == "leader", timeout=30, what="the only replica leading")
-    health = get_json(f"http://{pod.status.pod_ip}:8081/healthz")
+    wait_for(lambda: role(kube, pod) == "leader", timeout=30, what="the only replica leading")
+    health = get_json(kube, pod, 8081, "/healthz")
     assert health == {"status": "ok", "role": "leader"}, health
-    m = metrics(pod)
+    m = metrics(kube, pod)
     assert m["necrocode_leader"] == 1.0, m
     lease = kube.coord.read_namespaced_lease(f"{rel.fullname}-leader", rel.ns)
     assert lease.spec.holder_identity.startswith(pod.metadata.name), lease.spec.holder_identity
@@ -265,7 +285,7 @@ def test_install_ready_through_real_probes_serving_metrics(kube: Kubectl, releas
     # its only credential is the ServiceAccount token the kubelet projected: no kubeconfig anywhere
     env = {e.name for e in c.env or []}
     assert not env & {"KUBECONFIG", "NECROCODE_KUBECONFIG"}
-    review = kube.authn.create_token_review({"spec": {"token": pod_token(real_node_handle, pod)}})
+    review = kube.authn.create_token_review({"spec": {"token": pod_token(rel, pod)}})
     user = f"system:serviceaccount:{rel.ns}:{rel.fullname}"
     assert review.status.authenticated and review.status.user.username == user, review.status
     assert review.status.user.extra["authentication.kubernetes.io/pod-name"] == [pod.metadata.name]
@@ -280,36 +300,41 @@ def test_install_ready_through_real_probes_serving_metrics(kube: Kubectl, releas
 
 
 def test_the_operator_pod_cancels_a_job_of_real_runners(kube: Kubectl, release: Release,
-                                                        real_node_handle: RealNodeHandle, tmp_path: Path) -> None:
+                                                        real_node_handle: RealNodeHandle) -> None:
     rel, node = release, real_node_handle.name
     if "installed" not in HISTORY:
         pytest.skip("needs the installed release")
     ns, job, grace = rel.ns, "job1", 3
     kube.create_job(ns, job)
-    arts = {tid: art for tid, (_, art) in start_job_runners(kube, ns, job, node, tmp_path).items()}
-    for tid, art in arts.items():
-        wait_for(lambda a=art: (a / "progress").exists(), timeout=60, what=f"runner {tid} working")
+    runners = start_job_runners(kube, ns, job, node)
+    for name in runners.values():
+        wait_working(kube, ns, name)
+    watcher = ExitWatch(kube, ns, f"necrocode.io/job={job}")
     t0 = time.monotonic()
     kube.cancel_job(ns, "stop-job1", job, reason="helm e2e", gracePeriodSeconds=grace, escalateAfterSeconds=10)
     try:
         jc = kube.wait_phase("jobcancellations", ns, "stop-job1", timeout=90)
+        took = time.monotonic() - t0
+        wait_for(lambda: len(watcher.exits) == 2, timeout=10, what=f"both exit codes (have {watcher.exits})")
     except AssertionError as exc:
-        pods = operator_pods(kube, rel)
-        logs = "\n".join(pod_log(real_node_handle, p)[-4000:] for p in pods)
+        logs = "\n".join(operator_log(kube, p)[-4000:] for p in operator_pods(kube, rel))
         raise AssertionError(f"{exc}\nstatus: {kube.get('jobcancellations', ns, 'stop-job1').get('status')}\n"
                              f"operator log:\n{logs}") from None
-    took = time.monotonic() - t0
+    finally:
+        watcher.stop()
     st = jc["status"]
     assert st["phase"] == "Completed", st
     assert st["progress"]["runnersTerminated"] == 2 and st["progress"]["runnersForced"] == 0, st["progress"]
-    assert "ended=sigterm" in (arts["graceful"] / "result").read_text()
-    assert not (arts["stubborn"] / "result").exists()  # killed at the end of the grace
-    for tid in arts:
+    # what each runner saved, from its termination message
+    assert watcher.code(runners["graceful"]) == 0 and watcher.report(runners["graceful"])["ended"] == "sigterm"
+    assert watcher.code(runners["stubborn"]) == 137  # killed at the end of the grace
+    assert "ended" not in watcher.report(runners["stubborn"])
+    for tid in runners:
         assert kube.get("agenttasks", ns, f"{job}-{tid}")["status"]["state"] == "Cancelled"
     [pod] = operator_pods(kube, rel)
-    text = pod_log(real_node_handle, pod)
+    text = operator_log(kube, pod)
     assert "stop-job1" in text and "Forbidden" not in text and '"status": 403' not in text, text[-3000:]
-    m = metrics(pod)
+    m = metrics(kube, pod)
     writes = {k: v for k, v in m.items() if k.startswith("necrocode_api_requests_total")}
     assert sum(writes.values()) > 0, m
     # kopf's finalizer comes off a finished cancellation (nothing will be stuck at uninstall)
@@ -323,7 +348,7 @@ def test_upgrade_with_one_replica_completes(kube: Kubectl, release: Release, rea
     if "installed" not in HISTORY:
         pytest.skip("needs the installed release")
     [old] = operator_pods(kube, rel)
-    watch = ReadyWatch(kube, rel)
+    watch = ReadyWatch(kube, rel, node)
     try:
         took = rel.upgrade("podAnnotations.necrocode\\.io/rev=2")
     finally:
@@ -333,12 +358,12 @@ def test_upgrade_with_one_replica_completes(kube: Kubectl, release: Release, rea
     # maxSurge 1, maxUnavailable 0: the new pod was Ready next to the old leader, so as a standby
     # (one replica leads at a time), and it did stand by before it led
     assert watch.max_ready_any == 2 and watch.min_ready >= 1, (watch.min_ready, watch.max_ready_any)
-    wait_for(lambda: role(new) == "leader", timeout=45, what="the new pod leading")
-    text = pod_log(real_node_handle, new)
+    wait_for(lambda: role(kube, new) == "leader", timeout=45, what="the new pod leading")
+    text = operator_log(kube, new)
     assert "standing by" in text, text[-2000:]
     # Ready (through the kubelet's probe) before it led: readiness does not wait for the Lease
     became_ready = next(c.last_transition_time for c in new.status.conditions if c.type == "Ready")
-    acquired = datetime.fromisoformat(next(json.loads(line.split(" ", 3)[3])["ts"] for line in text.splitlines()
+    acquired = datetime.fromisoformat(next(json.loads(line)["ts"] for line in text.splitlines()
                                            if "leadership acquired" in line))
     assert became_ready < acquired, (became_ready, acquired)
     log(f"\nhelm upgrade (1 replica, pod template changed): {took:.1f}s; the new pod Ready at {became_ready} "
@@ -362,24 +387,24 @@ def test_upgrade_with_two_replicas_completes(kube: Kubectl, release: Release, re
         log("\n".join(difflib.unified_diff(m[0], m[1], lineterm="")))
     assert before <= after, "scaling changed the pod template"
     # one leads: the old leader may still be stopping (kopf's graceful stop) after the rollout
-    wait_for(lambda: sorted(role(p) for p in pods) == ["leader", "standby"], timeout=45,
+    wait_for(lambda: sorted(role(kube, p) for p in pods) == ["leader", "standby"], timeout=45,
              what="a leader and a standby")
     # the standby serves /metrics too
-    assert sorted(metrics(p)["necrocode_leader"] for p in pods) == [0.0, 1.0]
+    assert sorted(metrics(kube, p)["necrocode_leader"] for p in pods) == [0.0, 1.0]
     pdb = client.PolicyV1Api(kube.api).read_namespaced_pod_disruption_budget(rel.fullname, rel.ns)
     wait_for(lambda: client.PolicyV1Api(kube.api).read_namespaced_pod_disruption_budget(
         rel.fullname, rel.ns).status.disruptions_allowed == 1, timeout=30, what="the PDB allowing one disruption")
     assert pdb.spec.min_available == 1
 
-    watch = ReadyWatch(kube, rel)
+    watch = ReadyWatch(kube, rel, node)
     try:
         took = rel.upgrade("podAnnotations.necrocode\\.io/rev=3")
     finally:
         watch.stop()
     pods = settled(kube, rel, 2, node)
     assert all(p.metadata.annotations["necrocode.io/rev"] == "3" for p in pods)
-    wait_for(lambda: sorted(role(p) for p in pods) == ["leader", "standby"], timeout=45,
-             what=f"a leader and a standby\n{diag(kube, rel, real_node_handle)}")
+    wait_for(lambda: sorted(role(kube, p) for p in pods) == ["leader", "standby"], timeout=45,
+             what=f"a leader and a standby\n{diag(kube, rel)}")
     assert watch.min_ready >= 2, watch.min_ready  # maxUnavailable 0
     log(f"\nhelm upgrade to 2 replicas: {took_scale:.1f}s (leader + standby, both Ready); "
         f"helm upgrade with 2 replicas (pod template changed): {took:.1f}s, Ready pods during it "
@@ -394,8 +419,8 @@ def test_rollback_completes(kube: Kubectl, release: Release, real_node_handle: R
     _, took = rel.run("rollback", rel.name, "0", "-n", rel.ns, "--wait", "--timeout", "180s")
     pods = settled(kube, rel, 2, node)
     assert all(p.metadata.annotations["necrocode.io/rev"] == "2" for p in pods)
-    wait_for(lambda: sorted(role(p) for p in pods) == ["leader", "standby"], timeout=45,
-             what=f"a leader and a standby\n{diag(kube, rel, real_node_handle)}")
+    wait_for(lambda: sorted(role(kube, p) for p in pods) == ["leader", "standby"], timeout=45,
+             what=f"a leader and a standby\n{diag(kube, rel)}")
     out, _ = rel.run("history", rel.name, "-n", rel.ns, "-o", "json")
     history = json.loads(out.stdout)
     assert history[-1]["description"].startswith("Rollback to") and history[-1]["status"] == "deployed", history[-1]
@@ -411,7 +436,7 @@ def test_drain_respects_the_pdb_and_completes(kube: Kubectl, release: Release,
     wait_for(lambda: client.PolicyV1Api(kube.api).read_namespaced_pod_disruption_budget(
         rel.fullname, rel.ns).status.disruptions_allowed == 1, timeout=30, what="the PDB allowing one disruption")
     first, second = operator_pods(kube, rel)
-    watch = ReadyWatch(kube, rel)
+    watch = ReadyWatch(kube, rel, node)
 
     # the PodDisruptionBudget at work: one replica may go, the other only once a replacement is Ready
     def evict(pod: Any) -> None:

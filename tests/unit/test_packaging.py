@@ -19,6 +19,8 @@ from localcluster import CACHE  # noqa: E402
 COPIES = {  # chart file -> its single source
     **{CHART / "crds" / p.name: p for p in (REPO / "crds").glob("*.yaml")},
     CHART / "files" / "admission-policy.yaml": REPO / "deploy" / "admission-policy.yaml",
+    CHART / "files" / "requester-policy.yaml": REPO / "deploy" / "requester-policy.yaml",
+    CHART / "files" / "user-roles.yaml": REPO / "deploy" / "user-roles.yaml",
     CHART / "files" / "necrocode-alerts.yaml": REPO / "deploy" / "prometheus" / "necrocode-alerts.yaml",
     CHART / "files" / "necrocode-dashboard.json": REPO / "deploy" / "grafana" / "necrocode-dashboard.json",
 }
@@ -56,9 +58,10 @@ def test_helm_lint_passes() -> None:
 def test_default_render_is_cluster_wide_hardened_and_single_replica() -> None:
     docs = template()
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == ["ClusterRole", "ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding",
-                     "ClusterRoleBinding", "ClusterRoleBinding", "Deployment", "Deployment", "Service", "Service",
-                     "ServiceAccount", "ServiceAccount", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
+    assert kinds == ["ClusterRole", "ClusterRole", "ClusterRole", "ClusterRole", "ClusterRoleBinding",
+                     "ClusterRoleBinding", "ClusterRoleBinding", "Deployment", "Deployment", "Role", "RoleBinding",
+                     "Service", "Service", "ServiceAccount", "ServiceAccount", "ValidatingAdmissionPolicy",
+                     "ValidatingAdmissionPolicyBinding"]
     [dep] = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "rel-necrocode-cancel"]
     pod = dep["spec"]["template"]["spec"]
     c = pod["containers"][0]
@@ -99,12 +102,63 @@ def test_namespaced_render_uses_roles_only_in_the_listed_namespaces() -> None:
     roles = {(d["kind"], d["metadata"].get("namespace")) for d in docs if d["kind"] in ("Role", "RoleBinding")}
     assert roles == {("Role", "team-a"), ("Role", "team-b"), ("RoleBinding", "team-a"), ("RoleBinding", "team-b"),
                      ("Role", "ops"), ("RoleBinding", "ops")}
-    operator_cluster_rules = [r for d in docs if d["kind"] == "ClusterRole" and not d["metadata"]["name"].endswith("-api")
-                              for r in d["rules"]]
-    assert all(set(r["verbs"]) <= {"get", "list", "watch"} for r in operator_cluster_rules)
+    # nothing cluster-wide for the operator (docs/rbac.md: kopf needs no namespaces or CRDs then)
+    assert not [d for d in docs if d["kind"] == "ClusterRoleBinding"
+                and any(s["name"] == "rel-necrocode-cancel" for s in d["subjects"])]
     assert not any(d["kind"] == "ClusterRoleBinding" and d["metadata"]["name"] == "rel-necrocode-cancel-api" for d in docs)
     [dep] = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "rel-necrocode-cancel"]
     assert dep["spec"]["template"]["spec"]["containers"][0]["args"][:2] == ["--namespace=team-a", "--namespace=team-b"]
+
+
+def _api(docs: list[dict]) -> tuple[dict, dict, dict]:
+    """The API's container, pod spec and Service."""
+    [dep] = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "rel-necrocode-cancel-api"]
+    [svc] = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "rel-necrocode-cancel-api"]
+    pod = dep["spec"]["template"]["spec"]
+    return pod["containers"][0], pod, svc
+
+
+def test_api_render_plain_http_with_a_body_limit_and_vouch() -> None:
+    docs = template()
+    c, pod, svc = _api(docs)
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["NECROCODE_API_MAX_BODY_BYTES"] == "65536"
+    assert "NECROCODE_API_AUDIENCES" not in env and "NECROCODE_API_TLS_CERT_FILE" not in env
+    assert c["livenessProbe"]["httpGet"]["scheme"] == c["readinessProbe"]["httpGet"]["scheme"] == "HTTP"
+    assert [v["name"] for v in pod["volumes"]] == ["tmp"]
+    assert svc["spec"]["ports"][0]["appProtocol"] == "http"
+    # the API creates on its callers' behalf: the requester policy keeps what it records only with `vouch`
+    [role] = [d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "rel-necrocode-cancel-api"]
+    [rule] = [r for r in role["rules"] if "jobcancellations" in r["resources"]]
+    assert set(rule["resources"]) == {"jobcancellations", "taskcancellations"}
+    assert set(rule["verbs"]) == {"get", "list", "create", "vouch"}
+
+
+def test_api_render_with_tls_audiences_and_a_smaller_limit() -> None:
+    docs = template("api.tls.secretName=api-tls", "api.audiences={necrocode-api,console}", "api.maxBodyBytes=4096")
+    c, pod, svc = _api(docs)
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["NECROCODE_API_MAX_BODY_BYTES"] == "4096"
+    assert env["NECROCODE_API_AUDIENCES"] == "necrocode-api,console"
+    assert (env["NECROCODE_API_TLS_CERT_FILE"], env["NECROCODE_API_TLS_KEY_FILE"]) == (
+        "/etc/necrocode/tls/tls.crt", "/etc/necrocode/tls/tls.key")
+    [mount] = [m for m in c["volumeMounts"] if m["name"] == "tls"]
+    assert mount == {"name": "tls", "mountPath": "/etc/necrocode/tls", "readOnly": True}
+    [vol] = [v for v in pod["volumes"] if v["name"] == "tls"]
+    assert vol["secret"] == {"secretName": "api-tls", "defaultMode": 0o440}
+    assert pod["securityContext"]["fsGroup"] == 10001  # what makes the 0440 key readable to the server
+    assert c["livenessProbe"]["httpGet"]["scheme"] == c["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert svc["spec"]["ports"][0]["appProtocol"] == "https"
+    # a multi-replica API is rendered the same way (each pod mounts the Secret)
+    assert _api(template("api.tls.secretName=api-tls", "api.replicaCount=3"))[1]["volumes"][-1] == vol
+
+
+def test_api_values_are_checked_by_the_schema() -> None:
+    for bad in ("api.maxBodyBytes=0", "api.audiences={a\\,b}", "api.tls.secretName=Not_A_Name", "api.tls.bogus=1"):
+        out = subprocess.run([helm(), "template", "rel", str(CHART), "--kube-version", "1.36.0", "--set", bad],
+                             capture_output=True, text=True)
+        assert out.returncode != 0, bad
+        assert "api" in out.stderr, (bad, out.stderr)
 
 
 def test_values_schema_refuses_bad_values() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 from necrocode.cleaner import _held_for, released
 from necrocode.clock import ManualClock
 from necrocode.logs import Bound
-from necrocode.model import AffectedTask, Ref, TaskState
+from necrocode.model import AffectedTask, Ref, Requester, TaskState
 from necrocode.taskregistry import TaskRegistry
 
 
@@ -44,15 +44,18 @@ def test_a_task_update_keeps_its_status_and_records_the_cancellation() -> None:
             "status": {"state": "Running", "runner": "j-a-runner", "repoSlot": "slot-1"}}
     a = AffectedTask(taskId="a", name="j-a", before="Running", after="Cancelled", reason="")
     by = Ref("JobCancellation", "stop", "uid-1")
-    out = reg._update(task, a, by=by, requested_by=None, reason="budget", prev=TaskState.RUNNING)
+    out = reg._update(task, a, by=by, requester=Requester(""), reason="budget", prev=TaskState.RUNNING)
     assert out["metadata"] == {"name": "j-a", "resourceVersion": "7"}
     assert out["status"]["runner"] == "j-a-runner" and out["status"]["repoSlot"] == "slot-1"
     assert out["status"]["state"] == "Cancelled"
     assert out["status"]["cancellation"] == {"reason": "budget", "cancelledAt": "2026-11-26T03:00:00Z",
                                              "cancelledBy": "stop", "cancelledByKind": "JobCancellation",
                                              "cancelledByUid": "uid-1", "previousState": "Running"}
+    verified = reg._update(task, a, by=by, requester=Requester("alice", verified=True), reason="", prev=TaskState.RUNNING)
+    assert verified["status"]["cancellation"]["requestedBy"] == "alice"
+    assert verified["status"]["cancellation"]["requesterVerified"] is True
     blocked = reg._update(task, a.model_copy(update={"after": "Blocked", "reason": "dependency a cancelled"}),
-                          by=Ref("TaskCancellation", "stop", "uid-2"), requested_by="bob", reason="x",
+                          by=Ref("TaskCancellation", "stop", "uid-2"), requester=Requester("bob"), reason="x",
                           prev=TaskState.PENDING)
     assert blocked["status"]["blockedBy"] == "stop" and blocked["status"]["message"] == "dependency a cancelled"
     assert blocked["status"]["blockedByUid"] == "uid-2"

@@ -6,7 +6,10 @@ may do the thing (SubjectAccessReview, with the user's groups, uid and extra). T
 has no users, roles or policies of its own.
 
 Successful answers are cached for a few seconds (bounded), keyed by a hash of the token, so
-a busy console does not send two reviews per request; failures are never cached.
+a busy console does not send two reviews per request. A token the API server rejected is
+remembered too (a bounded negative cache, by hash), and each client has a budget of failed
+authentications (`limits.FailureLimiter`), so a flood of bogus tokens costs a bounded number
+of TokenReviews. With `audiences`, a token counts only if it was issued for one of them.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import HTTPException
 
+from necrocode.api.limits import FailureLimiter, retry_after
 from necrocode.kube import ApiError, Kube
 from necrocode.model import GROUP
 
@@ -101,39 +105,79 @@ def unauthorized(detail: str) -> HTTPException:
     return HTTPException(status_code=401, detail=detail, headers={"WWW-Authenticate": "Bearer"})
 
 
+def too_many_failures(seconds: float) -> HTTPException:
+    return HTTPException(status_code=429, detail="too many failed authentications from this client; try again later",
+                         headers={"Retry-After": retry_after(seconds)})
+
+
+def token_key(token: str) -> str:
+    """What the caches keep of a token: its SHA-256, never the token."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 class Authenticator:
     """TokenReview and SubjectAccessReview through the server's own credentials (`kube`)."""
 
     def __init__(self, kube: Kube, *, allow_anonymous: bool = False, cache_seconds: float = 10.0,
-                 cache_size: int = 1024, clock: Callable[[], float] = time.monotonic):
+                 cache_size: int = 1024, audiences: Sequence[str] = (), failures: FailureLimiter | None = None,
+                 rejected_seconds: float = 60.0, rejected_size: int = 4096,
+                 clock: Callable[[], float] = time.monotonic):
         self.kube = kube
         self.allow_anonymous = allow_anonymous
+        self.audiences = tuple(audiences)
         self.tokens = TtlCache(cache_seconds, cache_size, clock)
         self.decisions = TtlCache(cache_seconds, cache_size, clock)
+        self.rejected = TtlCache(rejected_seconds, rejected_size, clock)
+        self.failures = failures if failures is not None else FailureLimiter(clock=clock)
         self.reviews = 0  # TokenReviews sent (for tests and metrics)
+        self.throttled = 0  # requests answered 429
 
-    async def authenticate(self, token: str | None) -> Caller:
-        """The caller of a bearer token; 401 when there is none or the API server does not know it."""
+    async def authenticate(self, token: str | None, client: str = "") -> Caller:
+        """The caller of a bearer token; 401 when there is none or the API server does not know
+        it; 429 when `client` (its IP address) has used up its failed authentications. A token
+        known good is served whatever the client's budget: it costs the API server nothing."""
         if not token:
             if self.allow_anonymous:
                 return ANONYMOUS_CALLER
             raise unauthorized("a bearer token is required (Authorization: Bearer <token>)")
-        if len(token) > TOKEN_MAX:
-            raise unauthorized("the bearer token was not accepted")
-        key = hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+        key = token_key(token)
         cached: Caller | None = self.tokens.get(key)
         if cached is not None:
             return cached
-        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}}
+        wait = self.failures.take(client)
+        if wait:
+            self.throttled += 1
+            raise too_many_failures(wait)
+        caller = await self._review_token(token, key)
+        self.failures.give_back(client)
+        self.tokens.put(key, caller)
+        return caller
+
+    async def _review_token(self, token: str, key: str) -> Caller:
+        """Ask the API server (unless the token was rejected lately); 401, remembered, when it
+        does not authenticate the token for one of our audiences."""
+        if len(token) > TOKEN_MAX or self.rejected.get(key):
+            raise unauthorized("the bearer token was not accepted")
+        spec: dict[str, Any] = {"token": token}
+        if self.audiences:
+            spec["audiences"] = list(self.audiences)
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": spec}
         self.reviews += 1
         review = await self._review(TOKEN_REVIEW_PATH, body, "the bearer token")
         status = review.get("status") or {}
         user = status.get("user") or {}
-        if not status.get("authenticated") or not user.get("username"):
+        if not status.get("authenticated") or not user.get("username") or not self._for_us(status):
+            self.rejected.put(key, True)
             raise unauthorized("the bearer token was not accepted")
-        caller = caller_of(user)
-        self.tokens.put(key, caller)
-        return caller
+        return caller_of(user)
+
+    def _for_us(self, status: dict[str, Any]) -> bool:
+        """Whether the token was issued for one of our audiences (any, when none are set: the API
+        server then checked it against its own). The API server lists in status.audiences those
+        of spec.audiences the token is valid for; an empty intersection means not for us."""
+        if not self.audiences:
+            return True
+        return bool(set(self.audiences) & {str(a) for a in status.get("audiences") or ()})
 
     async def _review(self, path: str, body: dict[str, Any], what: str) -> dict[str, Any]:
         """POST a TokenReview or SubjectAccessReview; an API server that cannot answer is a 503."""

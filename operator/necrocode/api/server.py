@@ -6,7 +6,8 @@ the CLI and kubectl, and lets the operator do the work. It runs as its own proce
 operator's image (not inside the operator's event loop), so a flood of HTTP requests cannot
 slow the controller, and the two scale and fail apart.
 
-    necrocode-api [--host H] [--port P] [--namespace NS]
+    necrocode-api [--host H] [--port P] [--namespace NS] [--max-body-bytes N] [--audience A ...]
+                  [--tls-cert-file CRT --tls-key-file KEY]
 
 Settings are environment variables (NECROCODE_API_*, docs/api.md); flags override them.
 """
@@ -19,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import quote, urlencode
 
 from fastapi import Body, Depends, FastAPI, Path, Query, Request, Response, Security
@@ -32,6 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from necrocode import logs
 from necrocode.api.auth import Authenticator, Caller
+from necrocode.api.limits import MAX_BODY_DEFAULT, BodyLimit, FailureLimiter
 from necrocode.api.schemas import (
     JOB_MAX,
     JOB_PATTERN,
@@ -53,8 +55,11 @@ from necrocode.api.schemas import (
     TaskCancelRequest,
     ValidationErrorBody,
 )
+from necrocode.api.tls import CertReloader
 from necrocode.kube import AlreadyExists, ApiError, Conflict, Forbidden, Invalid, Kube, NotFound, load_credentials, nc_path
 from necrocode.model import (
+    ANNOTATION_REQUESTER,
+    ANNOTATION_REQUESTER_GROUPS,
     API_VERSION,
     JOB_CANCELLATION,
     LABEL_JOB,
@@ -66,6 +71,9 @@ from necrocode.model import (
 )
 from necrocode.naming import cancellation_labels, generate_name, label_ok
 
+if TYPE_CHECKING:
+    import uvicorn
+
 Obj = dict[str, Any]
 _LOG = logging.getLogger("necrocode.api")
 JOBS, TASKS = PLURAL[JOB_CANCELLATION], PLURAL[TASK_CANCELLATION]
@@ -74,6 +82,11 @@ FINISHED_HEADER = "NecroCode-Finished"
 
 def _env_bool(name: str, default: bool) -> bool:
     return os.environ.get(name, "true" if default else "false").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _env_list(name: str) -> tuple[str, ...]:
+    """A comma-separated list; empty entries dropped."""
+    return tuple(x.strip() for x in os.environ.get(name, "").split(",") if x.strip())
 
 
 @dataclass(frozen=True)
@@ -86,6 +99,23 @@ class ApiSettings:
     """Serve callers without a token as system:anonymous (still subject to RBAC)."""
     token_cache_seconds: float = 10.0
     token_cache_size: int = 1024
+    max_body_bytes: int = MAX_BODY_DEFAULT
+    """Larger request bodies are answered 413 before authentication, unread."""
+    audiences: tuple[str, ...] = ()
+    """TokenReview audiences; a token must have been issued for one of them (empty: the API
+    server's own audiences)."""
+    auth_failure_burst: int = 10
+    auth_failure_per_second: float = 1.0
+    """Per client IP: this many failed authentications at once, then this many per second; more is 429."""
+    auth_failure_clients: int = 10000
+    """At most this many clients are tracked (least recently seen dropped first)."""
+    rejected_cache_seconds: float = 60.0
+    rejected_cache_size: int = 4096
+    """A rejected token (by hash) is answered 401 without a TokenReview for this long."""
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    """Serve HTTPS with this certificate chain and key (PEM); re-read when they change."""
+    tls_reload_seconds: float = 60.0
     poll_seconds: float = 0.5
     """How often `?wait=true` reads the cancellation."""
     request_timeout: float = 30.0
@@ -104,6 +134,16 @@ class ApiSettings:
             allow_anonymous=_env_bool("NECROCODE_API_ALLOW_ANONYMOUS", False),
             token_cache_seconds=float(e("NECROCODE_API_TOKEN_CACHE_SECONDS", "10")),
             token_cache_size=int(e("NECROCODE_API_TOKEN_CACHE_SIZE", "1024")),
+            max_body_bytes=int(e("NECROCODE_API_MAX_BODY_BYTES", str(MAX_BODY_DEFAULT))),
+            audiences=_env_list("NECROCODE_API_AUDIENCES"),
+            auth_failure_burst=int(e("NECROCODE_API_AUTH_FAILURE_BURST", "10")),
+            auth_failure_per_second=float(e("NECROCODE_API_AUTH_FAILURE_PER_SECOND", "1")),
+            auth_failure_clients=int(e("NECROCODE_API_AUTH_FAILURE_CLIENTS", "10000")),
+            rejected_cache_seconds=float(e("NECROCODE_API_REJECTED_CACHE_SECONDS", "60")),
+            rejected_cache_size=int(e("NECROCODE_API_REJECTED_CACHE_SIZE", "4096")),
+            tls_cert_file=e("NECROCODE_API_TLS_CERT_FILE") or None,
+            tls_key_file=e("NECROCODE_API_TLS_KEY_FILE") or None,
+            tls_reload_seconds=float(e("NECROCODE_API_TLS_RELOAD_SECONDS", "60")),
             poll_seconds=float(e("NECROCODE_API_POLL_SECONDS", "0.5")),
             request_timeout=float(e("NECROCODE_REQUEST_TIMEOUT_SECONDS", "30")),
             concurrency=int(e("NECROCODE_CONCURRENCY", "50")),
@@ -139,6 +179,13 @@ def location(name: str, namespace: str) -> str:
     return f"/api/cancellations/{quote(name, safe='')}?{urlencode({'namespace': namespace})}"
 
 
+def requester_annotations(caller: Caller) -> dict[str, str]:
+    """Who asked, for the API server's requester policy (deploy/requester-policy.yaml). The
+    policy overwrites these with the creating identity, here this server's own, unless that
+    identity may `vouch` for cancellations; the chart grants it, so the caller is recorded."""
+    return {ANNOTATION_REQUESTER: caller.username, ANNOTATION_REQUESTER_GROUPS: ",".join(caller.groups)}
+
+
 # ----------------------------------------------------------------------------- parameters
 NamespaceQuery = Annotated[str | None, Query(
     min_length=1, max_length=NAMESPACE_MAX, pattern=NAMESPACE_PATTERN,
@@ -157,6 +204,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "No bearer token, or one the API server does not accept."},
     403: {"model": ErrorBody, "description": "Kubernetes RBAC does not allow it; names the missing permission."},
     422: {"model": ValidationErrorBody, "description": "A bad body field or parameter, with the field and why."},
+    429: {"model": ErrorBody, "description": "Too many failed authentications from this client; see Retry-After.",
+          "headers": {"Retry-After": {"description": "Seconds to wait before trying again.",
+                                      "schema": {"type": "string"}}}},
     503: {"model": ErrorBody, "description": "The Kubernetes API server cannot be reached or failed."},
 }
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody, "description": "No such job, task or cancellation."}}
@@ -176,6 +226,8 @@ CREATED: dict[int | str, dict[str, Any]] = {
     201: {"description": "Created; the cancellation and its status.", "headers": CREATED_HEADERS, "links": LINKS},
     404: {"model": ErrorBody, "description": "No such job (or task); nothing was created."},
     409: {"model": ErrorBody, "description": "A conflict with what is stored; nothing was created."},
+    413: {"model": ErrorBody, "description": "The body is larger than the server's limit (answered before "
+                                             "authentication, unread); nothing was created."},
 }
 
 
@@ -196,13 +248,20 @@ def create_app(settings: ApiSettings, kube: Kube) -> FastAPI:
     """The ASGI app; `kube` talks to the API server with the server's own credentials (closed
     when the app shuts down)."""
     auth = Authenticator(kube, allow_anonymous=settings.allow_anonymous, cache_seconds=settings.token_cache_seconds,
-                         cache_size=settings.token_cache_size)
+                         cache_size=settings.token_cache_size, audiences=settings.audiences,
+                         failures=FailureLimiter(settings.auth_failure_burst, settings.auth_failure_per_second,
+                                                 settings.auth_failure_clients),
+                         rejected_seconds=settings.rejected_cache_seconds, rejected_size=settings.rejected_cache_size)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        reloader: CertReloader | None = getattr(app.state, "tls_reloader", None)
+        task = asyncio.create_task(reloader.run(), name="tls-reload") if reloader else None
         try:
             yield
         finally:
+            if task is not None:
+                task.cancel()
             await kube.close()
 
     try:
@@ -218,6 +277,9 @@ def create_app(settings: ApiSettings, kube: Kube) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings, app.state.kube, app.state.auth = settings, kube, auth
+    # outermost but for Starlette's error middleware: an oversized body is refused before routing,
+    # and so before the authentication dependency and its TokenReview
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     bearer = HTTPBearer(auto_error=False, description="A Kubernetes bearer token (e.g. a ServiceAccount token).")
 
     # ---------------------------------------------------------------- errors, mapped once
@@ -252,8 +314,10 @@ def create_app(settings: ApiSettings, kube: Kube) -> FastAPI:
         return _error(500, "internal server error")
 
     # ---------------------------------------------------------------- authentication and RBAC
-    async def authenticated(credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]) -> Caller:
-        return await auth.authenticate(credentials.credentials if credentials else None)
+    async def authenticated(request: Request,
+                            credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]) -> Caller:
+        client = request.client.host if request.client else ""
+        return await auth.authenticate(credentials.credentials if credentials else None, client)
 
     def authorized(verb: str, *plurals: str) -> Callable[..., Awaitable[Access]]:
         async def dependency(caller: Annotated[Caller, Depends(authenticated)],
@@ -281,10 +345,12 @@ def create_app(settings: ApiSettings, kube: Kube) -> FastAPI:
         if not tasks:
             raise ApiNotFound(f"task {task_id} of job {job_id} not found in namespace {ns}")
 
-    async def create(kind: str, ns: str, job_id: str, task_id: str | None, spec: Obj) -> Obj:
+    async def create(kind: str, access: Access, job_id: str, task_id: str | None, spec: Obj) -> Obj:
+        ns = access.namespace
         for attempt in range(3):
             body = {"apiVersion": API_VERSION, "kind": kind,
-                    "metadata": {"name": generate_name(job_id, task_id), "labels": cancellation_labels(job_id, task_id)},
+                    "metadata": {"name": generate_name(job_id, task_id), "labels": cancellation_labels(job_id, task_id),
+                                 "annotations": requester_annotations(access.caller)},
                     "spec": spec}
             try:
                 return await kube.create(nc_path(ns, PLURAL[kind]), body)
@@ -340,13 +406,14 @@ def create_app(settings: ApiSettings, kube: Kube) -> FastAPI:
                          body: Annotated[JobCancelRequest | None, Body()] = None,
                          wait: WaitQuery = False, wait_timeout: TimeoutQuery = WAIT_TIMEOUT_DEFAULT) -> CancellationResult:
         """Validate, check that the job exists (404 before anything is created), create a
-        JobCancellation with `requestedBy` set to the caller, and return it with its status.
+        JobCancellation recording the caller (`requestedBy`, and the requester annotations),
+        and return it with its status.
         With `wait=true`, answer once it has finished or `timeout` seconds passed."""
         req = body or JobCancelRequest()
         ns = access.namespace
         spec = req.spec(job_id, access.caller.username)
         await find_job(ns, job_id)
-        obj = await create(JOB_CANCELLATION, ns, job_id, None, spec)
+        obj = await create(JOB_CANCELLATION, access, job_id, None, spec)
         return await answer_created(obj, ns, response, wait, wait_timeout)
 
     @app.post("/api/tasks/{task_id}/cancel", status_code=201, response_model=CancellationResult,
@@ -361,7 +428,7 @@ def create_app(settings: ApiSettings, kube: Kube) -> FastAPI:
         spec = body.spec(task_id, access.caller.username)
         await find_job(ns, body.job_id)
         await find_task(ns, body.job_id, task_id)
-        obj = await create(TASK_CANCELLATION, ns, body.job_id, task_id, spec)
+        obj = await create(TASK_CANCELLATION, access, body.job_id, task_id, spec)
         return await answer_created(obj, ns, response, wait, wait_timeout)
 
     @app.get("/api/jobs/{job_id}/cancellation-status", response_model=CancellationResult,
@@ -423,9 +490,17 @@ class ApiNotFound(Exception):
 
 
 # ----------------------------------------------------------------------------- process
-def main(argv: list[str] | None = None) -> int:
+def server_config(settings: ApiSettings, app: FastAPI) -> "uvicorn.Config":
+    """uvicorn's settings: HTTPS when a certificate and key are given, else plain HTTP."""
     import uvicorn
 
+    return uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, proxy_headers=True,
+                          timeout_graceful_shutdown=10, ssl_certfile=settings.tls_cert_file,
+                          ssl_keyfile=settings.tls_key_file)
+
+
+def parse_settings(argv: list[str] | None) -> ApiSettings:
+    """The environment's settings, overridden by the command line's flags."""
     env = ApiSettings.from_env()
     ap = argparse.ArgumentParser(prog="necrocode-api", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -433,16 +508,43 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=env.port, help="port (NECROCODE_API_PORT)")
     ap.add_argument("--namespace", default=env.namespace, help="default namespace (NECROCODE_API_NAMESPACE)")
     ap.add_argument("--log-format", choices=["json", "text"], default=env.log_format)
+    ap.add_argument("--max-body-bytes", type=int, default=env.max_body_bytes, metavar="N",
+                    help="larger request bodies are refused with 413 (NECROCODE_API_MAX_BODY_BYTES)")
+    ap.add_argument("--audience", dest="audiences", action="append", default=None, metavar="AUDIENCE",
+                    help="accept only tokens issued for this audience; repeatable "
+                         "(NECROCODE_API_AUDIENCES, comma separated)")
+    ap.add_argument("--tls-cert-file", default=env.tls_cert_file, metavar="PATH",
+                    help="serve HTTPS with this PEM certificate chain (NECROCODE_API_TLS_CERT_FILE)")
+    ap.add_argument("--tls-key-file", default=env.tls_key_file, metavar="PATH",
+                    help="and this PEM private key (NECROCODE_API_TLS_KEY_FILE)")
     a = ap.parse_args(argv)
-    settings = replace(env, host=a.host, port=a.port, namespace=a.namespace, log_format=a.log_format)
+    if bool(a.tls_cert_file) != bool(a.tls_key_file):
+        ap.error("--tls-cert-file and --tls-key-file go together")
+    if a.max_body_bytes < 0:
+        ap.error("--max-body-bytes must be >= 0")
+    return replace(env, host=a.host, port=a.port, namespace=a.namespace, log_format=a.log_format,
+                   max_body_bytes=a.max_body_bytes,
+                   audiences=tuple(a.audiences) if a.audiences is not None else env.audiences,
+                   tls_cert_file=a.tls_cert_file or None, tls_key_file=a.tls_key_file or None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import uvicorn
+
+    settings = parse_settings(argv)
     logs.configure(settings.log_format, settings.log_level)
     kube = Kube(load_credentials(settings.kubeconfig), concurrency=settings.concurrency,
                 timeout=settings.request_timeout)
     app = create_app(settings, kube)
-    _LOG.info("serving on %s:%s (default namespace %s, anonymous %s)", settings.host, settings.port,
-              settings.namespace, "allowed" if settings.allow_anonymous else "refused")
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, proxy_headers=True,
-                timeout_graceful_shutdown=10)
+    config = server_config(settings, app)
+    config.load()  # builds the TLS context now, so the reloader holds the one uvicorn serves with
+    if config.ssl is not None and settings.tls_cert_file and settings.tls_key_file:
+        app.state.tls_reloader = CertReloader(config.ssl, settings.tls_cert_file, settings.tls_key_file,
+                                              settings.tls_reload_seconds)
+    _LOG.info("serving %s on %s:%s (default namespace %s, anonymous %s, audiences %s)",
+              "https" if config.ssl else "http", settings.host, settings.port, settings.namespace,
+              "allowed" if settings.allow_anonymous else "refused", ",".join(settings.audiences) or "the API server's")
+    uvicorn.Server(config).run()
     return 0
 
 

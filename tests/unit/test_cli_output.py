@@ -1,0 +1,127 @@
+"""The CLI's human output cannot be used to rewrite a terminal: control characters in text that
+came from the cluster (reasons, messages, names, requesters, errors) are printed as escapes,
+while -o json/yaml keep the stored values. No server: the connection is an in-memory stand-in."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from necrocode import cli
+
+EVIL = "\x1b[2J\x1b[H\x1b]0;pwned\x07line1\nline2\rover\ttab\x9b31m\u202egnp.exe\u2028end"
+ESCAPED = "\\x1b[2J\\x1b[H\\x1b]0;pwned\\x07line1\\nline2\\rover\\ttab\\x9b31m\\u202egnp.exe\\u2028end"
+# what must never reach the terminal from cluster text: C0 (but the lines' own \n), DEL, C1, bidi, separators
+RAW = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
+
+
+def cancellation(phase: str = "Failed") -> dict[str, Any]:
+    """A finished JobCancellation whose every free text holds control characters."""
+    step = {"name": "Validate", "state": "Failed", "startedAt": "2026-11-25T09:30:12Z",
+            "finishedAt": "2026-11-25T09:30:13Z", "message": EVIL}
+    return {
+        "apiVersion": "necrocode.io/v1alpha1", "kind": "JobCancellation",
+        "metadata": {"name": "job1-cancel-20261125093012-abcd", "namespace": "team-a",
+                     "creationTimestamp": "2026-11-25T09:30:12Z", "labels": {"necrocode.io/job": "job1"},
+                     "annotations": {"necrocode.io/requester": EVIL}},
+        "spec": {"jobName": "job1", "reason": EVIL, "requestedBy": EVIL},
+        "status": {"phase": phase, "message": EVIL, "requestedBy": EVIL, "steps": [step],
+                   "startedAt": "2026-11-25T09:30:12Z", "completedAt": "2026-11-25T09:30:14Z",
+                   "progress": {"runnersTotal": 1, "runnersTerminated": 1, "tasksCancelled": 1},
+                   "affectedTasks": [{"taskId": "a", "name": "job1-a", "before": "Running", "after": "Cancelled",
+                                      "reason": EVIL, "runner": "job1-a-runner"}],
+                   "runnerOutcomes": [{"pod": "job1-a-runner", "task": "a", "outcome": "Terminated"}],
+                   "cleanup": {"failed": [EVIL]}, "cascadeWarnings": [EVIL],
+                   "errors": [{"step": "Validate", "object": EVIL, "message": EVIL, "attempts": 2}]},
+    }
+
+
+class FakeConn(cli.Conn):
+    """The calls the commands make, answered from memory."""
+
+    def __init__(self, objs: list[dict[str, Any]]):
+        super().__init__(api=None, custom=None, namespace="team-a", server="https://test", kubeconfig=None,
+                         context=None)
+        self.objs = objs
+
+    def get(self, plural: str, ns: str, name: str) -> dict[str, Any]:
+        if plural == "agentjobs":
+            return {"metadata": {"name": name}}
+        return next(o for o in self.objs if o["metadata"]["name"] == name)
+
+    def list_objs(self, plural: str, ns: str | None, *, selector: str | None = None, limit: int | None = None,
+                  cont: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        return [o for o in self.objs if cli.PLURAL[o["kind"]] == plural], None
+
+    def create(self, plural: str, ns: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self.objs[0]
+
+    def whoami(self) -> str | None:
+        return None
+
+
+@pytest.fixture
+def conn(monkeypatch: pytest.MonkeyPatch) -> FakeConn:
+    fake = FakeConn([cancellation()])
+    monkeypatch.setattr(cli, "open_conn", lambda *a, **kw: fake)
+    return fake
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli.cli, list(args))
+    assert "Traceback" not in result.output, result.output
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_terminal_safe_escapes_every_control_character_and_keeps_the_rest() -> None:
+    assert cli.terminal_safe(EVIL) == ESCAPED
+    assert cli.terminal_safe("plain text, été, 日本, \\n literal") == "plain text, été, 日本, \\n literal"
+    assert cli.terminal_safe("\x00\x7f\x85") == "\\x00\\x7f\\x85"
+    assert cli.terminal_safe(cli.terminal_safe(EVIL)) == ESCAPED  # printable output stays as it is
+    assert cli.table(["A", "B"], [[EVIL, "x"]]) == [f"{'A':<{len(ESCAPED)}}   B", f"{ESCAPED}   x"]
+
+
+@pytest.mark.usefixtures("conn")
+@pytest.mark.parametrize("args", [["job", "cancel-status", "job1"], ["job", "cancel", "job1"],
+                                  ["job", "cancellations"]], ids=["cancel-status", "cancel", "cancellations"])
+def test_human_output_shows_escapes_instead_of_control_characters(args: list[str]) -> None:
+    code, out, err = run(*args)
+    assert code in (0, cli.EXIT_FAILED), (out, err)
+    assert not RAW.search(out) and not RAW.search(err), repr(out + err)
+    assert "\\x1b[2J" in out  # shown, so a reader sees what was written
+    if args[1] != "cancellations":
+        assert ESCAPED in out and "line1\\nline2" in out
+
+
+@pytest.mark.usefixtures("conn")
+@pytest.mark.parametrize("output", ["json", "yaml"])
+def test_json_and_yaml_keep_the_stored_values(output: str) -> None:
+    code, out, _ = run("job", "cancel-status", "job1", "-o", output)
+    assert code == 0
+    doc = json.loads(out) if output == "json" else yaml.safe_load(out)
+    [item] = doc["items"]
+    assert item["spec"]["reason"] == EVIL and item["status"]["errors"][0]["message"] == EVIL
+
+
+def test_an_error_from_the_server_is_one_escaped_line() -> None:
+    err = cli.CliError(f"the API server refused the request: {EVIL}", cli.EXIT_USAGE)
+    runner = CliRunner()
+    with runner.isolation() as (_, stderr, _):
+        err.show()
+        shown = stderr.getvalue().decode()
+    assert shown == f"error: the API server refused the request: {ESCAPED}\n"
+
+
+def test_the_live_display_escapes_too() -> None:
+    for tty in (False, True):
+        stream = io.StringIO()
+        cli.Display(stream, tty, cli.live_block).update([cancellation("Running")])
+        text = stream.getvalue().replace("\x1b[J", "")  # the display's own redraw
+        assert not RAW.search(text), repr(text)
+        assert "\\x1b[2J" in text
