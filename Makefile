@@ -5,7 +5,7 @@ CACHE ?= $(HOME)/.cache/necrocode
 CLUSTER_DIR ?= $(CACHE)/cluster
 export NECROCODE_CACHE := $(CACHE)
 
-.PHONY: help system-deps venv tools chart-sync lock kind-check kind-e2e kind-down cluster-up cluster-down cluster-status test unit lint crds demo run clean bench soak
+.PHONY: help system-deps venv tools chart-sync lock kind-check kind-e2e kind-down cluster-up cluster-down cluster-status test unit lint crds crds-apply demo run clean bench soak dist
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -42,6 +42,12 @@ lint: venv ## ruff, mypy --strict, import-linter layer rules, CRDs up to date
 crds: venv ## regenerate crds/ from hack/gen_crds.py
 	@$(PY) hack/gen_crds.py
 
+# Helm installs crds/ once and never upgrades them: before `helm upgrade` to a chart with newer
+# CRDs, apply them (server-side; --force-conflicts takes over the fields Helm's create recorded).
+KUBECTL ?= $(shell command -v kubectl 2>/dev/null || echo $(CACHE)/bin/kubectl)
+crds-apply: ## apply crds/ to the cluster of $$KUBECONFIG (server-side): the CRD upgrade `helm upgrade` does not do
+	@$(KUBECTL) apply --server-side --force-conflicts --field-manager=necrocode-crds -f crds/
+
 unit: venv ## unit tests only (no server)
 	@$(PY) -m pytest -m "not cluster" -q
 
@@ -68,6 +74,17 @@ chart-sync: ## copy crds/, the admission policies, user roles, alert rules and d
 
 lock: venv ## regenerate requirements.lock (runtime dependencies, fully resolved)
 	@$(PY) hack/lock.py
+
+# make dist: what an install needs, into $(DIST)/. The wheel and sdist are built with the dev venv's
+# pinned setuptools (--no-isolation: offline, the same build every time); the wheel is built from
+# the sdist, so a file the sdist lacks fails here. Install: README.md, "Install in your cluster".
+DIST ?= dist
+dist: venv tools ## the wheel and sdist (python -m build) and the chart archive (helm package) into $(DIST)/
+	@mkdir -p $(DIST) && rm -f $(DIST)/necrocode_cancel-* $(DIST)/necrocode-cancel-*.tgz
+	@$(PY) -m build --no-isolation --outdir $(DIST) . >$(DIST)/build.log 2>&1 || { cat $(DIST)/build.log >&2; exit 1; }
+	@rm -f $(DIST)/build.log
+	@$(CACHE)/bin/helm package charts/necrocode-cancel --destination $(DIST) >/dev/null
+	@ls -1 $(DIST)/necrocode_cancel-* $(DIST)/necrocode-cancel-*.tgz
 
 # make kind-e2e: the real-node tests (the same that run on hack/realnode.py's node here) against a
 # kind cluster: hack/kind-config.yaml labels one worker necrocode.io/node-kind=real; the operator

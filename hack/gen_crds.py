@@ -87,6 +87,8 @@ CANCELLATION_STATUS = obj({
     "affectedTasksTotal": i(minimum=0, description="how many tasks are affected; affectedTasks lists the first of them"),
     "escalated": s(description="the running graceful cancellation this forced request escalated"),
     "escalatedBy": s(description="the forced request that escalated this cancellation"),
+    "escalatedByUser": s(description="who escalated this cancellation by changing spec.force to true "
+                                     "(necrocode.io/force-requester, recorded by the API server)"),
 })
 
 # Label values are at most 63 characters, and the job's name is the value of necrocode.io/job on
@@ -102,7 +104,8 @@ COMMON_SPEC = {
     "reason": s(maxLength=1024, description="why; recorded on every task and event"),
     "requestedBy": s(maxLength=253, description="who the client says asked (a claim; the API server records "
                                                 "the real requester in the annotation necrocode.io/requester)"),
-    "force": b(default=False, description="delete runner pods with grace period 0"),
+    "force": b(default=False, description="delete runner pods with grace period 0; may change from false to true "
+                                          "while the cancellation runs (an escalation: what is left is forced at once)"),
     "gracePeriodSeconds": i(default=30, minimum=0, maximum=3600,
                             description="grace each runner pod gets to stop"),
     "escalateAfterSeconds": i(default=10, minimum=0, maximum=3600,
@@ -110,11 +113,37 @@ COMMON_SPEC = {
     "ttlSecondsAfterFinished": i(minimum=0, description="delete this record that long after it finished"),
     "dryRun": b(default=False, description="compute and report what would be affected; change nothing"),
 }
-IMMUTABLE = [{"rule": "self == oldSelf", "message": "spec is immutable once created; create a new cancellation"}]
+
+
+def immutable_but_force(spec: dict[str, Any]) -> list[dict[str, str]]:
+    """The spec never changes once created, except `force` from false to true: the escalation of
+    a graceful cancellation (the operator forces what is left at once). Every other field is
+    compared (present in both and equal, or absent in both), so adding or removing one is a change."""
+    same = " && ".join(f"(has(self.{k}) ? has(oldSelf.{k}) && self.{k} == oldSelf.{k} : !has(oldSelf.{k}))"
+                       for k in spec["properties"] if k != "force")
+    return [{"rule": same, "message": "spec is immutable once created, except spec.force, which may change from "
+                                      "false to true to escalate a running cancellation; create a new cancellation"},
+            {"rule": "!has(oldSelf.force) || !oldSelf.force || (has(self.force) && self.force)",
+             "message": "spec.force cannot change from true to false: a forced cancellation stays forced"}]
+
+
+# On the whole object (the spec's rules cannot see the status): force is turned on only while the
+# cancellation may still act on it.
+ESCALATE_WHILE_RUNNING = [{
+    "rule": "!has(self.spec.force) || !self.spec.force || (has(oldSelf.spec.force) && oldSelf.spec.force) "
+            "|| !has(oldSelf.status) || !has(oldSelf.status.phase) || oldSelf.status.phase in ['Pending', 'Running']",
+    "message": "spec.force can be turned on only while the cancellation is pending or running; this one has "
+               "finished (create a new cancellation)",
+}]
+# kubectl get -o wide: what it ended with, and when
+WIDE_COLUMNS = [{"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
+                {"name": "Completed", "type": "date", "jsonPath": ".status.completedAt", "priority": 1,
+                 "description": "when it finished"}]
 
 
 def crd(kind: str, plural: str, short: str, spec: dict[str, Any], status: dict[str, Any],
-        columns: list[dict[str, Any]], description: str) -> dict[str, Any]:
+        columns: list[dict[str, Any]], description: str, rules: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    root_rules = {"x-kubernetes-validations": rules} if rules else {}
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -132,7 +161,7 @@ def crd(kind: str, plural: str, short: str, spec: dict[str, Any], status: dict[s
                 "schema": {"openAPIV3Schema": obj({
                     "apiVersion": s(), "kind": s(), "metadata": {"type": "object"},
                     "spec": spec, "status": status,
-                }, ["spec"], description=description)},
+                }, ["spec"], description=description, **root_rules)},
             }],
         },
     }
@@ -182,7 +211,8 @@ def definitions() -> dict[str, dict[str, Any]]:
         "One task of an AgentJob (the task registry).",
     )
     jc_spec = obj({**COMMON_SPEC, "preserveArtifacts": b(default=True, description="keep the job's artifacts")},
-                  ["jobName"], **{"x-kubernetes-validations": IMMUTABLE})
+                  ["jobName"])
+    jc_spec["x-kubernetes-validations"] = immutable_but_force(jc_spec)
     jobcancellation = crd(
         "JobCancellation", "jobcancellations", "jc", jc_spec, CANCELLATION_STATUS,
         [{"name": "Job", "type": "string", "jsonPath": ".spec.jobName"},
@@ -193,14 +223,16 @@ def definitions() -> dict[str, dict[str, Any]]:
           "description": "terminated/total runner pods"},
          {"name": "Tasks", "type": "integer", "jsonPath": ".status.progress.tasksCancelled",
           "description": "tasks cancelled"},
-         {"name": "Reason", "type": "string", "jsonPath": ".spec.reason", "priority": 1}],
+         {"name": "Reason", "type": "string", "jsonPath": ".spec.reason", "priority": 1}, *WIDE_COLUMNS],
         "A request to cancel a whole NecroCode job; its status is the durable record of what was done.",
+        ESCALATE_WHILE_RUNNING,
     )
     tc_spec = obj({
         **COMMON_SPEC,
         "taskId": s(minLength=1, maxLength=63, description="the task (spec.taskId) within the job"),
         "cascade": b(default=True, description="cancel the task's dependents too; false blocks them instead"),
-    }, ["jobName", "taskId"], **{"x-kubernetes-validations": IMMUTABLE})
+    }, ["jobName", "taskId"])
+    tc_spec["x-kubernetes-validations"] = immutable_but_force(tc_spec)
     taskcancellation = crd(
         "TaskCancellation", "taskcancellations", "tc", tc_spec, CANCELLATION_STATUS,
         [{"name": "Job", "type": "string", "jsonPath": ".spec.jobName"},
@@ -210,8 +242,9 @@ def definitions() -> dict[str, dict[str, Any]]:
          {"name": "Cascade", "type": "boolean", "jsonPath": ".spec.cascade"},
          {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
          {"name": "Affected", "type": "integer", "jsonPath": ".status.progress.tasksCancelled"},
-         {"name": "Reason", "type": "string", "jsonPath": ".spec.reason", "priority": 1}],
+         {"name": "Reason", "type": "string", "jsonPath": ".spec.reason", "priority": 1}, *WIDE_COLUMNS],
         "A request to cancel one task of a NecroCode job, and its dependents when cascade is true.",
+        ESCALATE_WHILE_RUNNING,
     )
     return {
         "necrocode.io_agentjobs.yaml": agentjob,

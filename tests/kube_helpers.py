@@ -4,6 +4,7 @@ NecroCode objects (jobs, tasks, runner pods, leases, artifacts), and wait for co
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +39,21 @@ def json_lines(path: Path) -> list[dict[str, Any]]:
         if isinstance(obj, dict):
             out.append(obj)
     return out
+
+
+def kubectl(cluster: ClusterInfo, *args: str, kubeconfig: Path | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The real kubectl (the local control plane's, else the one `make tools` built), as the user
+    of `kubeconfig` (default: the cluster's own)."""
+    import pytest
+
+    from localcluster import CACHE
+
+    binary = (cluster.bins or CACHE / "bin") / "kubectl"
+    if not binary.exists():
+        pytest.skip("kubectl not built (make tools)")
+    return subprocess.run([str(binary), "--kubeconfig", str(kubeconfig or cluster.kubeconfig), *args],
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def wait_for(fn: Callable[[], T], timeout: float = 30.0, interval: float = 0.2, what: str = "condition") -> T:

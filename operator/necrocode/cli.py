@@ -2,8 +2,9 @@
 
 The CLI only asks and shows: it creates JobCancellation/TaskCancellation resources (exactly
 what `kubectl apply` would) and reads their status; the operator does the work. It talks to
-the API server with the official synchronous client, and parses status with the pydantic
-models of `necrocode.model` (the only module of the package it imports).
+the API server with the official synchronous client, parses status with the pydantic models
+of `necrocode.model`, and orders, filters and finds records and tasks with `necrocode.records`,
+the model it shares with the REST API (it imports only pure modules of the package).
 
 Also installed as `kubectl-necrocode`, so `kubectl necrocode job cancel ...` works.
 """
@@ -14,29 +15,34 @@ import base64
 import binascii
 import contextlib
 import json
+import math
 import os
 import re
+import shlex
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, NoReturn
 
 import click
 import urllib3
 import yaml
+from click.shell_completion import CompletionItem, get_completion_class
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
+from necrocode import jsonpath, records
 from necrocode.model import (
+    ANNOTATION_FORCE_REQUESTER,
     ANNOTATION_REQUESTER,
     API_VERSION,
+    FINISHED_JOB_PHASES,
     GROUP,
     JOB_CANCELLATION,
     LABEL_JOB,
-    LABEL_TASK,
     PLURAL,
     TASK_CANCELLATION,
     TERMINAL_PHASES,
@@ -195,6 +201,8 @@ class Conn:
     kubeconfig: str | None
     context: str | None
     prog: str = "necrocode"
+    as_user: str | None = None
+    as_groups: tuple[str, ...] = ()
 
     @contextlib.contextmanager
     def call(self, verb: str, plural: str, namespace: str | None, name: str | None = None) -> Iterator[None]:
@@ -245,6 +253,27 @@ class Conn:
                                                                    _request_timeout=REQUEST_TIMEOUT)
         return dict(obj)
 
+    def escalate(self, obj: Obj, user: str | None) -> Obj | None:
+        """Turn spec.force on in a cancellation running gracefully (the one change of a spec the
+        CRD allows): the operator forces what is left at once. None when it cannot be: it ended
+        or went meanwhile (the CRD refuses, 404), or RBAC grants no patch (a new forced request
+        then escalates it instead)."""
+        meta, plural = obj["metadata"], PLURAL[obj["kind"]]
+        patch: Obj = {"spec": {"force": True}}
+        if user:  # a claim: the API server records who sent it (deploy/requester-policy.yaml)
+            patch["metadata"] = {"annotations": {ANNOTATION_FORCE_REQUESTER: user}}
+        try:
+            out: Any = self.custom.patch_namespaced_custom_object(GROUP, VERSION, meta["namespace"], plural,
+                                                                  meta["name"], patch, _request_timeout=REQUEST_TIMEOUT)
+        except ApiException as exc:
+            if exc.status in (403, 404, 409, 422):
+                return None
+            raise map_api_error(exc, ApiCall("patch", f"{plural}.{GROUP}", meta["namespace"], meta["name"]),
+                                self.server) from None
+        except (urllib3.exceptions.HTTPError, ConnectionError) as exc:
+            raise unreachable_error(exc, self.server) from None
+        return dict(out)
+
     def whoami(self) -> str | None:
         """The current user, from a SelfSubjectReview; None when the server cannot tell."""
         try:
@@ -257,24 +286,135 @@ class Conn:
         return str(name)[:NAME_MAX] if name else None
 
 
-def connect(kubeconfig: str | None, context: str | None, namespace: str | None, prog: str) -> Conn:
-    path = kubeconfig or os.environ.get("KUBECONFIG") or None
+SERVICEACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+TOKEN_REREAD_SECONDS = 60.0  # a projected token is rotated by the kubelet; client-go re-reads it each minute
+
+
+@dataclass(frozen=True)
+class InCluster:
+    """The pod's own identity: the API server from KUBERNETES_SERVICE_HOST/PORT, the
+    ServiceAccount token and CA of the serviceaccount directory, its namespace."""
+
+    host: str
+    token_file: str
+    ca_file: str | None
+    namespace: str
+
+
+def in_cluster(env: Mapping[str, str], sa_dir: str) -> InCluster | None:
+    """The in-cluster configuration, when this runs in a pod (the service's host and port are
+    set and the token file exists); None otherwise. The namespace: $POD_NAMESPACE, else the
+    serviceaccount's namespace file, else 'default' (as kubectl)."""
+    host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT")
+    token = os.path.join(sa_dir, "token")
+    if not host or not port or not os.path.isfile(token):
+        return None
+    ca = os.path.join(sa_dir, "ca.crt")
+    ns = env.get("POD_NAMESPACE") or ""
+    if not ns:
+        with contextlib.suppress(OSError):
+            with open(os.path.join(sa_dir, "namespace"), encoding="utf-8") as f:
+                ns = f.read().strip()
+    joined = f"[{host}]:{port}" if ":" in host or "%" in host else f"{host}:{port}"
+    return InCluster(host=f"https://{joined}", token_file=token, ca_file=ca if os.path.isfile(ca) else None,
+                     namespace=ns or "default")
+
+
+def config_source(kubeconfig: str | None, env: Mapping[str, str], home: str, sa_dir: str) -> str | InCluster | None:
+    """Where the connection comes from, in kubectl's order: --kubeconfig (which must exist);
+    else $KUBECONFIG (a list: the files of it that exist); else ~/.kube/config; else, when none
+    of these files exists, the in-cluster configuration. None: no configuration at all."""
+    if kubeconfig:
+        return kubeconfig
+    listed = env.get("KUBECONFIG") or ""
+    candidates = [p for p in listed.split(os.pathsep) if p] if listed else [os.path.join(home, ".kube", "config")]
+    if any(os.path.exists(os.path.expanduser(p)) for p in candidates):
+        return listed or candidates[0]
+    return in_cluster(env, sa_dir)
+
+
+def use_in_cluster(cfg: client.Configuration, source: InCluster) -> None:
+    """Point `cfg` at the in-cluster API server with the ServiceAccount token, re-read from its
+    file when older than TOKEN_REREAD_SECONDS (the kubelet rotates it)."""
+    cfg.host = source.host
+    if source.ca_file:
+        cfg.ssl_ca_cert = source.ca_file
+    read_at = [-math.inf]
+
+    def refresh(c: client.Configuration) -> None:
+        if time.monotonic() - read_at[0] < TOKEN_REREAD_SECONDS:
+            return
+        try:
+            with open(source.token_file, encoding="utf-8") as f:
+                token = f.read().strip()
+        except OSError:
+            token = ""
+        if token:  # a failed read keeps the last token
+            c.api_key["BearerToken"] = f"Bearer {token}"
+            read_at[0] = time.monotonic()
+
+    refresh(cfg)
+    if "BearerToken" not in cfg.api_key:
+        raise CliError(f"no usable in-cluster configuration: cannot read the token {source.token_file}",
+                       EXIT_UNREACHABLE)
+    cfg.refresh_api_key_hook = refresh  # type: ignore[assignment]  # typed None, called when set
+
+
+class Impersonating:
+    """The client's urllib3 pool manager, sending kubectl's impersonation headers on every
+    request: Impersonate-User, and one Impersonate-Group header per group (the client's own
+    default headers are a dict, which cannot repeat a header)."""
+
+    def __init__(self, pool: Any, user: str, groups: Sequence[str]):
+        self.pool, self.user, self.groups = pool, user, tuple(groups)
+
+    def request(self, method: str, url: str, **kw: Any) -> Any:
+        headers = urllib3.HTTPHeaderDict(kw.pop("headers", None) or {})
+        for name in [h for h in headers if h.lower().startswith("impersonate-")]:
+            del headers[name]
+        headers["Impersonate-User"] = self.user
+        for group in self.groups:
+            headers.add("Impersonate-Group", group)
+        return self.pool.request(method, url, headers=headers, **kw)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.pool, name)
+
+
+def connect(kubeconfig: str | None, context: str | None, namespace: str | None, prog: str, *,
+            as_user: str | None = None, as_groups: Sequence[str] = (), sa_dir: str | None = None) -> Conn:
+    source = config_source(kubeconfig, os.environ, os.path.expanduser("~"), sa_dir or SERVICEACCOUNT_DIR)
     cfg = client.Configuration()
-    try:
-        list_contexts: Any = config.list_kube_config_contexts
-        contexts, active = list_contexts(config_file=path)
-        if context and context not in {c.get("name") for c in contexts}:
-            raise CliError(f'context "{context}" not found in the kubeconfig', EXIT_UNREACHABLE)
-        load: Any = config.load_kube_config
-        load(config_file=path, context=context, client_configuration=cfg, persist_config=False)
-    except (ConfigException, OSError, yaml.YAMLError) as exc:
-        raise map_exception(exc if isinstance(exc, ConfigException) else ConfigException(str(exc))) from None
-    current = next((c for c in contexts if c.get("name") == context), None) if context else active
-    ns = namespace or ((current or {}).get("context") or {}).get("namespace") or "default"
+    if isinstance(source, InCluster):
+        if context:
+            raise CliError(f'context "{context}" not found: there is no kubeconfig (in-cluster configuration)',
+                           EXIT_UNREACHABLE)
+        use_in_cluster(cfg, source)
+        ns = namespace or source.namespace
+    else:
+        if source is None:
+            raise CliError("no usable kubeconfig: no kubeconfig file ($KUBECONFIG, ~/.kube/config) and not in a pod "
+                           "(KUBERNETES_SERVICE_HOST, a ServiceAccount token) (set KUBECONFIG or pass --kubeconfig)",
+                           EXIT_UNREACHABLE)
+        try:
+            list_contexts: Any = config.list_kube_config_contexts
+            contexts, active = list_contexts(config_file=source)
+            if context and context not in {c.get("name") for c in contexts}:
+                raise CliError(f'context "{context}" not found in the kubeconfig', EXIT_UNREACHABLE)
+            load: Any = config.load_kube_config
+            load(config_file=source, context=context, client_configuration=cfg, persist_config=False)
+        except (ConfigException, OSError, yaml.YAMLError) as exc:
+            raise map_exception(exc if isinstance(exc, ConfigException) else ConfigException(str(exc))) from None
+        current = next((c for c in contexts if c.get("name") == context), None) if context else active
+        ns = namespace or ((current or {}).get("context") or {}).get("namespace") or "default"
     cfg.retries = 2
     api = client.ApiClient(cfg)
+    if as_user:
+        api.rest_client.pool_manager = Impersonating(  # type: ignore[assignment]  # a wrapper of it
+            api.rest_client.pool_manager, as_user, as_groups)
     return Conn(api=api, custom=client.CustomObjectsApi(api), namespace=ns, server=str(cfg.host),
-                kubeconfig=kubeconfig, context=context, prog=prog)
+                kubeconfig=kubeconfig, context=context, prog=prog, as_user=as_user,
+                as_groups=tuple(as_groups) if as_user else ())
 
 
 # ----------------------------------------------------------------------------- parsing and formatting
@@ -290,10 +430,7 @@ def created_at(obj: Obj) -> str:
     return str((obj.get("metadata") or {}).get("creationTimestamp") or "")
 
 
-def newest_first(items: list[Obj]) -> list[Obj]:
-    """By creationTimestamp, newest first; ties (one-second resolution) by name, descending,
-    which for generated names (…-cancel-<yyyymmddhhmmss>-…) is newest first as well."""
-    return sorted(items, key=lambda o: (created_at(o), (o.get("metadata") or {}).get("name") or ""), reverse=True)
+newest_first = records.newest_first  # the order the REST API lists in too
 
 
 def fmt_duration(seconds: float | None) -> str:
@@ -353,9 +490,57 @@ def terminal_safe(text: str) -> str:
     return _CONTROL.sub(_escape, text)
 
 
-def safe_block(lines: Sequence[str]) -> str:
-    """Lines of human output, each made terminal-safe, joined."""
-    return "\n".join(terminal_safe(ln) for ln in lines)
+# Colour, on a terminal only: the phase, wherever a view shows it
+PHASE_COLOUR: dict[str, str] = {Phase.COMPLETED: "32", Phase.PARTIALLY_COMPLETED: "33", Phase.FAILED: "31",
+                                 Phase.REJECTED: "31", Phase.RUNNING: "36"}  # green, yellow, red, red, cyan
+
+
+def interactive(stream: Any) -> bool:
+    """Whether `stream` is a terminal that takes ANSI sequences: a TTY whose TERM is not 'dumb'.
+    Anything else (a pipe, a file, CI) gets plain text without a single control sequence."""
+    try:
+        tty = bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+    return tty and os.environ.get("TERM") != "dumb"
+
+
+def coloured(stream: Any) -> bool:
+    """Colour as well: on a terminal, unless NO_COLOR is set to anything (no-color.org)."""
+    return interactive(stream) and not os.environ.get("NO_COLOR")
+
+
+class Painted(str):
+    """A line of human output that shows a phase: `before`, the phase, `after`. It reads as
+    the plain line; `paint` colours the phase on a terminal."""
+
+    before: str
+    phase: str
+    after: str
+
+    def __new__(cls, before: str, phase: str, after: str = "") -> Painted:
+        line = super().__new__(cls, before + phase + after)
+        line.before, line.phase, line.after = before, phase, after
+        return line
+
+
+def paint(line: str, colour: bool, width: int | None = None) -> str:
+    """A line as printed: terminal-safe, cut to `width`, and with `colour` its phase coloured
+    (the only escape sequence the CLI adds to a line, never written to anything but a terminal)."""
+    if not (colour and isinstance(line, Painted) and line.phase in PHASE_COLOUR):
+        text = terminal_safe(line)
+        return text if width is None else text[:width]
+    before, after = terminal_safe(line.before), terminal_safe(line.after)
+    if width is not None:
+        if len(before) + len(line.phase) > width:
+            return (before + line.phase + after)[:width]
+        after = after[:width - len(before) - len(line.phase)]
+    return f"{before}\x1b[{PHASE_COLOUR[line.phase]}m{line.phase}\x1b[0m{after}"
+
+
+def safe_block(lines: Sequence[str], colour: bool = False) -> str:
+    """Lines of human output, each made terminal-safe (and with `colour`, its phase coloured), joined."""
+    return "\n".join(paint(ln, colour) for ln in lines)
 
 
 def requester_text(obj: Obj, short: bool = False) -> str:
@@ -372,14 +557,21 @@ def requester_text(obj: Obj, short: bool = False) -> str:
     return f"{claimed}?" if short else f"{claimed} (unverified: the client's claim)"
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "") -> list[str]:
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "",
+          phase_col: int | None = None) -> list[str]:
+    """Aligned columns; the rows' cells in column `phase_col` are phases (Painted lines)."""
     rows = [[terminal_safe(c) for c in row] for row in rows]  # before measuring: an escape is wider
     widths = [len(h) for h in headers]
     for row in rows:
         widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
-    lines = []
-    for row in (headers, *rows):
-        lines.append(indent + "   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    lines: list[str] = []
+    for i, row in enumerate((headers, *rows)):
+        cells = [c.ljust(w) for c, w in zip(row, widths, strict=True)]
+        line = indent + "   ".join(cells).rstrip()
+        if i and phase_col is not None:
+            before = indent + "".join(c + "   " for c in cells[:phase_col])
+            line = Painted(before, row[phase_col], line[len(before) + len(row[phase_col]):])
+        lines.append(line)
     return lines
 
 
@@ -400,6 +592,63 @@ def as_list(items: list[Obj], cont: str | None = None) -> Obj:
     if cont:
         meta["continue"] = cont
     return {"apiVersion": "v1", "kind": "List", "metadata": meta, "items": items}
+
+
+def record_ref(obj: Obj) -> str:
+    """kind.group/name, as `kubectl get -o name` prints it."""
+    return f"{str(obj.get('kind') or JOB_CANCELLATION).lower()}.{GROUP}/{(obj.get('metadata') or {}).get('name')}"
+
+
+def record_table(items: list[Obj], *, namespaces: bool, wide: bool = False) -> list[str]:
+    """The records as `job cancellations` shows them; `wide` (-o wide) adds the progress counts,
+    force, grace period, TTL and the status message."""
+    rows = []
+    for o in items:
+        r, spec = result_of(o), o.get("spec") or {}
+        st, p = r.status, r.status.progress
+        row = [r.name, r.kind, r.job_name, r.task_id or "-", requester_text(o, short=True), st.phase.value,
+               runners_text(st) if st.steps else "-", started_of(o) or "-",
+               fmt_duration(span(started_of(o), st.completed_at))]
+        if wide:
+            row += [str(p.tasks_cancelled), str(p.tasks_blocked), str(p.leases_released), str(p.resources_deleted),
+                    str(p.artifacts_preserved), "true" if spec.get("force") else "false",
+                    str(spec.get("gracePeriodSeconds", "-")), str(spec.get("ttlSecondsAfterFinished", "-"))]
+        row.append(str(spec.get("reason") or "")[:60])
+        if wide:
+            row.append((st.message or "")[:100])
+        rows.append(([r.namespace] if namespaces else []) + row)
+    headers = (["NAMESPACE"] if namespaces else []) + ["NAME", "KIND", "JOB", "TASK", "REQUESTER", "PHASE", "RUNNERS",
+                                                       "STARTED", "DURATION"]
+    if wide:
+        headers += ["TASKS", "BLOCKED", "LEASES", "DELETED", "KEPT", "FORCE", "GRACE", "TTL"]
+    headers += ["REASON"] + (["MESSAGE"] if wide else [])
+    return table(headers, rows, phase_col=headers.index("PHASE"))
+
+
+def records_only(output: str) -> bool:
+    """Every -o but table prints only the record(s) on stdout (progress and notes go to stderr)."""
+    return output != "table"
+
+
+def print_records(items: list[Obj], output: str, *, one: bool = False, cont: str | None = None,
+                  namespaces: bool = False) -> None:
+    """The record(s) in the -o format: `one`, a single resource (what cancel created or followed),
+    else a List (its metadata.continue: `cont`). jsonpath values are made terminal-safe like
+    all human output (-o json/yaml keep the stored values, escaped by their own syntax)."""
+    doc = items[0] if one and items else as_list(items, cont)
+    if output in ("json", "yaml"):
+        emit_document(doc, output)
+    elif output == "name":
+        if items:
+            click.echo("\n".join(terminal_safe(record_ref(o)) for o in items))
+    elif output.startswith("jsonpath="):
+        try:
+            text = jsonpath.render(jsonpath.parse(output.removeprefix("jsonpath=")), doc, terminal_safe)
+        except jsonpath.JsonPathError as exc:
+            raise CliError(f"error executing the jsonpath template: {exc}", EXIT_ERROR) from None
+        click.echo(text, nl=False)
+    elif items:  # table, wide
+        click.echo(safe_block(record_table(items, namespaces=namespaces, wide=output == "wide"), coloured(sys.stdout)))
 
 
 # ----------------------------------------------------------------------------- views
@@ -449,7 +698,7 @@ def live_block(r: CancellationResult, obj: Obj) -> list[str]:
     st, p = r.status, r.status.progress
     what = f"job {r.job_name}" + (f" task {r.task_id}" if r.task_id else "")
     elapsed = fmt_duration(span(started_of(obj), st.completed_at))
-    lines = [f"{kind_ref(r)} ({what})  {st.phase.value}  {elapsed}"]
+    lines: list[str] = [Painted(f"{kind_ref(r)} ({what})  ", st.phase.value, f"  {elapsed}")]
     if not st.steps:
         lines.append("  waiting for the operator to pick it up ...")
     for s in st.steps:
@@ -468,8 +717,8 @@ def summary(r: CancellationResult, obj: Obj) -> list[str]:
     """What a finished cancellation did: tasks, runners, resources, errors."""
     st = r.status
     spec = obj.get("spec") or {}
-    lines = [f"{kind_ref(r)} in namespace {r.namespace}: {st.phase.value} in "
-             f"{fmt_duration(span(started_of(obj), st.completed_at))}"]
+    lines: list[str] = [Painted(f"{kind_ref(r)} in namespace {r.namespace}: ", st.phase.value,
+                                f" in {fmt_duration(span(started_of(obj), st.completed_at))}")]
     if st.message:
         lines.append(f"  {st.message}")
     if st.duplicate_of:
@@ -524,7 +773,7 @@ def status_view(r: CancellationResult, obj: Obj) -> list[str]:
     target = f"{r.job_name}" + (f", task {r.task_id} ({'cascade' if spec.get('cascade', True) else 'no cascade'})"
                                 if r.task_id else "")
     lines.append(f"  job:        {target}")
-    lines.append(f"  phase:      {st.phase.value}" + (f" - {st.message}" if st.message else ""))
+    lines.append(Painted("  phase:      ", st.phase.value, f" - {st.message}" if st.message else ""))
     if spec.get("reason"):
         lines.append(f"  reason:     {spec['reason']}")
     who = requester_text(obj)
@@ -561,8 +810,9 @@ class Display:
     """Live progress: on a terminal a block redrawn in place (ANSI cursor-up), otherwise one
     plain line per change."""
 
-    def __init__(self, stream: IO[str], tty: bool, block: Callable[[CancellationResult, Obj], list[str]]):
-        self.stream, self.tty, self.block = stream, tty, block
+    def __init__(self, stream: IO[str], tty: bool, block: Callable[[CancellationResult, Obj], list[str]],
+                 colour: bool = False):
+        self.stream, self.tty, self.block, self.colour = stream, tty, block, colour and tty
         self.drawn = 0
         self.seen: dict[tuple[str, str], str] = {}
         self.t0 = time.monotonic()
@@ -574,7 +824,7 @@ class Display:
     def update(self, objs: list[Obj]) -> None:
         if self.tty:
             width = max(20, shutil.get_terminal_size((100, 24)).columns - 1)
-            lines = [terminal_safe(ln)[:width] for o in objs for ln in self.block(result_of(o), o)]
+            lines = [paint(ln, self.colour, width) for o in objs for ln in self.block(result_of(o), o)]
             up = f"\x1b[{self.drawn}F" if self.drawn else ""
             self._write(up + "\x1b[J" + "".join(ln + "\n" for ln in lines))
             self.drawn = len(lines)
@@ -612,7 +862,25 @@ def follow(conn: Conn, objs: list[Obj], timeout: float | None, on_change: Callab
         if remaining is not None and remaining <= 0:
             raise WaitTimeout(objs)
         time.sleep(POLL_SECONDS if remaining is None else min(POLL_SECONDS, remaining))
-        objs = [conn.get(PLURAL[o["kind"]], o["metadata"]["namespace"], o["metadata"]["name"]) for o in objs]
+        objs = refresh(conn, objs)
+
+
+def refresh(conn: Conn, objs: list[Obj]) -> list[Obj]:
+    """The cancellations as they are now: a GET each, or for more than two of one namespace
+    one list by their job labels (`necrocode.io/job in (...)`) a kind, and a GET for any not in it."""
+    def get(o: Obj) -> Obj:
+        return conn.get(PLURAL[o["kind"]], o["metadata"]["namespace"], o["metadata"]["name"])
+    namespaces = {o["metadata"]["namespace"] for o in objs}
+    jobs = {result_of(o).job_name for o in objs}
+    if len(objs) <= 2 or len(namespaces) != 1 or not all(label_ok(j) for j in jobs):
+        return [get(o) for o in objs]
+    [ns] = namespaces
+    selector = f"{LABEL_JOB} in ({','.join(sorted(jobs))})"
+    listed: dict[tuple[str, str], Obj] = {}
+    for kind in sorted({o["kind"] for o in objs}):
+        for item in conn.list_all(PLURAL[kind], ns, selector):
+            listed[(kind, item["metadata"]["name"])] = {**item, "kind": kind}
+    return [listed.get((o["kind"], o["metadata"]["name"])) or get(o) for o in objs]
 
 
 def exit_code_of(objs: list[Obj]) -> int:
@@ -621,38 +889,52 @@ def exit_code_of(objs: list[Obj]) -> int:
     return max(codes, default=EXIT_OK)
 
 
-def follow_hint(conn: Conn, job: str, ns: str) -> str:
+def follow_hint(conn: Conn, job: str | None, ns: str) -> str:
+    """The command that follows the job's cancellations (without a job: lists the namespace's)."""
     extra = (f" --context {conn.context}" if conn.context else "") + (
-        f" --kubeconfig {conn.kubeconfig}" if conn.kubeconfig else "")
+        f" --kubeconfig {conn.kubeconfig}" if conn.kubeconfig else "") + (
+        f" --as {shlex.quote(conn.as_user)}" if conn.as_user else "") + "".join(
+        f" --as-group {shlex.quote(g)}" for g in conn.as_groups)
+    if job is None:
+        return f"{conn.prog} job cancellations -n {ns}{extra}"
     return f"{conn.prog} job cancel-status {job} -n {ns} --watch{extra}"
+
+
+def follow_live(conn: Conn, objs: list[Obj], *, hint: str, timeout: float | None, output: str,
+                view: Callable[[CancellationResult, Obj], list[str]],
+                on_timeout: Callable[[list[Obj]], None] | None = None) -> list[Obj]:
+    """Follow cancellations, shown live (on stderr when stdout holds only records), until all
+    have finished; Ctrl-C exits 130 and a timeout 6, each saying how to follow them (`hint`)."""
+    stream = sys.stderr if records_only(output) else sys.stdout
+    display = Display(stream, interactive(stream), view, coloured(stream))
+    try:
+        objs = follow(conn, objs, timeout, display.update)
+    except KeyboardInterrupt:
+        display.clear()
+        click.echo(f"\nstill running; follow it with: {hint}", err=True)
+        raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+    except WaitTimeout as exc:
+        display.clear()
+        if on_timeout is not None:
+            on_timeout(exc.objs)
+        phase = result_of(exc.objs[0]).status.phase.value if exc.objs else "?"
+        names = ", ".join(f"{o['kind'].lower()}/{o['metadata']['name']}" for o in exc.objs)
+        raise CliError(f"timed out after {fmt_duration(timeout)} waiting for {names} (phase {phase}); it goes on, "
+                       f"follow it with: {hint}", EXIT_TIMEOUT) from None
+    display.clear()
+    return objs
 
 
 def watch_and_report(conn: Conn, objs: list[Obj], *, job: str, ns: str, timeout: float | None, output: str,
                      view: Callable[[CancellationResult, Obj], list[str]],
                      final: Callable[[CancellationResult, Obj], list[str]] | None) -> NoReturn:
     """Follow cancellations live, then print the result; exits with the documented code."""
-    machine = output in ("json", "yaml")
-    stream = sys.stderr if machine else sys.stdout
-    tty = stream.isatty() and os.environ.get("TERM") != "dumb"
-    display = Display(stream, tty, view)
-    try:
-        objs = follow(conn, objs, timeout, display.update)
-    except KeyboardInterrupt:
-        display.clear()
-        click.echo(f"\nstill running; follow it with: {follow_hint(conn, job, ns)}", err=True)
-        raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
-    except WaitTimeout as exc:
-        phase = result_of(exc.objs[0]).status.phase.value if exc.objs else "?"
-        names = ", ".join(f"{o['kind'].lower()}/{o['metadata']['name']}" for o in exc.objs)
-        raise CliError(f"timed out after {fmt_duration(timeout)} waiting for {names} (phase {phase}); it goes on, "
-                       f"follow it with: {follow_hint(conn, job, ns)}", EXIT_TIMEOUT) from None
-    if tty:
-        display.clear()
-    if machine:
-        emit_document(objs[0] if len(objs) == 1 and final is not None else as_list(objs), output)
+    objs = follow_live(conn, objs, hint=follow_hint(conn, job, ns), timeout=timeout, output=output, view=view)
+    if records_only(output):
+        print_records(objs, output, one=len(objs) == 1 and final is not None)
     else:
         blocks = [(final or view)(result_of(o), o) for o in objs]
-        click.echo("\n\n".join(safe_block(b) for b in blocks))
+        click.echo("\n\n".join(safe_block(b, coloured(sys.stdout)) for b in blocks))
     raise click.exceptions.Exit(exit_code_of(objs))
 
 
@@ -695,19 +977,110 @@ class Globals:
     namespace: str | None = None
 
 
+AS_USER, AS_GROUPS = "necrocode.as", "necrocode.as-group"  # in ctx.meta, shared by the group and its commands
+
+
+def _remember(key: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        if value:  # given after the subcommand too: the last one given wins
+            ctx.meta[key] = value
+    return callback
+
+
 def connection_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """--kubeconfig, --context and -n/--namespace, accepted on every command (kubectl-style)."""
-    f = click.option("-n", "--namespace", default=None, metavar="NS",
+    """--kubeconfig, --context, -n/--namespace, --as and --as-group, accepted on every command
+    (kubectl-style)."""
+    f = click.option("--as-group", multiple=True, metavar="GROUP", expose_value=False, callback=_remember(AS_GROUPS),
+                     help="Group to impersonate, with --as; repeat it for several (like kubectl).")(f)
+    f = click.option("--as", metavar="USER", expose_value=False, callback=_remember(AS_USER),
+                     help="User to impersonate, e.g. system:serviceaccount:NS:NAME (like kubectl).")(f)
+    f = click.option("-n", "--namespace", default=None, metavar="NS", shell_complete=complete_namespaces,
                      help="Namespace (default: the context's namespace, else 'default').")(f)
     f = click.option("--context", default=None, metavar="NAME", help="kubeconfig context to use.")(f)
     f = click.option("--kubeconfig", default=None, metavar="PATH", type=click.Path(dir_okay=False),
-                     help="kubeconfig file (default: $KUBECONFIG, else ~/.kube/config).")(f)
+                     help="kubeconfig file (default: $KUBECONFIG, else ~/.kube/config; with neither, and in a "
+                          "pod, its ServiceAccount).")(f)
     return f
 
 
 def open_conn(ctx: click.Context, kubeconfig: str | None, context: str | None, namespace: str | None) -> Conn:
     g: Globals = ctx.find_object(Globals) or Globals()
-    return connect(kubeconfig or g.kubeconfig, context or g.context, namespace or g.namespace, prog_name(ctx))
+    as_user, as_groups = ctx.meta.get(AS_USER), tuple(ctx.meta.get(AS_GROUPS) or ())
+    if as_groups and not as_user:
+        raise click.UsageError("--as-group needs --as (the user to impersonate)", ctx)
+    return connect(kubeconfig or g.kubeconfig, context or g.context, namespace or g.namespace, prog_name(ctx),
+                   as_user=as_user, as_groups=as_groups)
+
+
+# ----------------------------------------------------------------------------- shell completion
+COMPLETE_VAR = "_NECROCODE_COMPLETE"
+COMPLETION_TIMEOUT = (2, 5)  # connect, read: a slow cluster must not hang the shell
+
+
+def _completion_conn(ctx: click.Context) -> Conn:
+    """A connection from the flags typed so far (the command's, else the group's)."""
+    given: dict[str, Any] = {}
+    node: click.Context | None = ctx
+    while node is not None:
+        for key in ("kubeconfig", "context", "namespace"):
+            if node.params.get(key) and key not in given:
+                given[key] = node.params[key]
+        node = node.parent
+    return connect(given.get("kubeconfig"), given.get("context"), given.get("namespace"), "necrocode",
+                   as_user=ctx.meta.get(AS_USER), as_groups=tuple(ctx.meta.get(AS_GROUPS) or ()))
+
+
+def _names(ctx: click.Context, list_names: Callable[[Conn], list[str]], incomplete: str) -> list[CompletionItem]:
+    try:
+        names = list_names(_completion_conn(ctx))
+    except Exception:  # completion is best effort: no cluster, no rights, no answer in time
+        return []
+    return [CompletionItem(n) for n in sorted(set(names)) if n.startswith(incomplete)]
+
+
+def complete_jobs(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """JOB-ID: the AgentJobs of the namespace."""
+    def jobs(conn: Conn) -> list[str]:
+        resp: Any = conn.custom.list_namespaced_custom_object(GROUP, VERSION, conn.namespace, "agentjobs",
+                                                              limit=LIST_CHUNK, _request_timeout=COMPLETION_TIMEOUT)
+        return [str((o.get("metadata") or {}).get("name") or "") for o in resp.get("items") or []]
+    return _names(ctx, jobs, incomplete)
+
+
+def complete_namespaces(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """-n: the namespaces, where the user may list them."""
+    def namespaces(conn: Conn) -> list[str]:
+        resp: Any = client.CoreV1Api(conn.api).list_namespace(limit=LIST_CHUNK, _request_timeout=COMPLETION_TIMEOUT)
+        return [str(n.metadata.name) for n in resp.items]
+    return _names(ctx, namespaces, incomplete)
+
+
+# ----------------------------------------------------------------------------- -o
+class OutputFormat(click.ParamType[str]):
+    """-o table|wide|name|json|yaml|jsonpath=TEMPLATE (a template is checked when parsed)."""
+
+    name = "format"
+    CHOICES = ("table", "wide", "name", "json", "yaml")
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str:
+        return "[" + "|".join(self.CHOICES) + "|jsonpath=TEMPLATE]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value).removeprefix("=")  # -o=json, as kubectl takes it
+        if text in self.CHOICES:
+            return text
+        if text == "jsonpath" or text == "jsonpath=":
+            self.fail("jsonpath needs a template, e.g. -o jsonpath='{.metadata.name}'", param, ctx)
+        if text.startswith("jsonpath="):
+            try:
+                jsonpath.parse(text.removeprefix("jsonpath="))
+            except jsonpath.JsonPathError as exc:
+                self.fail(f"bad jsonpath template: {exc}", param, ctx)
+            return text
+        self.fail(f"{text!r} is not one of {', '.join(self.CHOICES)}, jsonpath=TEMPLATE", param, ctx)
+
+    def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+        return [CompletionItem(c) for c in (*self.CHOICES, "jsonpath=") if c.startswith(incomplete)]
 
 
 def check_crds(conn: Conn, ns: str | None) -> None:
@@ -716,8 +1089,35 @@ def check_crds(conn: Conn, ns: str | None) -> None:
         conn.list_objs(plural, ns, limit=1)
 
 
-OUTPUT = click.option("-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table",
-                      show_default=True, help="Output format; json/yaml print the resource(s) as stored.")
+class Duration(click.ParamType[int]):
+    """A duration in seconds: 3600, 90s, 30m, 1h, 1h30m, 2d (each unit once, largest first)."""
+
+    name = "duration"
+    UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    MAX = 2**31 - 1  # the API's integer fields are int32
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().lower()
+        m = re.fullmatch(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text)
+        if text.isdigit():
+            seconds = int(text)
+        elif text and m is not None:
+            seconds = sum(int(n) * unit for n, unit in zip(m.groups(), self.UNITS.values(), strict=True) if n)
+        else:
+            self.fail(f"{value!r} is not a duration (3600, 90s, 30m, 1h, 1h30m, 2d)", param, ctx)
+        if seconds > self.MAX:
+            self.fail(f"{value!r} is too long (at most {self.MAX} seconds)", param, ctx)
+        return seconds
+
+
+DURATION = Duration()
+
+OUTPUT = click.option("-o", "--output", type=OutputFormat(), default="table", show_default=True,
+                      help="Output format: table (the default view); wide (the records' table with more columns); "
+                           "name (kind.group/name); json/yaml (the resource(s) as stored); jsonpath=TEMPLATE "
+                           "(kubectl's templates). All but table print only the record(s) on stdout.")
 
 
 @click.group(cls=Group, name="necrocode", context_settings={"help_option_names": ["-h", "--help"]},
@@ -752,9 +1152,12 @@ def job() -> None:
 
 
 @job.command(epilog=EXIT_CODES_HELP)
-@click.argument("job_id", metavar="JOB-ID")
+@click.argument("job_ids", metavar="[JOB-ID]...", nargs=-1, shell_complete=complete_jobs)
+@click.option("-l", "--selector", default=None, metavar="SELECTOR",
+              help="Cancel every AgentJob that matches this label selector (with or instead of JOB-IDs).")
 @click.option("--reason", default="", metavar="TEXT", help="Why; recorded on every task and event.")
-@click.option("--force", is_flag=True, help="Delete runner pods at once (grace period 0).")
+@click.option("--force", is_flag=True, help="Delete runner pods at once (grace period 0). If a graceful "
+              "cancellation of the job (of the task, with --task) is running, escalate it instead.")
 @click.option("--grace-period", type=click.IntRange(0, 3600), default=None, metavar="SECONDS",
               help="Grace each runner pod gets to stop (operator default: 30).")
 @click.option("--task", "task_id", default=None, metavar="TASK-ID", help="Cancel only this task (a TaskCancellation).")
@@ -763,19 +1166,27 @@ def job() -> None:
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Follow the cancellation until it finishes.")
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), default=None, metavar="SECONDS",
               help="Stop waiting after this long (exit 6); the cancellation goes on. Default: no limit.")
+@click.option("--ttl", type=DURATION, default=None, metavar="DURATION",
+              help="Delete the record this long after it finished (spec.ttlSecondsAfterFinished): 3600, 90s, 30m, "
+                   "1h, 1h30m, 2d.")
 @OUTPUT
 @connection_options
 @click.pass_context
-def cancel(ctx: click.Context, job_id: str, reason: str, force: bool, grace_period: int | None, task_id: str | None,
-           no_cascade: bool, dry_run: bool, wait: bool, timeout: float | None, output: str,
+def cancel(ctx: click.Context, job_ids: tuple[str, ...], selector: str | None, reason: str, force: bool,
+           grace_period: int | None, task_id: str | None, no_cascade: bool, dry_run: bool, wait: bool,
+           timeout: float | None, ttl: int | None, output: str,
            kubeconfig: str | None, context: str | None, namespace: str | None) -> None:
-    """Cancel job JOB-ID (or, with --task, one task) and follow it live.
+    """Cancel job JOB-ID (or, with --task, one task) and follow it live; or several jobs.
 
     Creates a JobCancellation (a TaskCancellation with --task) with a generated name; the
     operator does the work. By default it then shows each step, runners terminated (and
     forced), tasks cancelled, leases released and resources cleaned, and at the end what
     was affected, forced, released, deleted and kept. Ctrl-C stops watching, never the
     cancellation. Without a terminal it prints one plain line per change.
+
+    Several JOB-IDs, or -l SELECTOR (the AgentJobs with those labels; the ones already
+    finished are skipped), create one JobCancellation per job, follow them all and end with
+    a summary table (job, cancellation, phase); the exit code is the highest of theirs.
 
     \b
     Examples:
@@ -784,15 +1195,24 @@ def cancel(ctx: click.Context, job_id: str, reason: str, force: bool, grace_peri
       necrocode job cancel job1 --grace-period 60 --timeout 120
       necrocode job cancel job1 --task t3 --no-cascade
       necrocode job cancel job1 --dry-run -o yaml
+      necrocode job cancel job1 job2 job3 --reason "wrong branch"
+      necrocode job cancel -l team=search --ttl 1h --no-wait -o name
     """
     if no_cascade and not task_id:
         raise click.UsageError("--no-cascade needs --task", ctx)
     if timeout is not None and not wait:
         raise click.UsageError("--timeout needs --wait", ctx)
+    if not job_ids and not selector:
+        raise click.UsageError("name a JOB-ID (or several), or select jobs with -l SELECTOR", ctx)
+    if task_id and (len(job_ids) != 1 or selector):
+        raise click.UsageError("--task needs exactly one JOB-ID (and no -l)", ctx)
     conn = open_conn(ctx, kubeconfig, context, namespace)
+    ask = Ask(reason=reason, force=force, grace_period=grace_period, dry_run=dry_run, ttl=ttl)
+    if len(job_ids) != 1 or selector:
+        cancel_many(conn, list(job_ids), selector, ask, wait=wait, timeout=timeout, output=output)
+    [job_id] = job_ids
     ns = conn.namespace
     kind = TASK_CANCELLATION if task_id else JOB_CANCELLATION
-    plural = PLURAL[kind]
 
     # validate before creating anything
     check_crds(conn, ns)
@@ -803,57 +1223,183 @@ def cancel(ctx: click.Context, job_id: str, reason: str, force: bool, grace_peri
             raise CliError(f"job {job_id} not found in namespace {ns}", EXIT_NOT_FOUND) from None
         raise
     if task_id:
-        selector = f"{LABEL_JOB}={job_id},{LABEL_TASK}={task_id}" if label_ok(job_id) and label_ok(task_id) else None
-        tasks = conn.list_all("agenttasks", ns, selector) if selector else []
+        tasks = records.find_tasks(conn.list_all("agenttasks", ns, records.task_selector(job_id, task_id)),
+                                   job_id, task_id)
         if not tasks:
             raise CliError(f"task {task_id} of job {job_id} not found in namespace {ns}", EXIT_NOT_FOUND)
 
-    spec: Obj = {"jobName": job_id}
-    if reason:
-        spec["reason"] = reason
     user = conn.whoami()
-    if user:
-        spec["requestedBy"] = user
-    if force:
-        spec["force"] = True
-    if grace_period is not None:
-        spec["gracePeriodSeconds"] = grace_period
-    if dry_run:
-        spec["dryRun"] = True
-    if task_id:
-        spec["taskId"] = task_id
-        spec["cascade"] = not no_cascade
-    labels = cancellation_labels(job_id, task_id)
-    body: Obj = {"apiVersion": API_VERSION, "kind": kind,
-                 "metadata": {"name": generate_name(job_id, task_id), "labels": labels}, "spec": spec}
-    obj = conn.create(plural, ns, body)
+    obj, escalated = submit(conn, ns, ask, kind, job_id, task_id, cascade=not no_cascade, user=user)
     name = obj["metadata"]["name"]
-    machine = output in ("json", "yaml")
-    click.echo(f"{kind.lower()}.{GROUP}/{name} created" + (" (dry run)" if dry_run else ""), err=machine)
+    machine = records_only(output)
+    done = ("escalated to force (it was running gracefully; spec.force set to true)" if escalated else
+            "created" + (" (dry run)" if dry_run else ""))
+    click.echo(f"{kind.lower()}.{GROUP}/{name} {done}", err=machine)
     if not wait:
         if machine:
-            emit_document(obj, output)
+            print_records([obj], output, one=True)
         else:
             click.echo(f"follow it with: {follow_hint(conn, job_id, ns)}")
         return
     watch_and_report(conn, [obj], job=job_id, ns=ns, timeout=timeout, output=output, view=live_block, final=summary)
 
 
-def latest_cancellations(conn: Conn, job_id: str, ns: str) -> list[Obj]:
-    """The newest cancellation of the job, and any other that is still going on."""
+def running_graceful(conn: Conn, ns: str, kind: str, job_id: str, task_id: str | None) -> Obj | None:
+    """The newest cancellation of this kind, job (and task) still running gracefully: what
+    `cancel --force` escalates (spec.force to true) instead of asking again."""
     selector = f"{LABEL_JOB}={job_id}" if label_ok(job_id) else None
-    found: list[Obj] = []
-    for plural in PLURAL.values():
-        items = conn.list_all(plural, ns, selector)
-        found += [o for o in items if (o.get("spec") or {}).get("jobName") == job_id]
-    found = newest_first(found)
-    if not found:
-        return []
-    return [found[0]] + [o for o in found[1:] if not is_terminal(o)]
+    for o in newest_first(conn.list_all(PLURAL[kind], ns, selector)):
+        spec = o.get("spec") or {}
+        if (spec.get("jobName"), spec.get("taskId")) == (job_id, task_id) and not spec.get("force") \
+                and not spec.get("dryRun") and not is_terminal(o):
+            return {**o, "kind": kind}
+    return None
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What `cancel` asks for, the same for each job it cancels."""
+
+    reason: str = ""
+    force: bool = False
+    grace_period: int | None = None
+    dry_run: bool = False
+    ttl: int | None = None
+
+    def body(self, kind: str, job_id: str, task_id: str | None = None, *, cascade: bool = True,
+             user: str | None = None) -> Obj:
+        """The new resource: a generated name, the job (and task) labels, the spec."""
+        spec: Obj = {"jobName": job_id}
+        if self.reason:
+            spec["reason"] = self.reason
+        if user:
+            spec["requestedBy"] = user
+        if self.force:
+            spec["force"] = True
+        if self.grace_period is not None:
+            spec["gracePeriodSeconds"] = self.grace_period
+        if self.dry_run:
+            spec["dryRun"] = True
+        if self.ttl is not None:
+            spec["ttlSecondsAfterFinished"] = self.ttl
+        if task_id:
+            spec["taskId"] = task_id
+            spec["cascade"] = cascade
+        return {"apiVersion": API_VERSION, "kind": kind,
+                "metadata": {"name": generate_name(job_id, task_id), "labels": cancellation_labels(job_id, task_id)},
+                "spec": spec}
+
+
+def submit(conn: Conn, ns: str, ask: Ask, kind: str, job_id: str, task_id: str | None = None, *,
+           cascade: bool = True, user: str | None = None) -> tuple[Obj, bool]:
+    """Create the cancellation; with --force, escalate instead the job's (task's) graceful one
+    still running, if there is one (True: escalated)."""
+    running = running_graceful(conn, ns, kind, job_id, task_id) if ask.force and not ask.dry_run else None
+    escalated = conn.escalate(running, user) if running is not None else None
+    if escalated is not None:
+        return escalated, True
+    return conn.create(PLURAL[kind], ns, ask.body(kind, job_id, task_id, cascade=cascade, user=user)), False
+
+
+def brief_block(r: CancellationResult, obj: Obj) -> list[str]:
+    """One line a cancellation, when several are followed on a terminal."""
+    st = r.status
+    return [Painted(f"{r.job_name}  {kind_ref(r)}  ", st.phase.value,
+                    f"  {fmt_duration(span(started_of(obj), st.completed_at))}  runners {runners_text(st)}, "
+                    f"tasks cancelled {st.progress.tasks_cancelled}")]
+
+
+def outcome_table(final: list[Obj], failed: Mapping[str, CliError], skipped: Sequence[tuple[str, str]]) -> list[str]:
+    """The end of `cancel` of several jobs: a row a job (cancellation, phase, message), then the counts."""
+    rows = [[r.job_name, r.name, r.status.phase.value, (r.status.message or "")[:100]]
+            for r in (result_of(o) for o in final)]
+    rows += [[job, "-", "Error", exc.message[:100]] for job, exc in failed.items()]
+    rows += [[job, "-", "Skipped", why] for job, why in skipped]
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row[2]] = counts.get(row[2], 0) + 1
+    total = f"{len(rows)} job{'s' if len(rows) != 1 else ''}: " + ", ".join(f"{n} {what}" for what, n in counts.items())
+    return [*table(["JOB", "CANCELLATION", "PHASE", "MESSAGE"], rows, phase_col=2), total]
+
+
+def cancel_many(conn: Conn, job_ids: list[str], selector: str | None, ask: Ask, *, wait: bool,
+                timeout: float | None, output: str) -> NoReturn:
+    """`cancel` of several jobs (JOB-IDs and/or -l): every named job must exist (else nothing
+    is created); jobs the selector matches that already finished are skipped. One
+    JobCancellation per job, a failed create reported and the others still made; followed
+    together, then the outcome table. Exits with the highest code of them all."""
+    ns = conn.namespace
+    check_crds(conn, ns)
+    targets = list(dict.fromkeys(job_ids))
+    missing = []
+    for job_id in targets:
+        try:
+            conn.get("agentjobs", ns, job_id)
+        except CliError as exc:
+            if exc.exit_code != EXIT_NOT_FOUND or "CRDs" in exc.message:
+                raise
+            missing.append(job_id)
+    if missing:
+        raise CliError(f"job{'s' if len(missing) > 1 else ''} {', '.join(missing)} not found in namespace {ns}; "
+                       "nothing was created", EXIT_NOT_FOUND)
+    skipped: list[tuple[str, str]] = []
+    if selector:
+        matched = sorted(conn.list_all("agentjobs", ns, selector), key=lambda j: str(j["metadata"]["name"]))
+        if not matched and not targets:
+            raise CliError(f"no jobs match the selector {selector} in namespace {ns}", EXIT_NOT_FOUND)
+        for job in matched:
+            name, phase = str(job["metadata"]["name"]), str((job.get("status") or {}).get("phase") or "")
+            if name in targets:
+                continue
+            if phase in FINISHED_JOB_PHASES:
+                skipped.append((name, f"already {phase}"))
+                click.echo(f"job {terminal_safe(name)} skipped: already {terminal_safe(phase)}", err=True)
+            else:
+                targets.append(name)
+
+    machine = records_only(output)
+    user = conn.whoami() if targets else None
+    created: list[Obj] = []
+    failed: dict[str, CliError] = {}
+    for job_id in targets:
+        try:
+            obj, escalated = submit(conn, ns, ask, JOB_CANCELLATION, job_id, user=user)
+        except CliError as exc:
+            if exc.exit_code == EXIT_UNREACHABLE:
+                raise
+            failed[job_id] = exc
+            click.echo(f"error: job {terminal_safe(job_id)}: {terminal_safe(exc.message)}", err=True)
+            continue
+        created.append(obj)
+        done = "escalated to force" if escalated else "created" + (" (dry run)" if ask.dry_run else "")
+        click.echo(f"{record_ref(obj)} {done}", err=machine)
+
+    def show(objs: list[Obj]) -> None:
+        if machine:
+            print_records(objs, output)
+        elif objs or failed or skipped:
+            click.echo(safe_block(outcome_table(objs, failed, skipped), coloured(sys.stdout)))
+
+    final = created
+    if wait and created:
+        final = follow_live(conn, created, hint=follow_hint(conn, None, ns), timeout=timeout, output=output,
+                            view=brief_block if len(created) > 1 else live_block,
+                            on_timeout=None if machine else show)
+    if wait or machine:
+        show(final)
+    codes = [exit_code_of(final) if wait else EXIT_OK, *(exc.exit_code for exc in failed.values())]
+    raise click.exceptions.Exit(max(codes))
+
+
+def latest_cancellations(conn: Conn, job_id: str, ns: str) -> list[Obj]:
+    """The newest cancellation of the job, and any other that is still going on (records.latest)."""
+    selector = records.job_selector(job_id)
+    return records.latest(records.of_job([o for plural in PLURAL.values()
+                                          for o in conn.list_all(plural, ns, selector)], job_id))
 
 
 @job.command("cancel-status", epilog=EXIT_CODES_HELP)
-@click.argument("job_id", metavar="JOB-ID")
+@click.argument("job_id", metavar="JOB-ID", shell_complete=complete_jobs)
 @click.option("--watch", "-w", is_flag=True, help="Follow until finished; then exit with the phase's code.")
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), default=None, metavar="SECONDS",
               help="With --watch: stop watching after this long (exit 6).")
@@ -885,10 +1431,10 @@ def cancel_status(ctx: click.Context, job_id: str, watch: bool, timeout: float |
         raise CliError(f"no cancellations found for job {job_id} in namespace {ns}", EXIT_NOT_FOUND)
     if watch:
         watch_and_report(conn, objs, job=job_id, ns=ns, timeout=timeout, output=output, view=status_view, final=None)
-    if output in ("json", "yaml"):
-        emit_document(as_list(objs), output)
+    if records_only(output):
+        print_records(objs, output)
         return
-    click.echo("\n\n".join(safe_block(status_view(result_of(o), o)) for o in objs))
+    click.echo("\n\n".join(safe_block(status_view(result_of(o), o), coloured(sys.stdout)) for o in objs))
 
 
 # ----------------------------------------------------------------------------- listing
@@ -935,7 +1481,8 @@ def list_page(conn: Conn, ns: str | None, selector: str | None, limit: int | Non
 @click.option("--limit", type=click.IntRange(1, 10000), default=None, metavar="N",
               help="At most N per page (the API's limit); prints a --continue token for the next page.")
 @click.option("--continue", "token", default=None, metavar="TOKEN", help="Next page, from the token of the last one.")
-@click.option("--job", "job_filter", default=None, metavar="JOB", help="Only this job's cancellations.")
+@click.option("--job", "job_filter", default=None, metavar="JOB", shell_complete=complete_jobs,
+              help="Only this job's cancellations.")
 @click.option("--phase", type=click.Choice([p.value for p in Phase], case_sensitive=False), default=None,
               help="Only this phase (filtered here, so a page may hold fewer than --limit rows).")
 @click.option("-A", "--all-namespaces", is_flag=True, help="List across all namespaces.")
@@ -966,35 +1513,41 @@ def cancellations(ctx: click.Context, limit: int | None, token: str | None, job_
     ns = None if all_namespaces else conn.namespace
     if job_filter and not label_ok(job_filter):
         raise click.BadParameter(f"{job_filter!r} is not a job name", param_hint="--job")
-    selector = f"{LABEL_JOB}={job_filter}" if job_filter else None
+    selector = records.job_selector(job_filter) if job_filter else None
     items, next_token = list_page(conn, ns, selector, limit, token)
     if phase:
         items = [o for o in items if result_of(o).status.phase.value.lower() == phase.lower()]
     items = newest_first(items)
-    if output in ("json", "yaml"):
-        emit_document(as_list(items, next_token), output)
-    else:
-        rows = []
-        for o in items:
-            r, spec = result_of(o), o.get("spec") or {}
-            st = r.status
-            row = [r.name, r.kind, r.job_name, r.task_id or "-", requester_text(o, short=True), st.phase.value,
-                   runners_text(st) if st.steps else "-", started_of(o) or "-",
-                   fmt_duration(span(started_of(o), st.completed_at)), str(spec.get("reason") or "")[:60]]
-            rows.append(([r.namespace] if ns is None else []) + row)
-        headers = (["NAMESPACE"] if ns is None else []) + ["NAME", "KIND", "JOB", "TASK", "REQUESTER", "PHASE",
-                                                           "RUNNERS", "STARTED", "DURATION", "REASON"]
-        if rows:
-            click.echo("\n".join(table(headers, rows)))
-        else:
-            click.echo(f"no cancellations found {_where(ns)}", err=True)
-    if next_token and output == "table":
+    print_records(items, output, cont=next_token, namespaces=ns is None)
+    if not items and output in ("table", "wide", "name"):
+        click.echo(f"no cancellations found {_where(ns)}", err=True)
+    if next_token and output in ("table", "wide", "name"):  # json/yaml/jsonpath: metadata.continue
         more = f"{conn.prog} job cancellations --limit {limit} --continue {next_token}"
         click.echo(f"more: {more}", err=True)
 
 
+# ----------------------------------------------------------------------------- completion
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the completion script of SHELL for necrocode: subcommands, flags, and the job
+    names and namespaces of the cluster (best effort, within a few seconds).
+
+    \b
+    Examples:
+      source <(necrocode completion bash)                      # this shell; or add it to ~/.bashrc
+      necrocode completion zsh > "${fpath[1]}/_necrocode"        # zsh (compinit)
+      necrocode completion fish > ~/.config/fish/completions/necrocode.fish
+    """
+    comp = get_completion_class(shell)
+    if comp is None:  # pragma: no cover - click ships all three
+        raise CliError(f"no completion for {shell}", EXIT_USAGE)
+    click.echo(comp(cli, {}, "necrocode", COMPLETE_VAR).source(), nl=False)
+
+
 def main() -> None:
-    cli.main(prog_name="kubectl necrocode" if "kubectl" in os.path.basename(sys.argv[0]) else "necrocode")
+    cli.main(prog_name="kubectl necrocode" if "kubectl" in os.path.basename(sys.argv[0]) else "necrocode",
+             complete_var=COMPLETE_VAR)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import Any
 
 import orjson
@@ -14,6 +15,9 @@ _LOGGER = logging.getLogger("necrocode")
 
 
 class JsonFormatter(logging.Formatter):
+    converter = staticmethod(time.gmtime)
+    """`ts` is UTC (the Z it ends with says so), whatever the machine's time zone."""
+
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
             "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",

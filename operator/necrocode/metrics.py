@@ -7,7 +7,15 @@ step = a step name; resource = lease | configmap | persistentvolumeclaim | secre
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import platform
+from collections.abc import Callable, Iterable, Iterator
+from importlib import metadata
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+import necrocode
+from necrocode.model import JOB_CANCELLATION, TASK_CANCELLATION
 
 REQUESTS = Counter("necrocode_cancellation_requests_total",
                    "Cancellations that reached a final phase, by kind and result.", ["kind", "result"])
@@ -31,3 +39,48 @@ STEP_DURATION = Histogram(
 API_REQUESTS = Counter("necrocode_api_requests_total",
                        "Kubernetes API requests the operator's own client made (kopf's are not counted), by verb.",
                        ["verb"])
+LEADER = Gauge("necrocode_leader", "1 while this replica holds the leader Lease and acts, 0 while it stands by "
+               "(without leader election: 1 while the operator runs).")
+
+
+def _version(dist: str, fallback: str = "unknown") -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return fallback
+
+
+BUILD_INFO = Gauge("necrocode_build_info", "Always 1; the labels say what runs: the operator's version, Python's "
+                   "and kopf's.", ["version", "python", "kopf"])
+BUILD_INFO.labels(version=necrocode.__version__, python=platform.python_version(), kopf=_version("kopf")).set(1)
+
+
+class OldestRunning:
+    """necrocode_oldest_running_cancellation_age_seconds{kind}: how long ago the oldest
+    cancellation this process is running started (status.startedAt, so a cancellation resumed
+    after a restart or a leader change counts from its first start), computed at scrape time;
+    0 when none runs (a standby, or an operator not started). `source` (set by the operator at
+    startup) yields (kind, age in seconds) for each cancellation at work."""
+
+    name = "necrocode_oldest_running_cancellation_age_seconds"
+
+    def __init__(self) -> None:
+        self.source: Callable[[], Iterable[tuple[str, float]]] | None = None
+
+    def ages(self) -> dict[str, float]:
+        out = {JOB_CANCELLATION: 0.0, TASK_CANCELLATION: 0.0}
+        source = self.source
+        for kind, age in source() if source is not None else ():
+            out[kind] = max(out.get(kind, 0.0), age)
+        return out
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(self.name, "Age of the oldest cancellation still running, by kind (from its "
+                                              "status.startedAt; 0 when none runs here).", labels=["kind"])
+        for kind, age in sorted(self.ages().items()):
+            family.add_metric([kind], age)
+        yield family
+
+
+OLDEST_RUNNING = OldestRunning()
+REGISTRY.register(OLDEST_RUNNING)

@@ -43,6 +43,9 @@ ANNOTATION_REQUESTER = "necrocode.io/requester"
 (deploy/requester-policy.yaml) from the authenticated request; a client cannot choose it."""
 ANNOTATION_REQUESTER_GROUPS = "necrocode.io/requester-groups"
 """With ANNOTATION_REQUESTER: that user's groups, comma separated (for access reviews)."""
+ANNOTATION_FORCE_REQUESTER = "necrocode.io/force-requester"
+"""On a cancellation whose spec.force was changed from false to true (an escalation): the user
+who changed it, written by the API server at admission (deploy/requester-policy.yaml)."""
 LABEL_JOB_UID = "necrocode.io/job-uid"
 """Optional, on a job's pods, scratch and artifacts: the uid of the AgentJob they belong to, so
 a job recreated under an old name never reaches the older job's objects (planning.belongs_to)."""
@@ -98,6 +101,16 @@ def requester_of(meta: dict[str, Any], claimed: str | None, *, policy_installed:
         groups = tuple(g for g in raw.split(",") if g) if isinstance(raw, str) else ()
         return Requester(clip(user, 253), groups, verified=True)
     return Requester(clip(claimed or "", 253))
+
+
+def force_requester_of(meta: dict[str, Any], *, policy_installed: bool) -> Requester | None:
+    """Who turned spec.force on (escalated the cancellation), as the API server recorded it when
+    the policy that writes it is installed, else the client's claim (unverified); None when the
+    annotation is not there (force was set at creation, or nobody says who)."""
+    user = (meta.get("annotations") or {}).get(ANNOTATION_FORCE_REQUESTER)
+    if not isinstance(user, str) or not user:
+        return None
+    return Requester(clip(user, 253), verified=policy_installed)
 
 
 def clip(text: str, limit: int = MESSAGE_LIMIT) -> str:
@@ -239,12 +252,17 @@ class ErrorEntry(_Model):
     attempts: int = 1
 
 
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
 class Condition(_Model):
     type: str
-    status: Literal["True", "False", "Unknown"]
+    status: ConditionStatus
     reason: str
     message: str = ""
     last_transition_time: str | None = Field(default=None, alias="lastTransitionTime")
+    observed_generation: int | None = Field(default=None, alias="observedGeneration")
+    """The metadata.generation (spec) the condition was decided on."""
 
 
 class RunnerOutcome(_Model):
@@ -304,6 +322,9 @@ class CancellationStatus(_Model):
     """A forced request that found another one running gracefully: the one it escalated."""
     escalated_by: str | None = Field(default=None, alias="escalatedBy")
     """Set on a request escalated to force by a later forced request (kind/name)."""
+    escalated_by_user: str | None = Field(default=None, alias="escalatedByUser")
+    """Set on a request escalated to force by a change of its spec.force to true: who changed it
+    (the annotation necrocode.io/force-requester, recorded by the API server)."""
 
     _limit: int = PrivateAttr(default=100)
     _error_keys: set[tuple[str, str]] = PrivateAttr(default_factory=set)
@@ -323,17 +344,20 @@ class CancellationStatus(_Model):
         self.steps.append(s)
         return s
 
-    def set_condition(self, type_: str, status: bool, reason: str, message: str = "") -> None:
-        value: Literal["True", "False"] = "True" if status else "False"
+    def set_condition(self, type_: str, status: bool | ConditionStatus, reason: str, message: str = "") -> None:
+        """Set a condition (Kubernetes API conventions): lastTransitionTime moves only when its
+        status changes; observedGeneration is the generation this status was written for."""
+        value: ConditionStatus = status if isinstance(status, str) else "True" if status else "False"
         for c in self.conditions:
             if c.type == type_:
                 if c.status != value:
                     c.last_transition_time = iso(now_utc())
                 c.status, c.reason, c.message = value, reason, message
+                c.observed_generation = self.observed_generation
                 return
         self.conditions.append(
             Condition(type=type_, status=value, reason=reason, message=message,
-                      last_transition_time=iso(now_utc()))
+                      last_transition_time=iso(now_utc()), observed_generation=self.observed_generation)
         )
 
     def add_error(self, step: str, obj: str, message: str, attempts: int = 1) -> None:

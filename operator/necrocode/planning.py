@@ -19,17 +19,18 @@ from necrocode.model import (
     FINISHED_TASK_STATES,
     JOB_CANCELLATION,
     LABEL_JOB_UID,
-    LABEL_TASK,
     PENDING_TASK_STATES,
     TASK_CANCELLATION,
     TERMINAL_PHASES,
     AffectedTask,
+    ConditionStatus,
     JobPhase,
     Phase,
     Ref,
     TaskState,
     parse_time,
 )
+from necrocode.records import task_id as task_id  # the operator reads a task's id as the CLI and API do
 
 Obj = Mapping[str, Any]
 
@@ -80,12 +81,6 @@ def _time(value: object) -> datetime | None:
 
 
 # ----------------------------------------------------------------------------- tasks
-def task_id(task: Obj) -> str:
-    spec = task.get("spec") or {}
-    labels = (task.get("metadata") or {}).get("labels") or {}
-    return str(spec.get("taskId") or labels.get(LABEL_TASK) or task["metadata"]["name"])
-
-
 def task_state(task: Obj) -> TaskState:
     raw = (task.get("status") or {}).get("state") or TaskState.PENDING.value
     try:
@@ -495,6 +490,30 @@ def final_phase(errors: int, failed_critical: bool) -> Phase:
     if failed_critical:
         return Phase.FAILED
     return Phase.PARTIALLY_COMPLETED if errors else Phase.COMPLETED
+
+
+IN_PROGRESS = "InProgress"
+"""The reason of the conditions of a cancellation still at work."""
+
+
+def phase_conditions(phase: Phase, message: str = "") -> list[tuple[str, ConditionStatus, str, str]]:
+    """The conditions a cancellation in `phase` carries, by the Kubernetes API conventions, as
+    (type, status, reason, message):
+
+    - Running: True while it works, False once it ended (reason: the phase);
+    - Succeeded: True when it ended Completed; False when it ended PartiallyCompleted, Failed or
+      Rejected (reason: that phase, message: why); Unknown while it works. So
+      `kubectl wait --for=condition=Succeeded` waits for success and `...=Succeeded=false` for
+      the other ends;
+    - Complete: only "finished", whatever the outcome (True once terminal, else False)."""
+    if phase not in TERMINAL_PHASES:
+        return [("Running", "True", IN_PROGRESS, message),
+                ("Succeeded", "Unknown", IN_PROGRESS, message),
+                ("Complete", "False", IN_PROGRESS, message)]
+    ended = phase.value
+    return [("Running", "False", ended, message),
+            ("Succeeded", "True" if phase == Phase.COMPLETED else "False", ended, message),
+            ("Complete", "True", ended, message)]
 
 
 def runner_summary(terminated: int, total: int, forced: int) -> str:

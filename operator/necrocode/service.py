@@ -16,21 +16,24 @@ from necrocode import metrics
 from necrocode.cleaner import ResourceCleaner
 from necrocode.clock import Clock, SystemClock
 from necrocode.events import EventRecorder
-from necrocode.kube import ApiError, Kube, NotLeader, TransientError
+from necrocode.kube import ApiError, Kube, NotLeader, TransientError, nc_path
 from necrocode.logs import Bound
 from necrocode.model import (
     ANNOTATION_ESCALATED_BY,
     DONE_STEP_STATES,
+    PLURAL,
     TASK_CANCELLATION,
+    TERMINAL_PHASES,
     CancellationSpec,
     CancellationStatus,
     Phase,
     StepState,
+    force_requester_of,
     iso,
     parse_time,
     requester_of,
 )
-from necrocode.planning import cancellation_bound, final_phase
+from necrocode.planning import cancellation_bound, final_phase, phase_conditions
 from necrocode.settings import Settings
 from necrocode.steps import STEPS, Ctx, StepDef, StepResult, restore_affected
 from necrocode.taskregistry import TaskRegistry
@@ -52,6 +55,32 @@ class CancellationService:
             return False
         ctx.escalate(by)
         return True
+
+    async def observe_spec(self, body: Obj) -> None:
+        """The spec of a cancellation changed since its status was written (a newer
+        metadata.generation): spec.force turned on, the only change the CRD allows. One at work
+        here is forced at once (Ctx.force_set). One that had already ended when the change came
+        has nothing left to force; its status records that it saw that generation, so a
+        `kubectl wait --for=condition=...` on it is not left waiting for it."""
+        meta = body.get("metadata") or {}
+        generation = meta.get("generation")
+        ctx = self.running.get(str(meta.get("uid") or ""))
+        if ctx is not None and not ctx.status.terminal:
+            if (body.get("spec") or {}).get("force") is True:
+                ctx.force_set(force_requester_of(meta, policy_installed=self.settings.requester_policy), generation)
+            return
+        status = body.get("status") or {}
+        if status.get("phase") not in {p.value for p in TERMINAL_PHASES}:
+            return  # not started yet, or started by another run: that run reads the spec itself
+        conditions = [{**c, "observedGeneration": generation} for c in status.get("conditions") or []
+                      if isinstance(c, dict)]
+        try:
+            await self.kube.merge_patch(nc_path(str(meta.get("namespace")), PLURAL[str(body.get("kind"))],
+                                                str(meta.get("name")), "status"),
+                                        {"status": {"observedGeneration": generation, "conditions": conditions}})
+        except ApiError as exc:
+            Bound(cancellation=meta.get("name"), kind=body.get("kind"), namespace=meta.get("namespace")).warning(
+                "status not updated to the spec's generation", error=str(exc))
 
     def context(self, body: Obj) -> tuple[Ctx, CancellationTracker]:
         kind = body["kind"]
@@ -107,16 +136,22 @@ class CancellationService:
             status.started_at = iso(self.clock.now())
         status.requested_by = ctx.requester.username or None
         status.requester_verified = ctx.requester.verified if ctx.requester.username else None
-        status.observed_generation = (ctx.body.get("metadata") or {}).get("generation")
+        meta = ctx.body.get("metadata") or {}
+        status.observed_generation = meta.get("generation")
         status.phase = Phase.RUNNING
+        what = f"job {ctx.spec.job_name}" + (f" task {ctx.spec.task_id}" if ctx.spec.task_id else "")
+        for condition in phase_conditions(Phase.RUNNING, f"cancelling {what}"):
+            status.set_condition(*condition)
+        forcer = force_requester_of(meta, policy_installed=self.settings.requester_policy)
+        if ctx.spec.force and forcer is not None:  # spec.force was turned on after creation: an escalation
+            ctx.force_set(forcer)
         ctx.log.info("cancellation resumed" if resumed else "cancellation started", reason=ctx.spec.reason,
                      force=ctx.spec.force, grace_period_seconds=ctx.spec.grace_period_seconds,
                      escalate_after_seconds=ctx.spec.escalate_after_seconds, dry_run=ctx.spec.dry_run,
                      cascade=ctx.spec.cascade if ctx.kind == TASK_CANCELLATION else None)
         if not resumed:
             await ctx.events.emit(ctx.body, "started", "Started",
-                                  f"cancelling job {ctx.spec.job_name}" +
-                                  (f" task {ctx.spec.task_id}" if ctx.spec.task_id else "") +
+                                  f"cancelling {what}" +
                                   (f" for {ctx.requester.text}" if ctx.requester.username else "") +
                                   (f": {ctx.spec.reason}" if ctx.spec.reason else ""))
         tracker.changed()  # written in the background: the first step starts at once
@@ -154,7 +189,8 @@ class CancellationService:
             if status.message is None:
                 status.message = _summary(status)
         status.completed_at = iso(self.clock.now())
-        status.set_condition("Complete", True, status.phase.value, status.message or "")
+        for condition in phase_conditions(status.phase, status.message or ""):
+            status.set_condition(*condition)
         # metrics and the final event first, the terminal status last: whoever sees the final
         # phase also sees its counters and its event
         elapsed = _elapsed(status)

@@ -12,6 +12,16 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
 
+def _ttl(value: str) -> int | None:
+    """NECROCODE_DEFAULT_TTL_SECONDS: empty (or unset) for none, else whole seconds >= 0."""
+    if not value.strip():
+        return None
+    ttl = int(value)
+    if ttl < 0:
+        raise ValueError(f"NECROCODE_DEFAULT_TTL_SECONDS={value!r}: expected seconds >= 0, or empty for none")
+    return ttl
+
+
 @dataclass(frozen=True)
 class Settings:
     concurrency: int = 50
@@ -39,6 +49,9 @@ class Settings:
     necrocode.io/requester annotations are the API server's record of who asked and may be
     trusted for access decisions. Off: requesters are unverified claims and the operator does
     no optional destructive action for them (preserveArtifacts: false keeps the artifacts)."""
+    default_ttl_seconds: int | None = None
+    """How long a finished record whose spec has no ttlSecondsAfterFinished is kept before the
+    operator deletes it, whoever created it (kubectl, the CLI, the REST API); None: kept for ever."""
     namespaces: tuple[str, ...] = ()
     """Namespaces to serve; empty means the whole cluster."""
     log_format: str = "json"
@@ -64,6 +77,7 @@ class Settings:
             task_events_limit=max(0, int(_env("NECROCODE_TASK_EVENTS_LIMIT", "100"))),
             include_secrets=_env("NECROCODE_INCLUDE_SECRETS", "false").lower() in ("1", "true", "yes"),
             requester_policy=_env("NECROCODE_REQUESTER_POLICY", "false").lower() in ("1", "true", "yes"),
+            default_ttl_seconds=_ttl(_env("NECROCODE_DEFAULT_TTL_SECONDS", "")),
             namespaces=ns,
             log_format=_env("NECROCODE_LOG_FORMAT", "json"),
             metrics_port=int(_env("NECROCODE_METRICS_PORT", "8080")),

@@ -114,7 +114,10 @@ class Ctx:
     requester: Requester = field(default_factory=lambda: Requester(""))
     """Who asked (model.requester_of): verified when the API server recorded it."""
     escalated_by: str | None = None
-    """A later forced request asked this one to force its runners (kind/name)."""
+    """Who escalated this one to force: a later forced request (kind/name), or the user who set
+    spec.force to true (force_set)."""
+    force_recorded: bool = False
+    """force_set has recorded the change of spec.force in this run."""
     escalate_other: Callable[[str, str], bool] = lambda uid, by: False
     """Escalate the running cancellation with this uid, if it runs in this process (the service
     wires it); the annotation on that object covers a restart."""
@@ -144,10 +147,36 @@ class Ctx:
         """A forced request found this one running gracefully: force what is left, now."""
         if self.escalated_by is not None or self.spec.force:
             return
-        self.escalated_by = by
         self.status.escalated_by = by
         self.status.set_condition("Escalated", True, "ForceRequested", f"escalated to force by {by}")
-        self.log.warning("cancellation escalated to force", by=by)
+        self._force_now(by)
+
+    def force_set(self, user: Requester | None, generation: int | None = None) -> None:
+        """spec.force was changed to true (by `user`, as the API server recorded it; `generation`:
+        the spec's): force what is left, now, and record who asked (status.escalatedByUser, the
+        Escalated condition, an Event). Also for a run that starts with that spec (after a
+        restart, or a change before it began): recorded once however often it is called."""
+        if generation is not None and generation != self.status.observed_generation:
+            self.status.observed_generation = generation  # every condition now reflects that spec
+            for c in self.status.conditions:
+                c.observed_generation = generation
+            self.changed()
+        if self.force_recorded:
+            return
+        self.force_recorded = True
+        who = user.text if user is not None else None
+        words = f"escalated to force{f' by {who}' if who else ''}: spec.force set to true"
+        self.status.escalated_by_user = who
+        self.status.set_condition("Escalated", True, "ForceSet", words)
+        self.spawn(self.events.emit(self.body, "force-set", "Escalated", words, "Warning"))
+        if self.escalated_by is None:
+            self._force_now(who or "spec.force", log=not self.spec.force)
+        self.changed()
+
+    def _force_now(self, by: str, log: bool = True) -> None:
+        self.escalated_by = by
+        if log:
+            self.log.warning("cancellation escalated to force", by=by)
         if self.terminator is not None:
             self.terminator.escalate()
         self.changed()

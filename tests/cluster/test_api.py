@@ -177,7 +177,11 @@ def test_health_openapi_and_docs_are_served_without_a_token(api: Api) -> None:
         assert c.get("/healthz").json() == {"status": "ok"}
         doc = c.get("/openapi.json").json()
         assert {"/api/jobs/{job_id}/cancel", "/api/tasks/{task_id}/cancel", "/api/jobs/{job_id}/cancellation-status",
-                "/api/cancellations", "/api/cancellations/{name}", "/healthz"} <= set(doc["paths"])
+                "/api/cancellations", "/api/cancellations/{name}", "/api/cancellations/{name}/escalate",
+                "/healthz"} <= set(doc["paths"])
+        escalate = doc["paths"]["/api/cancellations/{name}/escalate"]["post"]
+        assert escalate["operationId"] == "escalateCancellation" and {"200", "403", "404", "409"} <= set(
+            escalate["responses"])
         assert doc["components"]["securitySchemes"]["HTTPBearer"] == {
             "type": "http", "scheme": "bearer", "description": doc["components"]["securitySchemes"]["HTTPBearer"][
                 "description"]}
@@ -200,6 +204,10 @@ def test_request_bodies_have_the_crds_bounds() -> None:
         assert (ours["gracePeriodSeconds"]["minimum"], ours["gracePeriodSeconds"]["maximum"]) == (
             spec["gracePeriodSeconds"]["minimum"], spec["gracePeriodSeconds"]["maximum"])
         assert ours["gracePeriodSeconds"]["default"] == spec["gracePeriodSeconds"]["default"]
+        # optional (absent: the operator's default TTL), at least the CRD's minimum
+        [ttl, null] = ours["ttlSecondsAfterFinished"]["anyOf"]
+        assert null == {"type": "null"} and ttl["type"] == spec["ttlSecondsAfterFinished"]["type"] == "integer"
+        assert ttl["minimum"] == spec["ttlSecondsAfterFinished"]["minimum"] and ttl["maximum"] == 2**31 - 1
         if model is TaskCancelRequest:
             assert ours["jobId"]["pattern"] == spec["jobName"]["pattern"]
             assert ours["jobId"]["maxLength"] == spec["jobName"]["maxLength"]
@@ -425,6 +433,90 @@ def test_cancel_task_creates_a_task_cancellation(kube: Kubectl, api: Api, ns: st
     assert kube.task(ns, "job1", "b")["status"]["state"] == "Blocked"
 
 
+def test_escalate_forces_a_running_graceful_cancellation_and_records_the_caller(kube: Kubectl, api: Api,
+                                                                                ns: str) -> None:
+    """POST /api/cancellations/{name}/escalate: needs `patch` on the record's kind; sets its
+    spec.force, the operator forces the runners at once, and the caller is recorded as who
+    escalated (the API may vouch); one already forced is answered as it is, a finished one is 409."""
+    kube.create_job(ns, "job1")
+    for tid in ("a", "b"):
+        kube.create_runner(ns, "job1", tid, stop="never", grace=300)
+        kube.create_task(ns, "job1", tid, "Running", runner=f"job1-{tid}-runner")
+    who = api.allowed.username
+    with api.client(api.allowed) as c:
+        resp = c.post("/api/jobs/job1/cancel", params={"namespace": ns}, json={"gracePeriodSeconds": 300})
+        assert resp.status_code == 201, resp.text
+        name = resp.json()["name"]
+        wait_for(lambda: (kube.get("jobcancellations", ns, name).get("status") or {}).get("runnerSummary") == "0/2"
+                 and all(p.metadata.deletion_timestamp for p in kube.pods(ns, "necrocode.io/job=job1")),
+                 what="both runners terminating")
+        path = f"/api/cancellations/{name}/escalate"
+        resp = c.post(path, params={"namespace": ns})
+        assert resp.status_code == 403, resp.text
+        assert resp.json() == {"detail": f"user {who} may not patch jobcancellations.necrocode.io in namespace {ns}"}
+        assert kube.get("jobcancellations", ns, name)["spec"]["force"] is False
+        with api.client(api.denied) as other:  # no get: not even told whether it exists
+            assert other.post(path, params={"namespace": ns}).status_code == 403
+            assert other.post("/api/cancellations/nope/escalate", params={"namespace": ns}).status_code == 403
+
+        kube.rbac.create_namespaced_role(ns, {"metadata": {"name": "escalate"}, "rules": [
+            {"apiGroups": [G], "resources": ["jobcancellations"], "verbs": ["patch"]}]})
+        kube.rbac.create_namespaced_role_binding(ns, {"metadata": {"name": "escalate"}, "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "escalate"}, "subjects": [
+            {"kind": "ServiceAccount", "name": api.allowed.name, "namespace": api.allowed.namespace}]})
+        wait_for(lambda: _sar(kube, api.allowed, ns, "patch", "jobcancellations"), what="RBAC for patch")
+        started = time.monotonic()
+        resp = c.post(path, params={"namespace": ns, "wait": "true", "timeout": 60})
+        assert resp.status_code == 200, resp.text
+        assert time.monotonic() - started < 30
+        body = resp.json()
+        assert resp.headers["necrocode-finished"] == "true"
+        assert body["name"] == name and body["status"]["phase"] == "Completed", body
+        p = body["status"]["progress"]
+        assert (p["runnersTotal"], p["runnersTerminated"], p["runnersForced"]) == (2, 2, 2), p
+        assert body["status"]["escalatedByUser"] == who
+        stored = kube.get("jobcancellations", ns, name)
+        assert stored["spec"]["force"] is True and stored["metadata"]["annotations"]["necrocode.io/force-requester"] == who
+        assert kube.pods(ns, "necrocode.io/job=job1") == []
+        again = c.post(path, params={"namespace": ns})  # already forced: as it is, unchanged
+        assert again.status_code == 200 and again.json()["status"] == body["status"], again.text
+        assert kube.get("jobcancellations", ns, name)["metadata"]["generation"] == stored["metadata"]["generation"] == 2
+
+        kube.cancel_job(ns, "too-late", "no-such-job")
+        kube.wait_phase("jobcancellations", ns, "too-late")
+        resp = c.post("/api/cancellations/too-late/escalate", params={"namespace": ns})
+        assert resp.status_code == 409, resp.text
+        assert resp.json() == {"detail": "jobcancellation/too-late has finished; there is nothing left to escalate"}
+        assert kube.get("jobcancellations", ns, "too-late")["spec"]["force"] is False
+        resp = c.post("/api/cancellations/nope/escalate", params={"namespace": ns})
+        assert resp.status_code == 404 and resp.json() == {"detail": f"cancellation nope not found in namespace {ns}"}
+
+
+def test_ttl_in_the_body_is_stored_and_the_record_expires(kube: Kubectl, api: Api, ns: str) -> None:
+    """ttlSecondsAfterFinished: the same field kubectl would set, so the operator deletes the
+    record that long after it finished (for jobs and tasks alike)."""
+    kube.create_job(ns, "job1")
+    kube.create_task(ns, "job1", "a", "Pending")
+    kube.create_job(ns, "job2")
+    kube.create_task(ns, "job2", "b", "Pending")
+    with api.client(api.allowed) as c:
+        job = c.post("/api/jobs/job1/cancel", params={"namespace": ns},
+                     json={"ttlSecondsAfterFinished": 2, "reason": "short-lived"})
+        assert job.status_code == 201, job.text
+        assert kube.get("jobcancellations", ns, job.json()["name"])["spec"]["ttlSecondsAfterFinished"] == 2
+        task = c.post("/api/tasks/b/cancel", params={"namespace": ns}, json={"jobId": "job2", "ttlSecondsAfterFinished": 2.0})
+        assert task.status_code == 201, task.text
+        assert kube.get("taskcancellations", ns, task.json()["name"])["spec"]["ttlSecondsAfterFinished"] == 2
+        kept = c.post("/api/jobs/job1/cancel", params={"namespace": ns, "wait": "true"},
+                      json={"ttlSecondsAfterFinished": 3600})
+        assert kept.status_code == 201 and kept.json()["status"]["phase"] in TERMINAL, kept.text
+        expired = {job.headers["location"], task.headers["location"]}
+        wait_for(lambda: all(c.get(loc).status_code == 404 for loc in expired), timeout=30,
+                 what="both records deleted after their TTL")
+        assert c.get(kept.headers["location"]).status_code == 200  # its TTL has not passed
+    assert kube.get("jobcancellations", ns, kept.json()["name"])["spec"]["ttlSecondsAfterFinished"] == 3600
+
+
 # ----------------------------------------------------------------------------- 404 and 422
 def test_unknown_job_or_task_is_404_before_anything_is_created(kube: Kubectl, api: Api, ns: str) -> None:
     kube.create_job(ns, "job1")
@@ -456,6 +548,8 @@ def test_bad_bodies_and_parameters_are_422_with_the_field(kube: Kubectl, api: Ap
         assert detail_fields(post(job, {"gracePeriodSeconds": "5"})) == {("body", "gracePeriodSeconds")}
         assert detail_fields(post(job, {"force": "yes"})) == {("body", "force")}
         assert detail_fields(post(job, {"reason": "x" * 1025})) == {("body", "reason")}
+        for ttl in (-1, "60", 2**31, True, 1.5):
+            assert detail_fields(post(job, {"ttlSecondsAfterFinished": ttl})) == {("body", "ttlSecondsAfterFinished")}
         resp = post(job, {"bogus": 1, "grace_period_seconds": 3})
         assert detail_fields(resp) == {("body", "bogus"), ("body", "grace_period_seconds")}
         assert {e["type"] for e in resp.json()["detail"]} == {"extra_forbidden"}

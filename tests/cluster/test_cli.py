@@ -3,8 +3,10 @@ same resources as `kubectl apply`, follows them, lists them, and fails with one 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import pty
 import re
 import signal
 import subprocess
@@ -13,9 +15,11 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from click.shell_completion import ShellComplete
 from click.testing import CliRunner, Result
 from kubernetes.client.rest import ApiException
 
@@ -160,6 +164,41 @@ def test_force_with_json_output_matches_the_stored_resource(kube: Kubectl, clust
     assert (p["runnersTotal"], p["runnersTerminated"], p["runnersForced"]) == (2, 2, 2)
     assert "phase Completed" in res.stderr  # progress went to stderr, plain
     assert kube.pods(ns, "necrocode.io/job=job1") == []
+
+
+def test_force_on_a_job_whose_graceful_cancellation_runs_escalates_it(kube: Kubectl, cluster: ClusterInfo,
+                                                                      namespace: str) -> None:
+    """`cancel --force` while a graceful cancellation of the job runs sets that one's spec.force
+    (no second record): its runners, which would take their 300 s, are forced at once, and the
+    user is recorded as who escalated it."""
+    ns = namespace
+    small_job(kube, ns, stop="never", grace=300)
+    res = run(cluster, "job", "cancel", "job1", "-n", ns, "--grace-period", "300", "--no-wait", "-o", "json")
+    assert res.exit_code == 0, res.output
+    name = json.loads(res.stdout)["metadata"]["name"]
+    wait_for(lambda: (kube.get("jobcancellations", ns, name).get("status") or {}).get("runnerSummary") == "0/2"
+             and all(p.metadata.deletion_timestamp for p in kube.pods(ns, RUNNER)), what="both runners terminating")
+
+    started = time.monotonic()
+    res = run(cluster, "job", "cancel", "job1", "-n", ns, "--force")
+    assert res.exit_code == 0, res.output
+    assert time.monotonic() - started < 60
+    assert res.stdout.splitlines()[0] == (f"jobcancellation.necrocode.io/{name} escalated to force "
+                                          "(it was running gracefully; spec.force set to true)"), res.stdout
+    assert f"jobcancellation/{name} in namespace {ns}: Completed" in res.stdout
+    assert [o["metadata"]["name"] for o in cancellations(kube, ns)] == [name]  # escalated, not asked again
+    obj = kube.get("jobcancellations", ns, name)
+    st = obj["status"]
+    assert obj["spec"]["force"] is True and obj["spec"]["gracePeriodSeconds"] == 300
+    assert obj["metadata"]["annotations"]["necrocode.io/force-requester"] == me(kube) == st["escalatedByUser"]
+    p = st["progress"]
+    assert (p["runnersTotal"], p["runnersTerminated"], p["runnersForced"]) == (2, 2, 2), p
+    assert kube.pods(ns, RUNNER) == []
+    # once it has ended there is nothing to escalate: a later --force asks anew (and is its duplicate)
+    res = run(cluster, "job", "cancel", "job1", "-n", ns, "--force")
+    assert res.exit_code == 0 and res.stdout.splitlines()[0].endswith(" created"), res.output
+    assert f"duplicate of jobcancellation/{name}" in res.stdout
+    assert len(cancellations(kube, ns)) == 2
 
 
 def test_task_cancellation_with_and_without_cascade(kube: Kubectl, cluster: ClusterInfo, namespace: str) -> None:
@@ -415,18 +454,22 @@ def kubeconfig_for(cluster: ClusterInfo, path: Path, *, server: str | None = Non
     return path
 
 
+def grant(kube: Kubectl, ns: str, sa: str, rules: list[dict[str, Any]]) -> str:
+    """A ServiceAccount `sa` bound to a Role of `rules` in `ns`; its username."""
+    kube.core.create_namespaced_service_account(ns, {"metadata": {"name": sa}})
+    kube.rbac.create_namespaced_role(ns, {"metadata": {"name": sa}, "rules": rules})
+    kube.rbac.create_namespaced_role_binding(ns, {
+        "metadata": {"name": sa}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": sa},
+        "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}]})
+    return f"system:serviceaccount:{ns}:{sa}"
+
+
 def test_forbidden_names_the_verb_and_resource(kube: Kubectl, cluster: ClusterInfo, namespace: str,
                                                tmp_path: Path) -> None:
     ns = namespace
     kube.create_job(ns, "job1")
-    kube.core.create_namespaced_service_account(ns, {"metadata": {"name": "reader"}})
-    kube.rbac.create_namespaced_role(ns, {"metadata": {"name": "reader"}, "rules": [
-        {"apiGroups": [G], "resources": ["agentjobs", "agenttasks", "jobcancellations", "taskcancellations"],
-         "verbs": ["get", "list"]}]})
-    kube.rbac.create_namespaced_role_binding(ns, {
-        "metadata": {"name": "reader"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                                                    "name": "reader"},
-        "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": ns}]})
+    grant(kube, ns, "reader", [{"apiGroups": [G], "verbs": ["get", "list"], "resources": [
+        "agentjobs", "agenttasks", "jobcancellations", "taskcancellations"]}])
     kube.core.create_namespaced_service_account(ns, {"metadata": {"name": "nobody"}})
     configs = {}
     for sa in ("reader", "nobody"):
@@ -511,7 +554,7 @@ def test_ctrl_c_stops_watching_not_the_cancellation(kube: Kubectl, cluster: Clus
 
 
 def test_help_of_every_command_has_examples(cluster: ClusterInfo) -> None:
-    for args in ([], ["job"], ["job", "cancel"], ["job", "cancel-status"], ["job", "cancellations"]):
+    for args in ([], ["job"], ["job", "cancel"], ["job", "cancel-status"], ["job", "cancellations"], ["completion"]):
         res = CliRunner().invoke(necrocode_cli.cli, [*args, "--help"])
         assert res.exit_code == 0, res.output
         assert "Examples:" in res.stdout
@@ -531,3 +574,171 @@ def test_terminal_display_redraws_in_place() -> None:
     assert "[x] Validate" in first and "[>] CleanupResources" in first and "[ ] Verify" in first
     display.update([obj])
     assert stream.getvalue()[len(first):].startswith(f"\x1b[{first.count(chr(10))}F\x1b[J")
+
+
+# ----------------------------------------------------------------------------- conventions (issue 16)
+def test_cancel_several_jobs_by_name_and_selector(kube: Kubectl, cluster: ClusterInfo, namespace: str) -> None:
+    ns = namespace
+    for job, team in (("m1", None), ("m2", "x"), ("m3", "x"), ("done", "x"), ("m4", None)):
+        kube.create_job(ns, job, phase="Succeeded" if job == "done" else "Running")
+        if team:
+            kube.custom.patch_namespaced_custom_object(G, V, ns, "agentjobs", job, {"metadata": {"labels": {"team": team}}})
+        if job in ("m1", "m2", "m3"):
+            kube.create_runner(ns, job, "a", name=f"{job}-a-runner")
+            kube.create_task(ns, job, "a", "Running", runner=f"{job}-a-runner")
+    wait_for(lambda: len([p for p in kube.pods(ns, RUNNER) if p.status.phase == "Running"]) == 3, what="runners")
+
+    # job completion from the cluster
+    comp = ShellComplete(necrocode_cli.cli, {}, "necrocode", necrocode_cli.COMPLETE_VAR)
+    got = comp.get_completions(["job", "cancel", "-n", ns, "--kubeconfig", str(cluster.kubeconfig)], "m")
+    assert [c.value for c in got] == ["m1", "m2", "m3", "m4"]
+
+    # a missing name: nothing is created
+    res = run(cluster, "job", "cancel", "m4", "ghost", "-n", ns)
+    assert (res.exit_code, res.stderr) == (7, f"error: job ghost not found in namespace {ns}; nothing was created\n")
+    assert cancellations(kube, ns) == []
+
+    # m1 by name, m2 and m3 by label (done is finished: skipped), in a subprocess: its stdout is a pipe
+    proc = subprocess.run([sys.executable, "-m", "necrocode.cli", "job", "cancel", "m1", "-l", "team=x", "-n", ns,
+                           "--reason", "bulk", "--ttl", "1h", "--kubeconfig", str(cluster.kubeconfig)],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "TERM": "xterm-256color"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.fullmatch(r"[^\x00-\x09\x0b-\x1f\x7f-\x9f]*", proc.stdout + proc.stderr)  # no control sequence
+    assert proc.stderr == "job done skipped: already Succeeded\n"
+    records = {o["spec"]["jobName"]: o for o in cancellations(kube, ns)}
+    assert sorted(records) == ["m1", "m2", "m3"]  # one each
+    for job, obj in records.items():
+        assert obj["spec"]["ttlSecondsAfterFinished"] == 3600 and obj["spec"]["reason"] == "bulk"
+        assert obj["metadata"]["labels"] == {"necrocode.io/job": job}
+    lines = proc.stdout.splitlines()
+    assert lines[:3] == [f"jobcancellation.necrocode.io/{records[j]['metadata']['name']} created" for j in ("m1", "m2", "m3")]
+    assert any(re.match(r"^\[\s*[\d.]+s\] m2-cancel-\S+: step TerminateRunners: Succeeded", ln) for ln in lines)
+    table = lines[lines.index(next(ln for ln in lines if ln.startswith("JOB "))):]
+    assert table[0].split() == ["JOB", "CANCELLATION", "PHASE", "MESSAGE"]
+    assert [r.split()[:3] for r in table[1:4]] == [[j, records[j]["metadata"]["name"], "Completed"] for j in ("m1", "m2", "m3")]
+    assert table[4].split()[:3] == ["done", "-", "Skipped"] and table[4].endswith("already Succeeded")
+    assert table[5:] == ["4 jobs: 3 Completed, 1 Skipped"]
+
+    # a finished job named explicitly is the operator's to refuse: Rejected, and the exit code says so
+    res = run(cluster, "job", "cancel", "done", "m4", "-n", ns, "--timeout", "60")
+    assert res.exit_code == 5, res.output
+    rows = [r.split()[:3] for r in res.stdout.splitlines() if r.split()[0] in ("done", "m4")]
+    assert [(job, phase) for job, _, phase in rows] == [("done", "Rejected"), ("m4", "Completed")]
+    assert res.stdout.splitlines()[-1] == "2 jobs: 1 Rejected, 1 Completed"
+    # --no-wait -o name: the created names alone on stdout
+    res = run(cluster, "job", "cancel", "done", "m4", "-n", ns, "--no-wait", "-o", "name")
+    assert res.exit_code == 0, res.output
+    created = res.stdout.splitlines()
+    assert len(created) == 2 and all(n.startswith("jobcancellation.necrocode.io/") for n in created)
+    assert res.stderr == "".join(f"{n} created\n" for n in created)
+
+    # the records through -o jsonpath and -o wide
+    res = run(cluster, "job", "cancellations", "-n", ns, "-o",
+              'jsonpath={range .items[*]}{.spec.jobName}{" "}{.spec.ttlSecondsAfterFinished}{"\\n"}{end}')
+    lines = res.stdout.splitlines()
+    assert len(lines) == 7 and sorted(ln for ln in lines if ln[:3] in ("m1 ", "m2 ", "m3 ")) == [
+        "m1 3600", "m2 3600", "m3 3600"]
+    res = run(cluster, "job", "cancellations", "-n", ns, "-o", "wide", "--job", "m2")
+    header, row = res.stdout.splitlines()
+    assert header.split()[9:] == ["TASKS", "BLOCKED", "LEASES", "DELETED", "KEPT", "FORCE", "GRACE", "TTL", "REASON",
+                                  "MESSAGE"]
+    assert row.split()[9:17] == ["1", "0", "0", "0", "0", "false", "30", "3600"]  # grace: the CRD's default
+
+
+def ca_bytes(cluster: ClusterInfo) -> tuple[str, bytes]:
+    """The API server's URL and CA certificate, from the test kubeconfig."""
+    cfg = yaml.safe_load(cluster.kubeconfig.read_text())
+    ctx = next(c for c in cfg["contexts"] if c["name"] == cfg["current-context"])["context"]
+    clus = next(c for c in cfg["clusters"] if c["name"] == ctx["cluster"])["cluster"]
+    if "certificate-authority-data" in clus:
+        return clus["server"], base64.b64decode(clus["certificate-authority-data"])
+    if "certificate-authority" not in clus:
+        pytest.skip("the cluster's kubeconfig names no CA")
+    return clus["server"], (cluster.kubeconfig.parent / clus["certificate-authority"]).read_bytes()
+
+
+def test_in_a_pod_without_a_kubeconfig_the_service_account_is_used(kube: Kubectl, cluster: ClusterInfo,
+                                                                   solo_namespace: str, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    ns = solo_namespace
+    grant(kube, ns, "inpod", [{"apiGroups": [G], "resources": ["jobcancellations", "taskcancellations"],
+                               "verbs": ["list"]}])
+    hand_made(kube, ns, "pod-rec", "ghost", "Completed")
+    token = kube.core.create_namespaced_service_account_token("inpod", ns, {"spec": {"expirationSeconds": 600}})
+    server, ca = ca_bytes(cluster)
+    sa = tmp_path / "serviceaccount"  # what the kubelet mounts at /var/run/secrets/kubernetes.io/serviceaccount
+    sa.mkdir()
+    (sa / "token").write_text(token.status.token)
+    (sa / "ca.crt").write_bytes(ca)
+    (sa / "namespace").write_text(ns)
+    monkeypatch.setattr(necrocode_cli, "SERVICEACCOUNT_DIR", str(sa))
+    url = urlsplit(server)
+    env = {"KUBECONFIG": None, "HOME": str(tmp_path), "KUBERNETES_SERVICE_HOST": url.hostname,
+           "KUBERNETES_SERVICE_PORT": str(url.port or 443), "POD_NAMESPACE": None}
+
+    def listed() -> Result | None:  # no kubeconfig, no -n: the pod's namespace, as the ServiceAccount
+        res = CliRunner(env=env).invoke(necrocode_cli.cli, ["job", "cancellations", "-o", "name"])
+        return res if res.exit_code == 0 else None
+
+    res = wait_for(listed, timeout=15, what="the role to take effect")
+    assert res.stdout == "jobcancellation.necrocode.io/pod-rec\n"
+    # and who it is: the API server says so
+    res = CliRunner(env=env).invoke(necrocode_cli.cli, ["job", "cancellations", "-A"])
+    assert res.exit_code == 8
+    assert res.stderr == (f'error: forbidden: user "system:serviceaccount:{ns}:inpod" cannot list '
+                          "jobcancellations.necrocode.io across all namespaces\n")
+
+
+def test_as_and_as_group_impersonate_like_kubectl(kube: Kubectl, cluster: ClusterInfo, solo_namespace: str) -> None:
+    ns = solo_namespace
+    kube.create_job(ns, "job1")
+    user = grant(kube, ns, "imp", [{"apiGroups": [G], "resources": ["agentjobs"], "verbs": ["get"]},
+                                   {"apiGroups": [G], "resources": ["jobcancellations", "taskcancellations"],
+                                    "verbs": ["get", "list", "create"]}])
+    args = ["job", "cancel", "job1", "-n", ns, "--no-wait", "-o", "json", "--as", user,
+            "--as-group", "necrocode-testers", "--as-group", "team-a"]
+    res = wait_for(lambda: (r := run(cluster, *args)).exit_code == 0 and r, timeout=15, what="the role to take effect")
+    stored = kube.get("jobcancellations", ns, json.loads(res.stdout)["metadata"]["name"])
+    # recorded by the API server's admission policy from the request's user: the impersonated one
+    annotations = stored["metadata"]["annotations"]
+    assert annotations["necrocode.io/requester"] == user != me(kube)
+    assert {"necrocode-testers", "team-a"} <= set(annotations["necrocode.io/requester-groups"].split(","))
+    assert stored["spec"]["requestedBy"] == user  # the SelfSubjectReview answers for the impersonated user too
+    # --as before the subcommand; a user without rights is refused as that user
+    res = run(cluster, "--as", f"system:serviceaccount:{ns}:nobody", "job", "cancellations", "-n", ns)
+    assert res.exit_code == 8
+    assert res.stderr == (f'error: forbidden: user "system:serviceaccount:{ns}:nobody" cannot list '
+                          f"jobcancellations.necrocode.io in namespace {ns}\n")
+
+
+def on_a_terminal(cluster: ClusterInfo, *args: str, **env: str) -> str:
+    """The CLI's output with its stdout on a pseudo-terminal."""
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "necrocode.cli", *args, "--kubeconfig", str(cluster.kubeconfig)],
+                            stdout=secondary, stderr=secondary, stdin=subprocess.DEVNULL,
+                            env={**{k: v for k, v in os.environ.items() if k != "NO_COLOR"}, "TERM": "xterm", **env})
+    os.close(secondary)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:  # EIO: the other side closed
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(primary)
+    assert proc.wait(timeout=60) == 0
+    return out.decode()
+
+
+def test_a_terminal_gets_colour_and_no_color_turns_it_off(kube: Kubectl, cluster: ClusterInfo,
+                                                           solo_namespace: str) -> None:
+    ns = solo_namespace
+    hand_made(kube, ns, "c-1", "c", "Completed")
+    assert "phase:      \x1b[32mCompleted\x1b[0m" in on_a_terminal(cluster, "job", "cancel-status", "c", "-n", ns)
+    plain = on_a_terminal(cluster, "job", "cancel-status", "c", "-n", ns, NO_COLOR="1")
+    assert "phase:      Completed" in plain and "\x1b" not in plain
+    piped = run(cluster, "job", "cancel-status", "c", "-n", ns)
+    assert "phase:      Completed" in piped.stdout and "\x1b" not in piped.stdout
+

@@ -61,6 +61,12 @@ def test_standby_finishes_when_the_leader_is_killed(kube: Kubectl, cluster: Clus
         wait_for(terminating, timeout=30, what="TerminateRunners under way")
         leader = "a" if "leadership acquired" in logs[0].read_text() else "b"
         standby = "b" if leader == "a" else "a"
+        # only the leader acts, and only it reports a running cancellation's age; a standby says 0
+        on_leader, on_standby = scrape(ports[leader]), scrape(ports[standby])
+        age = "necrocode_oldest_running_cancellation_age_seconds"
+        assert on_leader[("necrocode_leader", ())] == 1 and on_standby[("necrocode_leader", ())] == 0
+        assert on_leader[(age, (("kind", "JobCancellation"),))] > 0
+        assert on_standby[(age, (("kind", "JobCancellation"),))] == on_standby[(age, (("kind", "TaskCancellation"),))] == 0
         procs[leader].send_signal(signal.SIGKILL)
         procs[leader].wait(timeout=10)
         new = wait_for(lambda: (h := holder(kube, ns)) and h != first and h, timeout=30, what="a new leader")

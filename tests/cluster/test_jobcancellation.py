@@ -298,13 +298,27 @@ def test_invalid_spec_is_refused_by_the_api_server(kube: Kubectl, namespace: str
     assert fragment in err.value.body
 
 
-def test_spec_is_immutable(kube: Kubectl, namespace: str) -> None:
+def test_spec_is_immutable_but_force_may_be_turned_on(kube: Kubectl, namespace: str) -> None:
+    """Only spec.force from false to true (an escalation) changes a spec, and only while the
+    cancellation runs; every refusal says why."""
+    def refused(name: str, spec: dict[str, Any]) -> str:
+        with pytest.raises(ApiException) as err:
+            kube.custom.patch_namespaced_custom_object("necrocode.io", "v1alpha1", namespace, "jobcancellations",
+                                                       name, {"spec": spec})
+        assert err.value.status == 422, err.value.body
+        return str(err.value.body)
+
     kube.cancel_job(namespace, "fixed", "nothing-here")
-    with pytest.raises(ApiException) as err:
-        kube.custom.patch_namespaced_custom_object("necrocode.io", "v1alpha1", namespace, "jobcancellations",
-                                                   "fixed", {"spec": {"force": True}})
-    assert err.value.status == 422
-    assert "spec is immutable once created" in err.value.body
+    for change in ({"reason": "another"}, {"gracePeriodSeconds": 1}, {"ttlSecondsAfterFinished": 5},
+                   {"reason": "another", "force": True}):
+        assert "spec is immutable once created, except spec.force, which may change from false to true" in \
+            refused("fixed", change), change
+    kube.cancel_job(namespace, "forced", "nothing-here", force=True)
+    assert "spec.force cannot change from true to false" in refused("forced", {"force": False})
+    assert kube.wait_phase("jobcancellations", namespace, "fixed")["status"]["phase"] == "Rejected"
+    assert "spec.force can be turned on only while the cancellation is pending or running" in \
+        refused("fixed", {"force": True})
+    assert kube.get("jobcancellations", namespace, "fixed")["metadata"]["generation"] == 1
 
 
 def test_defaults_are_filled_in_by_the_api_server(kube: Kubectl, namespace: str) -> None:

@@ -3,7 +3,8 @@
 
 - the users' ClusterRoles (deploy/user-roles.yaml): a ServiceAccount bound to
   necrocode-cancel-edit in its namespace cancels, follows and lists with the real CLI (and
-  kubectl deletes a record); one bound to necrocode-cancel-view reads, and its cancel fails with
+  kubectl deletes a record, and `cancel --force` escalates a running graceful cancellation, a
+  patch of its spec.force); one bound to necrocode-cancel-view reads, and its cancel fails with
   the CLI's one-line forbidden error; the clusterrole-aggregation controller adds them to the
   built-in edit/admin and view roles, and none of them grants `vouch`;
 - the operator in namespaced mode with only the RBAC the chart renders for it (Roles in the
@@ -138,8 +139,12 @@ def test_user_roles_are_aggregated_and_none_grants_vouch(kube: Kubectl, user_rol
     assert not any(grants(view, v, k) for v in ("create", "delete") for k in KINDS)
     for role in (edit, admin, view):  # nothing beyond what the CLI, kubectl and the REST API use
         for rule in necrocode_rules(role):
-            assert not {"vouch", "update", "patch", "*"} & set(rule.verbs), (role.metadata.name, rule)
+            assert not {"vouch", "update", "*"} & set(rule.verbs), (role.metadata.name, rule)
             assert not any("/" in r or r == "*" for r in rule.resources), (role.metadata.name, rule)
+            # patch: the escalation (the CRD lets only spec.force change, from false to true)
+            assert "patch" not in rule.verbs or set(rule.resources) <= set(KINDS), (role.metadata.name, rule)
+    assert all(grants(role, "patch", k) for role in (edit, admin) for k in KINDS)
+    assert not any(grants(view, "patch", k) for k in KINDS)
 
     # and through the API server's authorizer: accounts bound to the built-in roles
     ns = namespace
@@ -156,6 +161,7 @@ def test_user_roles_are_aggregated_and_none_grants_vouch(kube: Kubectl, user_rol
         for kind in KINDS:
             assert not allowed(kube, user + builtin, "vouch", kind, ns, G)
             assert not allowed(kube, user + builtin, "patch", kind, ns, G, sub="status")
+            assert allowed(kube, user + builtin, "patch", kind, ns, G) == (builtin != "view")
 
 
 @pytest.mark.usefixtures("operator")
@@ -192,10 +198,25 @@ def test_edit_role_cancels_follows_and_lists_with_the_cli(kube: Kubectl, cluster
     out = kubectl(cluster, kc, "delete", "taskcancellation", task_cancellation, "-n", ns, "--wait=false")
     assert out.returncode == 0, out.stderr
 
+    # escalate a running graceful cancellation with --force: a patch of its spec.force
+    kube.create_job(ns, "job3")
+    kube.create_runner(ns, "job3", "a", stop="never", grace=300)
+    kube.create_task(ns, "job3", "a", "Running", runner="job3-a-runner")
+    res = cli(kc, "job", "cancel", "job3", "-n", ns, "--grace-period", "300", "--no-wait", "-o", "json")
+    assert res.returncode == 0, res.stderr
+    graceful = json.loads(res.stdout)["metadata"]["name"]
+    res = cli(kc, "job", "cancel", "job3", "-n", ns, "--force")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"jobcancellation.necrocode.io/{graceful} escalated to force" in res.stdout, res.stdout
+    escalated = kube.get("jobcancellations", ns, graceful)
+    assert escalated["metadata"]["annotations"]["necrocode.io/force-requester"] == user
+    assert escalated["status"]["phase"] == "Completed" and escalated["status"]["progress"]["runnersForced"] == 1
+
     # what the REST API asks for its callers (api/server.py), and nothing more
     for kind in KINDS:
-        assert all(allowed(kube, user, verb, kind, ns, G) for verb in ("create", "get", "list", "watch", "delete"))
-        for verb, sub in (("vouch", ""), ("update", ""), ("patch", ""), ("patch", "status"), ("update", "status")):
+        assert all(allowed(kube, user, verb, kind, ns, G)
+                   for verb in ("create", "get", "list", "watch", "delete", "patch"))
+        for verb, sub in (("vouch", ""), ("update", ""), ("patch", "status"), ("update", "status")):
             assert not allowed(kube, user, verb, kind, ns, G, sub=sub), (verb, kind, sub)
         assert not allowed(kube, user, "create", kind, "default", G)  # only where it is bound
     assert not allowed(kube, user, "patch", "agentjobs", ns, G)

@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes.client.rest import ApiException
 
 from kube_helpers import (
+    ClusterInfo,
     G,
     Kubectl,
     V,
@@ -21,7 +23,9 @@ from kube_helpers import (
     bulk_client,
     deny_admission,
     in_parallel,
+    kubectl,
     remove_admission,
+    sa_kubeconfig,
     wait_for,
 )
 
@@ -314,6 +318,82 @@ def test_a_forced_request_escalates_the_running_graceful_one(kube: Kubectl, name
                                      if e.involved_object.kind == "JobCancellation"},
              timeout=10, what="an Escalated Event on slow")
     assert not [x for x in kube.pods(ns, "necrocode.io/job=esc") if x.metadata.name in pods]
+
+
+# ---------------------------------------------------------------------------- 4b. escalation by spec.force
+FORCER = "necrocode.io/force-requester"
+
+
+@pytest.mark.parametrize("plural", ["jobcancellations", "taskcancellations"])
+def test_kubectl_patch_of_spec_force_escalates_a_running_graceful_cancellation(
+        kube: Kubectl, cluster: ClusterInfo, namespace: str, tmp_path: Path, plural: str) -> None:
+    """`kubectl patch --type merge -p '{"spec":{"force":true}}'` by a user (a ServiceAccount with
+    patch, as in necrocode-cancel-edit): the running daemon forces the remaining runners at once,
+    and who asked is the API server's record, not what the client wrote."""
+    ns = namespace
+    pods = running_job(kube, ns, "esc", ["a", "b"], stop="never", grace=300)
+    if plural == "jobcancellations":
+        kube.cancel_job(ns, "slow", "esc", gracePeriodSeconds=300, escalateAfterSeconds=300)
+    else:
+        kube.cancel_task(ns, "slow", "esc", "a", gracePeriodSeconds=300, escalateAfterSeconds=300)
+        pods = pods[:1]
+    wait_for(lambda: step_is(kube, plural, ns, "slow", "TerminateRunners", "Running"),
+             what="slow's TerminateRunners Running")
+    wait_for(lambda: all(p.metadata.deletion_timestamp is not None for p in kube.pods(ns, "necrocode.io/job=esc")
+                         if p.metadata.name in pods), what="its runners terminating")
+
+    kube.core.create_namespaced_service_account(ns, {"metadata": {"name": "oncall"}})
+    kube.rbac.create_namespaced_role(ns, {"metadata": {"name": "oncall"}, "rules": [
+        {"apiGroups": [G], "resources": [plural], "verbs": ["get", "patch"]}]})
+    kube.rbac.create_namespaced_role_binding(ns, {"metadata": {"name": "oncall"}, "roleRef": {
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "oncall"},
+        "subjects": [{"kind": "ServiceAccount", "name": "oncall", "namespace": ns}]})
+    oncall = f"system:serviceaccount:{ns}:oncall"
+    wait_for(lambda: kube.auth.create_subject_access_review({"spec": {"user": oncall, "resourceAttributes": {
+        "namespace": ns, "verb": "patch", "group": G, "resource": plural}}}).status.allowed, what="RBAC for oncall")
+    kc = sa_kubeconfig(kube, cluster.kubeconfig, tmp_path / "oncall.kubeconfig", ns, "oncall")
+
+    started = time.monotonic()
+    out = kubectl(cluster, "patch", plural, "slow", "-n", ns, "--type", "merge", "-p",
+                  json.dumps({"metadata": {"annotations": {FORCER: "someone-else"}}, "spec": {"force": True}}),
+                  kubeconfig=kc)
+    assert out.returncode == 0, out.stderr
+    done = kube.wait_phase(plural, ns, "slow", timeout=60)
+    took = time.monotonic() - started
+    say(f"{plural}/slow ended {done['status']['phase']} {took:.1f}s after spec.force was set (grace 300 s)")
+    assert took < 30, took
+
+    st = done["status"]
+    assert st["phase"] == "Completed", st
+    p = st["progress"]
+    assert (p["runnersTotal"], p["runnersTerminated"], p["runnersForced"]) == (len(pods), len(pods), len(pods)), p
+    assert not [x for x in kube.pods(ns, "necrocode.io/job=esc") if x.metadata.name in pods]
+    assert done["metadata"]["annotations"][FORCER] == oncall  # written by the API server, not the client
+    assert st["escalatedByUser"] == oncall and "escalatedBy" not in st, st
+    escalated = condition(st, "Escalated") or {}
+    assert (escalated.get("status"), escalated.get("reason")) == ("True", "ForceSet"), st["conditions"]
+    assert oncall in escalated["message"]
+    events = wait_for(lambda: [e for e in kube.events_for(ns, "slow") if e.reason == "Escalated"],
+                      timeout=10, what="an Escalated Event on slow")
+    assert oncall in events[0].message and "someone-else" not in events[0].message
+    # the conditions observe the spec's new generation: kubectl wait takes them
+    assert done["metadata"]["generation"] == 2 and st["observedGeneration"] == 2
+    assert {c["observedGeneration"] for c in st["conditions"] if c["type"] in ("Succeeded", "Escalated")} == {2}
+    out = kubectl(cluster, "wait", "-n", ns, "--for=condition=Succeeded", f"{plural}/slow", "--timeout=30s")
+    assert out.returncode == 0, out.stdout + out.stderr
+
+    # who escalated is set once: neither the user nor a cluster admin can change it afterwards
+    for config in (kc, None):
+        out = kubectl(cluster, "annotate", plural, "slow", "-n", ns, f"{FORCER}=someone-else", "--overwrite",
+                      kubeconfig=config)
+        assert out.returncode != 0 and "cannot be set or changed" in out.stderr, out.stderr
+    # nor may a user with patch write the operator's record of a forced request that escalated it
+    out = kubectl(cluster, "annotate", plural, "slow", "-n", ns, "necrocode.io/escalated-by=jobcancellation/x",
+                  kubeconfig=kc)
+    assert out.returncode != 0 and "necrocode.io/escalated-by is written by the operator" in out.stderr, out.stderr
+    out = kubectl(cluster, "patch", plural, "slow", "-n", ns, "--type", "merge", "-p", '{"spec": {"force": false}}')
+    assert out.returncode != 0 and "spec.force cannot change from true to false" in out.stderr, out.stderr
+    assert kube.get(plural, ns, "slow")["metadata"]["annotations"][FORCER] == oncall
 
 
 # ---------------------------------------------------------------------------- 5. long job names

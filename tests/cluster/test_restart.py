@@ -7,7 +7,9 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +84,60 @@ def test_operator_killed_during_terminate_runners_resumes(kube: Kubectl, cluster
     assert reasons["Completed"] == 1
     for t in ("fast", "lost1", "lost2", "pending"):
         assert kube.task(ns, "job", t)["status"]["cancellation"]["cancelledBy"] == "stop"
+
+
+def test_the_oldest_running_age_goes_on_across_a_restart(kube: Kubectl, cluster: ClusterInfo, solo_namespace: str,
+                                                          tmp_path: Path) -> None:
+    """necrocode_oldest_running_cancellation_age_seconds counts from the record's status.startedAt:
+    the operator that resumes a cancellation reports it as old as it is, older than the process
+    itself (NecrocodeCancellationTooLong must not be reset by a restart); 0 once it finished."""
+    ns = solo_namespace
+    kube.create_job(ns, "job")
+    kube.create_runner(ns, "job", "lost", stop="never")
+    kube.create_task(ns, "job", "lost", "Running", runner="job-lost-runner")
+    log = tmp_path / "operator.log"
+    age = "necrocode_oldest_running_cancellation_age_seconds"
+    job_age, task_age = (age, (("kind", "JobCancellation"),)), (age, (("kind", "TaskCancellation"),))
+    first_port = free_port()
+    first = start_operator(cluster, ns, log, first_port)
+    try:
+        kube.cancel_job(ns, "long", "job", gracePeriodSeconds=600, escalateAfterSeconds=600)
+
+        def waiting() -> dict[str, Any] | None:
+            st = kube.get("jobcancellations", ns, "long").get("status") or {}
+            steps = {s["name"]: s["state"] for s in st.get("steps", [])}
+            return st if steps.get("TerminateRunners") == "Running" else None
+
+        started = datetime.fromisoformat(wait_for(waiting, timeout=30, what="TerminateRunners waiting")["startedAt"])
+        m = wait_for(lambda: scrape(first_port), timeout=10, what="the first operator's /metrics")
+        assert m[job_age] > 0 and m[task_age] == 0
+        assert m[("necrocode_leader", ())] == 1  # no leader election: the one operator acts
+        [(build, one)] = [(dict(k[1]), v) for k, v in m.items() if k[0] == "necrocode_build_info"]
+        assert one == 1 and set(build) == {"version", "python", "kopf"}
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+
+    second_port = free_port()
+    second_start = time.time()
+    second = start_operator(cluster, ns, log, second_port)
+    try:
+        def resumed() -> float | None:
+            try:
+                value = scrape(second_port).get(job_age, 0.0)
+            except OSError:
+                return None  # not serving yet
+            return value or None
+
+        seen = wait_for(resumed, timeout=30, what="the second operator reporting the resumed cancellation")
+        now = time.time()
+        # as old as the record says (startedAt has whole seconds), older than the second process
+        assert now - started.timestamp() - 1.5 <= seen <= now - started.timestamp() + 0.5, (seen, started)
+        assert seen > now - second_start, (seen, now - second_start)
+        # the lost runner forced away: the cancellation ends, and nothing runs any more
+        kube.core.delete_namespaced_pod("job-lost-runner", ns, grace_period_seconds=0)
+        assert kube.wait_phase("jobcancellations", ns, "long", timeout=60)["status"]["phase"] == "Completed"
+        wait_for(lambda: scrape(second_port)[job_age] == 0, timeout=10, what="the age back to 0")
+    finally:
+        second.terminate()
+        second.wait(timeout=20)

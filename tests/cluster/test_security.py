@@ -31,6 +31,7 @@ pytestmark = pytest.mark.usefixtures("operator")
 
 REQUESTER = "necrocode.io/requester"
 GROUPS = "necrocode.io/requester-groups"
+FORCER = "necrocode.io/force-requester"
 
 
 @dataclass
@@ -96,10 +97,11 @@ def test_the_requester_is_who_created_it_not_who_it_claims(kube: Kubectl, namesp
                                                            accounts: tuple[Account, Account]) -> None:
     alice, bob = accounts
     _small_job(kube, namespace, "j1")
-    created = _cancel(alice, namespace, "stop", "j1", annotations={REQUESTER: bob.username, GROUPS: "system:masters"},
-                      requestedBy=bob.username)
+    created = _cancel(alice, namespace, "stop", "j1", annotations={REQUESTER: bob.username, GROUPS: "system:masters",
+                                                                    FORCER: bob.username}, requestedBy=bob.username)
     meta = created["metadata"]
     assert meta["annotations"][REQUESTER] == alice.username  # overwritten at admission
+    assert FORCER not in meta["annotations"]  # nobody escalated it: set only when spec.force turns true
     groups = meta["annotations"][GROUPS].split(",")
     assert "system:masters" not in groups and f"system:serviceaccounts:{namespace}" in groups
 

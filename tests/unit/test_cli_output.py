@@ -125,3 +125,113 @@ def test_the_live_display_escapes_too() -> None:
         text = stream.getvalue().replace("\x1b[J", "")  # the display's own redraw
         assert not RAW.search(text), repr(text)
         assert "\\x1b[2J" in text
+
+
+# ----------------------------------------------------------------------------- -o name | wide | jsonpath=
+NAME = "jobcancellation.necrocode.io/job1-cancel-20261125093012-abcd"
+
+
+@pytest.mark.usefixtures("conn")
+def test_name_wide_and_jsonpath_print_only_the_records() -> None:
+    assert run("job", "cancel-status", "job1", "-o", "name") == (0, NAME + "\n", "")
+    assert run("job", "cancel-status", "job1", "-o=name") == (0, NAME + "\n", "")  # kubectl's spelling too
+    code, out, err = run("job", "cancel", "job1", "-o", "name")  # follows it (stand-in: Failed), then the name
+    assert (code, out) == (cli.EXIT_FAILED, NAME + "\n")
+    assert err.startswith(f"{NAME} created\n")  # notes and progress on stderr
+    code, out, _ = run("job", "cancellations", "-o", "wide")
+    header, row = out.splitlines()
+    assert header.split() == ["NAME", "KIND", "JOB", "TASK", "REQUESTER", "PHASE", "RUNNERS", "STARTED", "DURATION",
+                              "TASKS", "BLOCKED", "LEASES", "DELETED", "KEPT", "FORCE", "GRACE", "TTL", "REASON",
+                              "MESSAGE"]
+    assert row.split()[5:17] == ["Failed", "1/1", "2026-11-25T09:30:12Z", "2s", "1", "0", "0", "0", "0", "false",
+                                 "-", "-"]
+    assert not RAW.search(out) and ESCAPED[:40] in out
+    # -o wide of the other commands: the same table of the record(s) they show
+    assert run("job", "cancel-status", "job1", "-o", "wide")[1].splitlines()[0] == header
+    code, out, _ = run("job", "cancellations", "-o", 'jsonpath={range .items[*]}{.metadata.name}{"\\t"}'
+                                                     '{.status.phase}{"\\n"}{end}')
+    assert (code, out) == (0, "job1-cancel-20261125093012-abcd\tFailed\n")
+    # a value from the cluster is made terminal-safe; the template's own text is not
+    assert run("job", "cancel-status", "job1", "-o", "jsonpath={.items[0].spec.reason}{'\\n'}")[1] == ESCAPED + "\n"
+    # one record (cancel): the object itself, as kubectl create -o jsonpath
+    assert run("job", "cancel", "job1", "-o", "jsonpath={.metadata.name}")[1] == NAME.split("/")[1]
+    # a template that does not fit the data: kubectl's error, one line
+    code, out, err = run("job", "cancel-status", "job1", "-o", "jsonpath={.items[3].metadata.name}")
+    assert (code, out, err) == (1, "", "error: error executing the jsonpath template: array index out of bounds: "
+                                       "index 3, length 1\n")
+
+
+# ----------------------------------------------------------------------------- terminals, colour, NO_COLOR
+class Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_only_a_terminal_is_interactive(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TERM", "xterm")
+    assert cli.interactive(Tty()) and not cli.interactive(io.StringIO())
+    class Closed:
+        def isatty(self) -> bool:
+            raise ValueError("I/O operation on closed file")
+
+    assert not cli.interactive(Closed()) and not cli.interactive(object())
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert cli.interactive(Tty()) and not cli.coloured(Tty())  # NO_COLOR: no colour, the live view stays
+    monkeypatch.setenv("NO_COLOR", "")
+    assert cli.coloured(Tty())  # set but empty does not count (no-color.org)
+    monkeypatch.setenv("TERM", "dumb")
+    assert not cli.interactive(Tty()) and not cli.coloured(Tty())
+
+
+ALL = [["job", "cancel-status", "job1"], ["job", "cancel-status", "job1", "-o", "wide"], ["job", "cancel", "job1"],
+       ["job", "cancel", "job1", "--no-wait"], ["job", "cancellations"], ["job", "cancellations", "-o", "wide"],
+       ["job", "cancel-status", "job1", "-o", "jsonpath={.items[0].status.message}"]]
+
+
+@pytest.mark.usefixtures("conn")
+@pytest.mark.parametrize("args", ALL, ids=[" ".join(a[1:]) for a in ALL])
+def test_without_a_terminal_there_is_no_control_sequence_at_all(args: list[str],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TERM", "xterm-256color")  # a colour terminal type, but stdout is not a terminal
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    result = CliRunner().invoke(cli.cli, args, color=True)  # color=True: click strips nothing we write
+    text = result.stdout + result.stderr
+    assert result.exit_code in (0, cli.EXIT_FAILED), text
+    assert re.fullmatch(r"[^\x00-\x09\x0b-\x1f\x7f-\x9f]*", text), repr(text)  # only \n: no ESC, CR, BEL ...
+
+
+@pytest.mark.usefixtures("conn")
+def test_on_a_terminal_the_phase_is_coloured_unless_no_color(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli, "interactive", lambda stream: True)
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    red = "\x1b[31mFailed\x1b[0m"
+    out = CliRunner().invoke(cli.cli, ["job", "cancel-status", "job1"], color=True).stdout
+    assert f"  phase:      {red} - {ESCAPED}" in out  # the cluster's text beside it is still escaped
+    assert out.count("\x1b[") == 2  # the colour and its reset, nothing else
+    out = CliRunner().invoke(cli.cli, ["job", "cancellations"], color=True).stdout
+    header, row = out.splitlines()
+    assert red in row and row.index(red) == header.index("PHASE")  # columns stay aligned
+    monkeypatch.setenv("NO_COLOR", "1")
+    for args in (["job", "cancel-status", "job1"], ["job", "cancellations"], ["job", "cancel", "job1"]):
+        out = CliRunner().invoke(cli.cli, args, color=True).stdout
+        assert not re.search(r"\x1b\[[\d;]*m", out), repr(out)  # no colour (cancel still redraws its live view)
+
+
+def test_the_live_view_colours_only_when_asked() -> None:
+    running = cancellation("Running")
+    for colour in (True, False):
+        stream = Tty()
+        display = cli.Display(stream, True, cli.live_block, colour)
+        display.update([running])
+        display.update([running])
+        text = stream.getvalue()
+        assert ("\x1b[36mRunning\x1b[0m" in text) is colour
+        assert re.sub(r"\x1b\[(\d+F|J|36m|0m)", "", text).count("\x1b") == 0  # redraw (and colour) only
+    plain = io.StringIO()
+    cli.Display(plain, False, cli.live_block, colour=True).update([running])  # not a terminal: never
+    assert "\x1b" not in plain.getvalue()
+    many = Tty()  # several jobs at once: a line each
+    cli.Display(many, True, cli.brief_block, colour=True).update([running, cancellation("Completed")])
+    lines = many.getvalue().replace("\x1b[J", "").splitlines()
+    assert len(lines) == 2 and all(ln.startswith("job1  jobcancellation/job1-cancel-") for ln in lines)
+    assert "  \x1b[36mRunning\x1b[0m  " in lines[0] and "  \x1b[32mCompleted\x1b[0m  " in lines[1]

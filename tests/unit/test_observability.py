@@ -13,6 +13,7 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
+import necrocode
 import necrocode.metrics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,7 +51,7 @@ def metrics_in(text: str) -> set[str]:
 def test_alert_rules_pass_promtool_check() -> None:
     out = subprocess.run([promtool(), "check", "rules", str(RULES)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 5 rules found" in out.stdout
+    assert "SUCCESS: 7 rules found" in out.stdout
 
 
 def test_alert_rules_unit_tests_pass() -> None:
@@ -60,13 +61,89 @@ def test_alert_rules_unit_tests_pass() -> None:
     assert "SUCCESS" in out.stdout
 
 
-def test_alert_rules_cover_failures_force_kills_cleanup_and_duration() -> None:
+def test_alert_rules_cover_failures_force_kills_cleanup_duration_and_the_operator_itself() -> None:
     rules = yaml.safe_load(RULES.read_text())["groups"][0]["rules"]
     assert {r["alert"] for r in rules} == {
-        "NecrocodeCancellationFailures", "NecrocodeForceKillsHigh", "NecrocodeCleanupFailures",
-        "NecrocodeRunnersStuck", "NecrocodeCancellationTooLong"}
+        "NecrocodeOperatorDown", "NecrocodeNoLeader", "NecrocodeCancellationFailures", "NecrocodeForceKillsHigh",
+        "NecrocodeCleanupFailures", "NecrocodeRunnersStuck", "NecrocodeCancellationTooLong"}
     used = set().union(*(metrics_in(r["expr"]) for r in rules))
     assert used <= exported_metric_names(), used - exported_metric_names()
+    # every promtool case names an alert of the rules, and every alert has a case that fires it
+    cases = yaml.safe_load((REPO / "tests" / "promtool" / "alerts_test.yaml").read_text())["tests"]
+    fired = {t["alertname"] for c in cases for t in c["alert_rule_test"] if t["exp_alerts"]}
+    assert fired == {r["alert"] for r in rules}
+    # TooLong is about one cancellation's age, not about a stream of them being in progress
+    [too_long] = [r for r in rules if r["alert"] == "NecrocodeCancellationTooLong"]
+    assert metrics_in(too_long["expr"]) == {"necrocode_oldest_running_cancellation_age_seconds"}
+
+
+RUNBOOKS = REPO / "docs" / "runbooks.md"
+RUNBOOK_BASE = "https://github.com/necrocode/necrocode-cancel/blob/main/docs/runbooks.md"
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading: lower case, punctuation out, spaces to '-'."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_alert_links_its_runbook_section_which_says_what_to_check_and_do() -> None:
+    rules = yaml.safe_load(RULES.read_text())["groups"][0]["rules"]
+    text = RUNBOOKS.read_text()
+    sections = dict(re.findall(r"^## ([^\n]+)\n(.*?)(?=^## |\Z)", text, re.M | re.S))
+    anchors = {github_anchor(h): body for h, body in sections.items()}
+    assert set(sections) == {r["alert"] for r in rules}  # one section per alert, nothing else
+    for rule in rules:
+        url = rule["annotations"]["runbook_url"]
+        base, _, anchor = url.partition("#")
+        assert base == RUNBOOK_BASE, url
+        assert anchor == rule["alert"].lower() and anchor in anchors, url
+        body = anchors[anchor]
+        for part in ("**Means.**", "**Check.**", "**Do.**"):
+            assert part in body, (rule["alert"], part)
+        assert "```sh\n" in body, rule["alert"]  # the commands to check with
+    assert (REPO / "docs" / RUNBOOK_BASE.rsplit("/docs/", 1)[1]).exists()
+
+
+def test_build_info_leader_and_the_oldest_running_age_are_exported() -> None:
+    from necrocode import metrics
+
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in REGISTRY.collect()
+               for s in f.samples if s.name.startswith("necrocode_")}
+    [(labels, value)] = [(dict(k[1]), v) for k, v in samples.items() if k[0] == "necrocode_build_info"]
+    assert value == 1 and labels["version"] == necrocode.__version__
+    assert re.fullmatch(r"3\.\d+\.\d+", labels["python"]) and re.fullmatch(r"\d+\.\d+\.\d+", labels["kopf"])
+    assert ("necrocode_leader", ()) in samples
+    # nothing running here (a standby, or before startup): 0 for both kinds, never absent
+    assert metrics.OLDEST_RUNNING.ages() == {"JobCancellation": 0.0, "TaskCancellation": 0.0}
+    metrics.OLDEST_RUNNING.source = lambda: [("JobCancellation", 12.5), ("JobCancellation", 1900.0),
+                                             ("TaskCancellation", 3.0)]
+    try:
+        got = {s.labels["kind"]: s.value for f in REGISTRY.collect() for s in f.samples
+               if s.name == "necrocode_oldest_running_cancellation_age_seconds"}
+        assert got == {"JobCancellation": 1900.0, "TaskCancellation": 3.0}
+    finally:
+        metrics.OLDEST_RUNNING.source = None
+
+
+def test_json_log_timestamps_are_utc_whatever_the_machine_time_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+    import time
+    from datetime import UTC, datetime
+
+    from necrocode.logs import JsonFormatter
+
+    monkeypatch.setenv("TZ", "NCT-05:30")  # 5 h 30 min east of UTC (POSIX TZ, no tz database needed)
+    time.tzset()
+    try:
+        assert time.strftime("%z", time.localtime(0)) == "+0530"
+        record = logging.LogRecord("necrocode", logging.INFO, __file__, 1, "event", None, None)
+        record.created, record.msecs = 1_700_000_000.25, 250.0
+        ts = json.loads(JsonFormatter().format(record))["ts"]
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert ts == "2023-11-14T22:13:20.250Z"
+    assert ts == datetime.fromtimestamp(1_700_000_000.25, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def test_dashboard_queries_only_metrics_that_exist() -> None:

@@ -59,9 +59,9 @@ def test_default_render_is_cluster_wide_hardened_and_single_replica() -> None:
     docs = template()
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == ["ClusterRole", "ClusterRole", "ClusterRole", "ClusterRole", "ClusterRoleBinding",
-                     "ClusterRoleBinding", "ClusterRoleBinding", "Deployment", "Deployment", "Role", "RoleBinding",
-                     "Service", "Service", "ServiceAccount", "ServiceAccount", "ValidatingAdmissionPolicy",
-                     "ValidatingAdmissionPolicyBinding"]
+                     "ClusterRoleBinding", "ClusterRoleBinding", "Deployment", "Deployment", "Job", "Role", "Role",
+                     "RoleBinding", "RoleBinding", "Service", "Service", "ServiceAccount", "ServiceAccount",
+                     "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
     [dep] = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "rel-necrocode-cancel"]
     pod = dep["spec"]["template"]["spec"]
     c = pod["containers"][0]
@@ -90,8 +90,11 @@ def test_ha_render_has_two_replicas_leader_election_and_a_pdb() -> None:
     [pdb] = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
     assert pdb["spec"]["minAvailable"] == 1
     [rule] = [d for d in docs if d["kind"] == "PrometheusRule"]
-    source = yaml.safe_load((REPO / "deploy" / "prometheus" / "necrocode-alerts.yaml").read_text())
+    # the rules file's, with this release's operator targets (the ServiceMonitor's job and namespace)
+    text = (REPO / "deploy" / "prometheus" / "necrocode-alerts.yaml").read_text()
+    source = yaml.safe_load(text.replace('job=~".*necrocode-cancel"', 'job="rel-necrocode-cancel",namespace="ops"'))
     assert rule["spec"]["groups"] == source["groups"]
+    assert 'job=~".*necrocode-cancel"' in text
     [cm] = [d for d in docs if d["kind"] == "ConfigMap"]
     dashboard = (REPO / "deploy" / "grafana" / "necrocode-dashboard.json").read_text()
     assert cm["data"]["necrocode-dashboard.json"].strip() == dashboard.strip()
@@ -131,7 +134,7 @@ def test_api_render_plain_http_with_a_body_limit_and_vouch() -> None:
     [role] = [d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "rel-necrocode-cancel-api"]
     [rule] = [r for r in role["rules"] if "jobcancellations" in r["resources"]]
     assert set(rule["resources"]) == {"jobcancellations", "taskcancellations"}
-    assert set(rule["verbs"]) == {"get", "list", "create", "vouch"}
+    assert set(rule["verbs"]) == {"get", "list", "create", "patch", "vouch"}  # patch: the escalate endpoint
 
 
 def test_api_render_with_tls_audiences_and_a_smaller_limit() -> None:
@@ -186,3 +189,109 @@ def test_lock_pins_every_runtime_dependency() -> None:
     assert {d.split("==")[0].lower() for d in deps} <= lock
     assert all("==" in line for line in (REPO / "requirements.lock").read_text().splitlines()
                if line and not line.startswith("#"))
+
+
+def _rules(*sets: str) -> dict[str, dict]:
+    [rule] = [d for d in template("metrics.prometheusRule.enabled=true", *sets) if d["kind"] == "PrometheusRule"]
+    return {r["alert"]: r for r in rule["spec"]["groups"][0]["rules"]}
+
+
+def test_prometheus_rule_selects_its_release_and_links_the_runbooks_where_told() -> None:
+    rules = _rules()
+    assert rules["NecrocodeOperatorDown"]["expr"].strip() == 'absent(up{job="rel-necrocode-cancel",namespace="ops"} == 1)'
+    assert 'max(necrocode_leader{job="rel-necrocode-cancel",namespace="ops"})' in rules["NecrocodeNoLeader"]["expr"]
+    base = "https://github.com/necrocode/necrocode-cancel/blob/main/docs/runbooks.md"
+    assert {a: r["annotations"]["runbook_url"] for a, r in rules.items()} == {a: f"{base}#{a.lower()}" for a in rules}
+    # another scrape job, and the runbooks somewhere else
+    rules = _rules("metrics.prometheusRule.selector=job=\"necrocode\"",
+                   "metrics.prometheusRule.runbookBaseURL=https://wiki.example.com/necrocode/runbooks")
+    assert rules["NecrocodeOperatorDown"]["expr"].strip() == 'absent(up{job="necrocode"} == 1)'
+    assert rules["NecrocodeNoLeader"]["expr"].count('{job="necrocode"}') == 2
+    assert {r["annotations"]["runbook_url"] for r in rules.values()} == {
+        f"https://wiki.example.com/necrocode/runbooks#{a.lower()}" for a in rules}
+    out = subprocess.run([helm(), "template", "rel", str(CHART), "--kube-version", "1.36.3",
+                          "--set", "metrics.prometheusRule.runbookBaseURL=wiki/runbooks#x"], capture_output=True, text=True)
+    assert out.returncode != 0 and "runbookBaseURL" in out.stderr
+
+
+def _operator_env(docs: list[dict]) -> dict[str, str]:
+    [dep] = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "rel-necrocode-cancel"]
+    return {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def test_default_ttl_of_finished_records_is_a_chart_value() -> None:
+    assert _operator_env(template())["NECROCODE_DEFAULT_TTL_SECONDS"] == "604800"  # 7 days
+    assert _operator_env(template("operator.defaultTTLSecondsAfterFinished=0"))["NECROCODE_DEFAULT_TTL_SECONDS"] == "0"
+    assert _operator_env(template("operator.defaultTTLSecondsAfterFinished=null"))["NECROCODE_DEFAULT_TTL_SECONDS"] == ""
+    for bad in ("operator.defaultTTLSecondsAfterFinished=-1", "operator.defaultTTLSecondsAfterFinished=1d"):
+        out = subprocess.run([helm(), "template", "rel", str(CHART), "--kube-version", "1.36.3", "--set", bad],
+                             capture_output=True, text=True)
+        assert out.returncode != 0 and "defaultTTLSecondsAfterFinished" in out.stderr, (bad, out.stderr)
+
+
+def test_uninstall_hook_stops_the_operator_with_its_identity_where_its_pods_run() -> None:
+    sets = ("watchNamespaces={team-a,team-b}", "nodeSelector.pool=ops", "tolerations[0].operator=Exists",
+            "hostAliases[0].ip=10.0.0.1", "hostAliases[0].hostnames={kubernetes.default.svc}",
+            "apiServer.host=kubernetes.default.svc", "apiServer.port=6443", "image.tag=v9")
+    docs = template(*sets)
+    hooks = {d["kind"]: d for d in docs if "helm.sh/hook" in (d["metadata"].get("annotations") or {})}
+    assert set(hooks) == {"Role", "RoleBinding", "Job"}
+    assert {d["metadata"]["annotations"]["helm.sh/hook"] for d in hooks.values()} == {"pre-delete"}
+    weights = {k: int(d["metadata"]["annotations"]["helm.sh/hook-weight"]) for k, d in hooks.items()}
+    assert weights["Role"] < weights["RoleBinding"] < weights["Job"]  # its RBAC first
+    # the hook's extra rights: scale that one Deployment, list pods in the release namespace; nothing else
+    role = hooks["Role"]
+    assert role["metadata"]["namespace"] == "ops"
+    assert role["rules"] == [
+        {"apiGroups": ["apps"], "resources": ["deployments/scale"], "resourceNames": ["rel-necrocode-cancel"],
+         "verbs": ["get", "patch"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]
+    assert hooks["RoleBinding"]["subjects"] == [{"kind": "ServiceAccount", "name": "rel-necrocode-cancel",
+                                                "namespace": "ops"}]
+    job = hooks["Job"]["spec"]["template"]["spec"]
+    [dep] = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "rel-necrocode-cancel"]
+    operator = dep["spec"]["template"]["spec"]
+    assert job["serviceAccountName"] == operator["serviceAccountName"] == "rel-necrocode-cancel"
+    for key in ("nodeSelector", "tolerations", "hostAliases", "securityContext"):
+        assert job[key] == operator[key], key  # it runs where, and as, the operator's pods do
+    [c] = job["containers"]
+    assert c["image"] == operator["containers"][0]["image"] == "ghcr.io/necrocode/necrocode-cancel:v9"
+    assert c["args"] == ["--release-finalizers", "--deployment=ops/rel-necrocode-cancel", "--namespace=team-a",
+                         "--namespace=team-b"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert (env["KUBERNETES_SERVICE_HOST"], env["KUBERNETES_SERVICE_PORT"]) == ("kubernetes.default.svc", "6443")
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True and job["restartPolicy"] == "Never"
+    # the pods it waits for are the operator's, not its own
+    assert hooks["Job"]["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == "pre-delete"
+    assert not [d for d in template("uninstallHook.enabled=false") if d["kind"] == "Job"]
+    assert [d["kind"] for d in template("rbac.create=false") if "helm.sh/hook" in
+            (d["metadata"].get("annotations") or {})] == ["Job"]
+
+
+def test_global_values_are_accepted_alone_and_as_a_subchart(tmp_path: Path) -> None:
+    """values.schema.json closes the top level: `global` (what a parent chart shares with its
+    subcharts) must be let through, or the chart cannot be a dependency."""
+    assert template("global.imageRegistry=registry.example.com", "global.foo.bar=1")
+    parent = tmp_path / "platform"
+    (parent / "charts").mkdir(parents=True)
+    (parent / "Chart.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "v2", "name": "platform", "version": "1.0.0",
+        "dependencies": [{"name": "necrocode-cancel", "version": "*", "repository": f"file://{CHART}"}]}))
+    (parent / "values.yaml").write_text(yaml.safe_dump({
+        "global": {"imageRegistry": "registry.example.com", "storageClass": "fast"},
+        "necrocode-cancel": {"replicaCount": 2}}))
+    (parent / "templates").mkdir()
+    out = subprocess.run([helm(), "dependency", "build", str(parent)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    out = subprocess.run([helm(), "lint", str(parent), "--strict"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    out = subprocess.run([helm(), "template", "p", str(parent), "--namespace", "ops", "--kube-version", "1.36.3"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    [dep] = [d for d in yaml.safe_load_all(out.stdout) if d and d["kind"] == "Deployment"
+             and d["metadata"]["name"] == "p-necrocode-cancel"]
+    assert dep["spec"]["replicas"] == 2
+    # the schema still refuses what is wrong, under the parent too
+    out = subprocess.run([helm(), "template", "p", str(parent), "--kube-version", "1.36.3",
+                          "--set", "necrocode-cancel.replicaCount=0"], capture_output=True, text=True)
+    assert out.returncode != 0 and "replicaCount" in out.stderr

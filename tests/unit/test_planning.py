@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from necrocode.model import Phase
+from necrocode.model import CancellationStatus, Phase
 from necrocode.planning import (
     RetryPolicy,
     VerifyFindings,
@@ -19,6 +20,7 @@ from necrocode.planning import (
     final_phase,
     job_affected_tasks,
     next_wakeup,
+    phase_conditions,
     runner_clock,
     runner_summary,
     task_affected_tasks,
@@ -182,6 +184,47 @@ def test_final_phase() -> None:
     assert final_phase(0, False) == Phase.COMPLETED
     assert final_phase(2, False) == Phase.PARTIALLY_COMPLETED
     assert final_phase(0, True) == Phase.FAILED
+
+
+def conditions(phase: Phase) -> dict[str, tuple[str, str]]:
+    return {t: (status, reason) for t, status, reason, _ in phase_conditions(phase, "m")}
+
+
+@pytest.mark.parametrize("phase", [Phase.PENDING, Phase.RUNNING])
+def test_while_at_work_it_is_running_and_neither_succeeded_nor_failed(phase: Phase) -> None:
+    assert conditions(phase) == {"Running": ("True", "InProgress"), "Succeeded": ("Unknown", "InProgress"),
+                                 "Complete": ("False", "InProgress")}
+
+
+@pytest.mark.parametrize(("phase", "succeeded"), [
+    (Phase.COMPLETED, "True"),
+    # kubectl wait --for=condition=Complete once said "done" for these too: Succeeded tells them apart
+    (Phase.PARTIALLY_COMPLETED, "False"), (Phase.FAILED, "False"), (Phase.REJECTED, "False"),
+])
+def test_once_finished_succeeded_says_whether_it_did_and_complete_only_that_it_ended(phase: Phase,
+                                                                                     succeeded: str) -> None:
+    assert conditions(phase) == {"Running": ("False", phase.value), "Succeeded": (succeeded, phase.value),
+                                 "Complete": ("True", phase.value)}
+    assert {m for *_, m in phase_conditions(phase, "why")} == {"why"}
+
+
+def test_conditions_carry_the_generation_and_move_their_transition_time_only_on_a_change() -> None:
+    st = CancellationStatus(observedGeneration=1)
+    for c in phase_conditions(Phase.RUNNING):
+        st.set_condition(*c)
+    running = {c.type: c for c in st.conditions}["Running"]
+    assert running.observed_generation == 1 and running.last_transition_time
+    running.last_transition_time = "2000-01-01T00:00:00Z"  # so a change is visible
+    st.observed_generation = 2  # spec.force turned on
+    st.set_condition("Running", "True", "InProgress", "still")
+    assert (running.observed_generation, running.last_transition_time) == (2, "2000-01-01T00:00:00Z")
+    for c in phase_conditions(Phase.REJECTED, "AgentJob 'x' not found"):
+        st.set_condition(*c)
+    by_type = {c.type: c for c in st.conditions}
+    assert by_type["Running"].last_transition_time != "2000-01-01T00:00:00Z"
+    assert (by_type["Succeeded"].status, by_type["Succeeded"].reason) == ("False", "Rejected")
+    assert {c.observed_generation for c in st.conditions} == {2}
+    assert st.dump()["conditions"][0]["observedGeneration"] == 2
 
 
 def test_verify_findings_describe_what_remains() -> None:

@@ -1,5 +1,6 @@
-"""Table tests of the pure security rules: whose request it is (model.requester_of) and which
-objects belong to the job instance acted on (planning.belongs_to)."""
+"""Table tests of the pure security rules: whose request it is (model.requester_of), who escalated
+it (model.force_requester_of) and which objects belong to the job instance acted on
+(planning.belongs_to)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,15 @@ from typing import Any
 
 import pytest
 
-from necrocode.model import ANNOTATION_REQUESTER, ANNOTATION_REQUESTER_GROUPS, LABEL_JOB_UID, Requester, requester_of
+from necrocode.model import (
+    ANNOTATION_FORCE_REQUESTER,
+    ANNOTATION_REQUESTER,
+    ANNOTATION_REQUESTER_GROUPS,
+    LABEL_JOB_UID,
+    Requester,
+    force_requester_of,
+    requester_of,
+)
 from necrocode.planning import JobInstance, belongs_to
 
 JOB = JobInstance(uid="new-uid", created="2026-12-02T10:00:00Z")
@@ -77,3 +86,17 @@ def test_an_unverified_requester_is_shown_as_such() -> None:
     assert Requester("alice", verified=True).text == "alice"
     assert Requester("bob").text == "bob (unverified)"
     assert Requester("").text == ""
+
+
+@pytest.mark.parametrize(("annotations", "installed", "want"), [
+    ({ANNOTATION_FORCE_REQUESTER: "alice"}, True, "alice"),
+    ({ANNOTATION_FORCE_REQUESTER: "alice"}, False, "alice (unverified)"),  # no policy wrote it: a claim
+    ({ANNOTATION_FORCE_REQUESTER: ""}, True, None),
+    ({ANNOTATION_FORCE_REQUESTER: 7}, True, None),
+    ({ANNOTATION_REQUESTER: "bob"}, True, None),  # forced from the start: nobody escalated it
+    ({ANNOTATION_FORCE_REQUESTER: "x" * 400}, True, "x" * 238 + "... (truncated)"),
+])
+def test_who_escalated_is_the_api_servers_record(annotations: dict[str, Any], installed: bool,
+                                                  want: str | None) -> None:
+    who = force_requester_of({"annotations": annotations}, policy_installed=installed)
+    assert (who.text if who else None) == want

@@ -27,6 +27,7 @@ NAME_PATTERN = JOB_PATTERN
 REASON_MAX = 1024
 REQUESTED_BY_MAX = 253
 GRACE_MIN, GRACE_MAX, GRACE_DEFAULT = 0, 3600, 30
+TTL_MIN, TTL_MAX = 0, 2**31 - 1  # the CRD's minimum; at most a Kubernetes Job's (int32), about 68 years
 
 LIMIT_MIN, LIMIT_MAX, LIMIT_DEFAULT = 1, 500, 50
 WAIT_TIMEOUT_MIN, WAIT_TIMEOUT_MAX, WAIT_TIMEOUT_DEFAULT = 1.0, 600.0, 60.0
@@ -41,6 +42,9 @@ def _integral(value: Any) -> Any:
 
 Integer = Annotated[int, BeforeValidator(_integral)]
 """An integer (or an integral number such as 30.0); never a string or a boolean."""
+TtlSeconds = Annotated[int, Field(ge=TTL_MIN, le=TTL_MAX), BeforeValidator(_integral)]
+"""An Integer within the TTL's bounds (the bounds first: so the OpenAPI document states them even
+when the field may be null)."""
 
 
 class _Request(BaseModel):
@@ -53,12 +57,18 @@ class _Request(BaseModel):
                                       description="Grace each runner pod gets to stop.")
     dry_run: bool = Field(default=False, alias="dryRun",
                           description="Only report what would be affected (in status.plan); change nothing.")
+    ttl_seconds_after_finished: TtlSeconds | None = Field(
+        default=None, alias="ttlSecondsAfterFinished",
+        description="Delete the record this many seconds after it finished (0: at once). Absent: the "
+                    "operator's default (NECROCODE_DEFAULT_TTL_SECONDS), if it has one.")
 
     def _spec(self, job_id: str, requested_by: str, **more: Any) -> dict[str, Any]:
         spec: dict[str, Any] = {"jobName": job_id, "force": self.force, "gracePeriodSeconds": self.grace_period_seconds,
                                 "dryRun": self.dry_run, **more}
         if self.reason:
             spec["reason"] = self.reason
+        if self.ttl_seconds_after_finished is not None:
+            spec["ttlSecondsAfterFinished"] = self.ttl_seconds_after_finished
         if requested_by:
             spec["requestedBy"] = requested_by[:REQUESTED_BY_MAX]
         CancellationSpec.model_validate(spec)  # what the operator will read back

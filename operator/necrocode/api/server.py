@@ -31,7 +31,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from necrocode import logs
+from necrocode import logs, records
 from necrocode.api.auth import Authenticator, Caller
 from necrocode.api.limits import MAX_BODY_DEFAULT, BodyLimit, FailureLimiter
 from necrocode.api.schemas import (
@@ -58,18 +58,17 @@ from necrocode.api.schemas import (
 from necrocode.api.tls import CertReloader
 from necrocode.kube import AlreadyExists, ApiError, Conflict, Forbidden, Invalid, Kube, NotFound, load_credentials, nc_path
 from necrocode.model import (
+    ANNOTATION_FORCE_REQUESTER,
     ANNOTATION_REQUESTER,
     ANNOTATION_REQUESTER_GROUPS,
     API_VERSION,
     JOB_CANCELLATION,
-    LABEL_JOB,
-    LABEL_TASK,
     PLURAL,
     TASK_CANCELLATION,
     CancellationResult,
     Phase,
 )
-from necrocode.naming import cancellation_labels, generate_name, label_ok
+from necrocode.naming import cancellation_labels, generate_name
 
 if TYPE_CHECKING:
     import uvicorn
@@ -166,15 +165,6 @@ def result_of(obj: Obj) -> CancellationResult:
     return CancellationResult.from_object(obj)
 
 
-def newest_first(items: list[Obj]) -> list[Obj]:
-    """By creationTimestamp, newest first; ties (one-second resolution) by name, descending
-    (generated names carry the time), then kind."""
-    def key(o: Obj) -> tuple[str, str, str]:
-        meta = o.get("metadata") or {}
-        return str(meta.get("creationTimestamp") or ""), str(meta.get("name") or ""), str(o.get("kind") or "")
-    return sorted(items, key=key, reverse=True)
-
-
 def location(name: str, namespace: str) -> str:
     return f"/api/cancellations/{quote(name, safe='')}?{urlencode({'namespace': namespace})}"
 
@@ -221,6 +211,11 @@ LINKS = {
     "getCancellationStatus": {"operationId": "getCancellationStatus", "description": "The job's cancellation status.",
                               "parameters": {"job_id": "$response.body#/jobName",
                                              "namespace": "$response.body#/namespace"}},
+}
+ESCALATE: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Escalated (or already forced); the cancellation and its status.",
+          "headers": {FINISHED_HEADER: CREATED_HEADERS[FINISHED_HEADER]}},
+    409: {"model": ErrorBody, "description": "The cancellation has finished; nothing was changed."},
 }
 CREATED: dict[int | str, dict[str, Any]] = {
     201: {"description": "Created; the cancellation and its status.", "headers": CREATED_HEADERS, "links": LINKS},
@@ -336,13 +331,8 @@ def create_app(settings: ApiSettings, kube: Kube) -> FastAPI:
             raise ApiNotFound(f"job {job_id} not found in namespace {ns}") from None
 
     async def find_task(ns: str, job_id: str, task_id: str) -> None:
-        if label_ok(job_id):
-            tasks, _ = await kube.list_all(nc_path(ns, "agenttasks"),
-                                           label_selector=f"{LABEL_JOB}={job_id},{LABEL_TASK}={task_id}")
-        else:
-            tasks, _ = await kube.list_all(nc_path(ns, "agenttasks"), label_selector=f"{LABEL_TASK}={task_id}")
-            tasks = [t for t in tasks if (t.get("spec") or {}).get("job") == job_id]
-        if not tasks:
+        tasks, _ = await kube.list_all(nc_path(ns, "agenttasks"), label_selector=records.task_selector(job_id, task_id))
+        if not records.find_tasks(tasks, job_id, task_id):
             raise ApiNotFound(f"task {task_id} of job {job_id} not found in namespace {ns}")
 
     async def create(kind: str, access: Access, job_id: str, task_id: str | None, spec: Obj) -> Obj:
@@ -381,16 +371,14 @@ def create_app(settings: ApiSettings, kube: Kube) -> FastAPI:
         return result
 
     async def list_cancellations(ns: str, job_id: str | None) -> list[Obj]:
-        selector = f"{LABEL_JOB}={job_id}" if job_id and label_ok(job_id) else None
+        selector = records.job_selector(job_id) if job_id else None
         found: list[Obj] = []
         for kind, plural in PLURAL.items():
             items, _ = await kube.list_all(nc_path(ns, plural), label_selector=selector)
             for o in items:
                 o.setdefault("kind", kind)
             found += items
-        if job_id:
-            found = [o for o in found if (o.get("spec") or {}).get("jobName") == job_id]
-        return newest_first(found)
+        return records.of_job(found, job_id) if job_id else records.newest_first(found)
 
     # ---------------------------------------------------------------- routes
     @app.get("/healthz", response_model=Health, tags=["health"], summary="Liveness: the process serves HTTP",
@@ -439,11 +427,10 @@ def create_app(settings: ApiSettings, kube: Kube) -> FastAPI:
                                   ) -> CancellationResult:
         """The cancellation of the job still going on (the newest, if several), else the newest
         one (JobCancellation or TaskCancellation): phase, every step, progress counts, errors."""
-        found = await list_cancellations(access.namespace, job_id)
-        if not found:
+        current = records.current(await list_cancellations(access.namespace, job_id))
+        if current is None:
             raise ApiNotFound(f"no cancellation of job {job_id} in namespace {access.namespace}")
-        results = [result_of(o) for o in found]
-        return next((r for r in results if not r.status.terminal), results[0])
+        return result_of(current)
 
     @app.get("/api/cancellations", response_model=CancellationPage, response_model_exclude_none=True,
              responses=ERRORS, tags=["cancellations"], summary="History of cancellations, newest first",
@@ -462,6 +449,17 @@ def create_app(settings: ApiSettings, kube: Kube) -> FastAPI:
             results = [r for r in results if r.status.phase == status]
         return CancellationPage(items=results[offset:offset + limit], total=len(results), limit=limit, offset=offset)
 
+    async def find_cancellation(ns: str, name: str) -> Obj:
+        """A JobCancellation or, if there is none of that name, a TaskCancellation."""
+        for kind, plural in PLURAL.items():
+            try:
+                obj = await kube.get(nc_path(ns, plural, name))
+            except NotFound:
+                continue
+            obj.setdefault("kind", kind)
+            return obj
+        raise ApiNotFound(f"cancellation {name} not found in namespace {ns}")
+
     @app.get("/api/cancellations/{name}", response_model=CancellationResult, response_model_exclude_none=True,
              responses={**ERRORS, **NOT_FOUND}, tags=["cancellations"], summary="One cancellation, by name",
              operation_id="getCancellation")
@@ -469,24 +467,65 @@ def create_app(settings: ApiSettings, kube: Kube) -> FastAPI:
                                access: Annotated[Access, Depends(authorized("get", JOBS, TASKS))]) -> CancellationResult:
         """A JobCancellation or, if there is none of that name, a TaskCancellation (the
         `Location` of a POST's answer)."""
-        for kind, plural in PLURAL.items():
-            try:
-                obj = await kube.get(nc_path(access.namespace, plural, name))
-            except NotFound:
-                continue
-            obj.setdefault("kind", kind)
-            return result_of(obj)
-        raise ApiNotFound(f"cancellation {name} not found in namespace {access.namespace}")
+        return result_of(await find_cancellation(access.namespace, name))
 
-    @app.exception_handler(ApiNotFound)
-    async def not_found(request: Request, exc: ApiNotFound) -> JSONResponse:
-        return _error(404, str(exc))
+    @app.post("/api/cancellations/{name}/escalate", response_model=CancellationResult,
+              response_model_exclude_none=True, responses={**ERRORS, **NOT_FOUND, **ESCALATE}, tags=["cancellations"],
+              summary="Escalate a running cancellation to force (spec.force: true)",
+              operation_id="escalateCancellation")
+    async def escalate(name: NamePath, response: Response,
+                       access: Annotated[Access, Depends(authorized("get", JOBS, TASKS))],
+                       wait: WaitQuery = False, wait_timeout: TimeoutQuery = WAIT_TIMEOUT_DEFAULT) -> CancellationResult:
+        """Set `spec.force` of a pending or running cancellation to true (the one change of a spec
+        the CRD allows): the operator force-deletes its remaining runners at once. Needs `patch`
+        on the cancellation's kind. The caller is recorded as who escalated (the annotation
+        `necrocode.io/force-requester`, `status.escalatedByUser`, an `Escalated` Event). One
+        already forced is answered as it is; one that has finished is 409.
+        With `wait=true`, answer once it has finished or `timeout` seconds passed."""
+        ns = access.namespace
+        obj = await find_cancellation(ns, name)
+        kind = str(obj["kind"])
+        await auth.authorize(access.caller, "patch", PLURAL[kind], ns)
+        finished = f"{kind.lower()}/{name} has finished; there is nothing left to escalate"
+        if not (obj.get("spec") or {}).get("force"):
+            if result_of(obj).status.terminal:
+                raise ApiFinished(finished)
+            try:
+                obj = await kube.merge_patch(nc_path(ns, PLURAL[kind], name), {
+                    "metadata": {"annotations": {ANNOTATION_FORCE_REQUESTER: access.caller.username}},
+                    "spec": {"force": True}})
+            except Invalid:  # the CRD refuses: it finished meanwhile
+                raise ApiFinished(finished) from None
+            _LOG.info("cancellation %s/%s escalated to force for %s", ns, name, access.caller.username)
+        if wait:
+            obj = await follow(obj, ns, wait_timeout)
+        result = result_of(obj)
+        response.headers[FINISHED_HEADER] = "true" if result.status.terminal else "false"
+        return result
+
+    @app.exception_handler(ApiAnswer)
+    async def answer(request: Request, exc: ApiAnswer) -> JSONResponse:
+        return _error(exc.status, str(exc))
 
     return app
 
 
-class ApiNotFound(Exception):
-    """A 404 of the REST API, with the sentence to answer."""
+class ApiAnswer(Exception):
+    """An error answer of the REST API: its status, and the sentence to answer."""
+
+    status = 500
+
+
+class ApiNotFound(ApiAnswer):
+    """404: no such job, task or cancellation."""
+
+    status = 404
+
+
+class ApiFinished(ApiAnswer):
+    """409: the cancellation has finished; nothing in it can change any more."""
+
+    status = 409
 
 
 # ----------------------------------------------------------------------------- process

@@ -6,7 +6,12 @@ from typing import Any
 
 import kopf
 
-from necrocode.handlers.common import expire, not_finished, run_cancellation, ttl_set_and_finished
+from necrocode.handlers.common import (
+    not_finished,
+    observe_spec,
+    run_cancellation,
+    spec_unobserved,
+)
 from necrocode.model import GROUP, VERSION
 
 
@@ -16,6 +21,6 @@ async def job_cancellation(body: kopf.Body, stopped: kopf.DaemonStopped, **_: An
     await run_cancellation(body, stopped)
 
 
-@kopf.timer(GROUP, VERSION, "jobcancellations", when=ttl_set_and_finished, interval=5, idle=1)
-async def job_cancellation_ttl(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, **_: Any) -> None:
-    await expire(body, spec, status)
+@kopf.on.event(GROUP, VERSION, "jobcancellations", when=spec_unobserved)
+async def job_cancellation_spec(body: kopf.Body, **_: Any) -> None:
+    await observe_spec(body)

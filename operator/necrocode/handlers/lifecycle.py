@@ -13,7 +13,7 @@ from prometheus_client import start_http_server
 from necrocode import metrics
 from necrocode.kube import Kube, load_credentials
 from necrocode.logs import log
-from necrocode.model import FINALIZER
+from necrocode.model import FINALIZER, parse_time
 from necrocode.service import CancellationService
 from necrocode.settings import Settings
 
@@ -67,6 +67,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     kube = Kube(load_credentials(os.environ.get("NECROCODE_KUBECONFIG") or None), concurrency=conf.concurrency,
                 timeout=conf.request_timeout, retry=conf.retry)
     _service = CancellationService(kube, conf)
+    metrics.OLDEST_RUNNING.source = _running_ages
+    metrics.LEADER.set(1)  # without leader election this process acts (with it, the elector's gauge wins)
     if conf.metrics_port and not _metrics_started:
         try:
             start_http_server(conf.metrics_port, addr=os.environ.get("NECROCODE_METRICS_ADDR", "0.0.0.0"))
@@ -74,12 +76,37 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         except OSError as exc:
             log("metrics server not started", logging.WARNING, error=str(exc), port=conf.metrics_port)
     log("operator started", concurrency=conf.concurrency, namespaces=list(conf.namespaces) or "all",
-        peering=peering or "standalone")
+        peering=peering or "standalone", default_ttl_seconds=conf.default_ttl_seconds)
+
+
+def _running_ages() -> list[tuple[str, float]]:
+    """(kind, seconds since status.startedAt) of each cancellation at work here (read by the
+    /metrics thread at scrape time)."""
+    svc = _service
+    if svc is None:
+        return []
+    now = svc.clock.now()
+    for _ in range(3):  # the event loop may add or remove one while this thread copies them
+        try:
+            running = list(svc.running.values())
+            break
+        except RuntimeError:
+            continue
+    else:
+        return []
+    out = []
+    for ctx in running:
+        started = parse_time(ctx.status.started_at)
+        if started is not None:
+            out.append((ctx.kind, max(0.0, (now - started).total_seconds())))
+    return out
 
 
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
     global _service
+    metrics.OLDEST_RUNNING.source = None
+    metrics.LEADER.set(0)
     if _service is not None:
         await _service.kube.close()
         _service = None

@@ -6,7 +6,12 @@ from typing import Any
 
 import kopf
 
-from necrocode.handlers.common import expire, not_finished, run_cancellation, ttl_set_and_finished
+from necrocode.handlers.common import (
+    not_finished,
+    observe_spec,
+    run_cancellation,
+    spec_unobserved,
+)
 from necrocode.model import GROUP, VERSION
 
 
@@ -16,6 +21,6 @@ async def task_cancellation(body: kopf.Body, stopped: kopf.DaemonStopped, **_: A
     await run_cancellation(body, stopped)
 
 
-@kopf.timer(GROUP, VERSION, "taskcancellations", when=ttl_set_and_finished, interval=5, idle=1)
-async def task_cancellation_ttl(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, **_: Any) -> None:
-    await expire(body, spec, status)
+@kopf.on.event(GROUP, VERSION, "taskcancellations", when=spec_unobserved)
+async def task_cancellation_spec(body: kopf.Body, **_: Any) -> None:
+    await observe_spec(body)

@@ -1,0 +1,104 @@
+"""One model of cancellation records and tasks (necrocode.records), which the CLI, the REST API
+and the operator share: the same order, the same "cancellation of a job", the same task."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import pytest
+
+from necrocode import cli, planning, records
+from necrocode.api import server
+
+
+def rec(name: str, created: str, kind: str = "JobCancellation", job: str = "j", phase: str | None = None,
+        **spec: Any) -> dict[str, Any]:
+    return {"kind": kind, "metadata": {"name": name, "creationTimestamp": created},
+            "spec": {"jobName": job, **spec}, "status": {"phase": phase} if phase else {}}
+
+
+def names(items: list[dict[str, Any]]) -> list[str]:
+    return [f"{i['kind'][0]}:{i['metadata']['name']}" for i in items]
+
+
+def test_newest_first_is_a_total_order() -> None:
+    items = [rec("a", "2026-01-01T00:00:01Z"), rec("b", "2026-01-01T00:00:01Z"),
+             rec("b", "2026-01-01T00:00:01Z", kind="TaskCancellation"), rec("z", "2026-01-01T00:00:00Z"),
+             rec("c", "2026-01-01T00:00:02Z")]
+    want = ["J:c", "T:b", "J:b", "J:a", "J:z"]  # time, then name, then kind: all descending
+    assert names(records.newest_first(items)) == want
+    assert names(records.newest_first(reversed(items))) == want  # whatever order the API listed them in
+
+
+def test_the_cancellations_of_a_job_and_which_one_is_current() -> None:
+    old_running = rec("j-1", "2026-01-01T00:00:01Z", phase="Running")
+    done = rec("j-2", "2026-01-01T00:00:02Z", kind="TaskCancellation", phase="Completed", taskId="t")
+    newest = rec("j-3", "2026-01-01T00:00:03Z", phase="Rejected")
+    other = rec("k-1", "2026-01-01T00:00:09Z", job="k")
+    found = records.of_job([other, old_running, done, newest], "j")
+    assert names(found) == ["J:j-3", "T:j-2", "J:j-1"]
+    # the REST API's cancellation-status: the newest still going on, else the newest
+    assert records.current(found) is old_running
+    assert records.current(found[:2]) is newest
+    assert records.current([]) is None
+    # the CLI's cancel-status: the newest, and every older one still going on
+    assert names(records.latest(found)) == ["J:j-3", "J:j-1"]
+    assert records.latest([]) == []
+    # an unreadable status reads as not started, so as going on
+    broken = rec("j-4", "2026-01-01T00:00:04Z") | {"status": {"phase": "Bogus"}}
+    assert not records.is_finished(broken) and records.current([broken, newest]) is broken
+
+
+def test_a_job_name_that_cannot_be_a_label_is_listed_without_a_selector() -> None:
+    assert records.job_selector("job1") == "necrocode.io/job=job1"
+    long_name = "j" * 64
+    assert records.job_selector(long_name) is None
+    assert names(records.of_job([rec("x", "t", job=long_name), rec("y", "t")], long_name)) == ["J:x"]
+
+
+def task(name: str, job: str | None, tid: str | None, *, label_job: bool = True, label_task: bool = True) -> dict[str, Any]:
+    labels = {**({"necrocode.io/job": job} if job and label_job else {}),
+              **({"necrocode.io/task": tid} if tid and label_task else {})}
+    return {"metadata": {"name": name, "labels": labels}, "spec": {**({"job": job} if job else {}),
+                                                                   **({"taskId": tid} if tid else {})}}
+
+
+@pytest.mark.parametrize(("job", "tid", "selector"), [
+    ("job1", "t1", "necrocode.io/job=job1,necrocode.io/task=t1"),
+    ("j" * 64, "t1", "necrocode.io/task=t1"),
+    ("job1", "not a label!", "necrocode.io/job=job1"),
+    ("j" * 64, "not a label!", None),
+])
+def test_task_selector_is_the_narrowest_the_values_allow(job: str, tid: str, selector: str | None) -> None:
+    assert records.task_selector(job, tid) == selector
+
+
+def test_a_task_is_found_by_the_id_the_operator_reads() -> None:
+    listed = [task("job1-t1", "job1", "t1"),
+              task("job2-t1", "job2", "t1"),                                # another job's t1
+              task("job1-x", "job1", "t1", label_task=False) | {"spec": {"job": "job1", "taskId": "x"}},
+              task("job1-t1b", "job1", None) | {"metadata": {"name": "job1-t1b", "labels": {
+                  "necrocode.io/job": "job1", "necrocode.io/task": "t1"}}},  # no spec.taskId: the label says
+              task("t1", "job1", None, label_task=False),                   # neither: its name is its id
+              task("job1-t1-nolabel", "job1", "t1", label_job=False)]       # no job label: spec.job says
+    found = [t["metadata"]["name"] for t in records.find_tasks(listed, "job1", "t1")]
+    assert found == ["job1-t1", "job1-t1b", "t1", "job1-t1-nolabel"]
+    # a task whose label says t1 but whose spec says otherwise is what the operator calls "other"
+    labelled_other = task("odd", "job1", "other") | {"metadata": {"name": "odd", "labels": {
+        "necrocode.io/job": "job1", "necrocode.io/task": "t1"}}}
+    assert not records.is_task(labelled_other, "job1", "t1") and records.is_task(labelled_other, "job1", "other")
+    assert planning.task_id(labelled_other) == "other"
+
+
+def test_the_cli_and_the_rest_api_use_this_model() -> None:
+    assert cli.newest_first is records.newest_first and planning.task_id is records.task_id
+    api = inspect.getsource(server.create_app)
+    for use in ("records.task_selector(", "records.find_tasks(", "records.job_selector(", "records.of_job(",
+                "records.current("):
+        assert use in api, use
+    assert "newest_first" not in inspect.getsource(server).replace("records.newest_first", "")
+    cli_source = inspect.getsource(cli)
+    for use in ("records.task_selector(", "records.find_tasks(", "records.job_selector(", "records.of_job(",
+                "records.latest("):
+        assert use in cli_source, use
