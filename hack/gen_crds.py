@@ -64,8 +64,7 @@ CANCELLATION_STATUS = obj({
         "taskId": s(), "name": s(), "before": s(), "after": s(), "reason": s(), "runner": s(),
     }, ["taskId", "name", "before", "after"])),
     "runnerOutcomes": arr(obj({
-        "pod": s(), "task": s(), "outcome": s(enum=["Terminated", "Forced", "Stuck", "AlreadyGone"]),
-        "seconds": {"type": "number"},
+        "pod": s(), "outcome": s(enum=["Terminated", "Forced", "Stuck", "AlreadyGone"]),
     }, ["pod", "outcome"])),
     "cleanup": obj({k: arr(s()) for k in ("released", "deleted", "preserved", "failed")}),
     "plan": obj({k: arr(s()) for k in ("runnerPods", "leases", "scratchResources", "artifacts")},

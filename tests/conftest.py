@@ -24,6 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kube_helpers import ClusterInfo, Kubectl  # noqa: E402
 
+# This test run's id, inherited by every process it starts (control plane, real node, operators):
+# hack/check-leftovers.sh reports only processes carrying it. `make test` sets it for both.
+os.environ.setdefault("NECROCODE_TEST_RUN", f"pytest-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
 # The namespaces the session's operator serves; tests that run their own operator use others.
 SHARED_NS_PREFIX = os.environ.get("NECROCODE_TEST_NS_PREFIX", "nc-")
 

@@ -50,7 +50,6 @@ from necrocode.model import (
     CancellationResult,
     CancellationStatus,
     Phase,
-    RunnerOutcome,
     StepState,
     now_utc,
     parse_time,
@@ -741,14 +740,8 @@ def summary(r: CancellationResult, obj: Obj) -> list[str]:
         forced = [o.pod for o in st.runner_outcomes if o.outcome == "Forced"]
         lines.append(f"runners terminated: {runners_text(st)}" + (f"; forced: {capped(forced)}" if forced else ""))
         outcomes = st.runner_outcomes[:50]
-        cols: list[tuple[str, Callable[[RunnerOutcome], str]]] = [("POD", lambda o: o.pod),
-                                                                   ("OUTCOME", lambda o: o.outcome)]
-        if any(o.task for o in outcomes):
-            cols.insert(1, ("TASK", lambda o: o.task or "-"))
-        if any(o.seconds is not None for o in outcomes):
-            cols.append(("TOOK", lambda o: fmt_duration(o.seconds)))
         if outcomes:
-            lines += table([c[0] for c in cols], [[f(o) for _, f in cols] for o in outcomes], indent="  ")
+            lines += table(["POD", "OUTCOME"], [[o.pod, o.outcome] for o in outcomes], indent="  ")
     if st.cleanup is not None and any((st.cleanup.released, st.cleanup.deleted, st.cleanup.preserved,
                                        st.cleanup.failed)):
         lines.append("resources:")

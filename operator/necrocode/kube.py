@@ -412,8 +412,3 @@ def _param(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     return str(v)
-
-
-def make_kube(kubeconfig: str | None = None, context: str | None = None, concurrency: int = 50,
-              retry: RetryPolicy | None = None) -> Kube:
-    return Kube(load_credentials(kubeconfig, context), concurrency=concurrency, retry=retry)

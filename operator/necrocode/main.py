@@ -1,6 +1,6 @@
 """`necrocode-operator`: run the controller (kopf) with our handlers.
 
-    necrocode-operator [--namespace NS ...] [--log-format json|text] [--peering NAME]
+    necrocode-operator [--namespace NS ...] [--log-format json|text] [--leader-elect]
     necrocode-operator --release-finalizers [--deployment NS/NAME] [--namespace NS ...]   (before an uninstall)
 
 Settings are environment variables (docs/operations.md); flags override the common ones.
@@ -39,8 +39,6 @@ def main(argv: list[str] | None = None) -> int:
                     help="namespace (or glob pattern) to serve; repeat; default: the whole cluster")
     ap.add_argument("--log-format", choices=["json", "text"], default=os.environ.get("NECROCODE_LOG_FORMAT", "json"))
     ap.add_argument("--log-level", default=os.environ.get("NECROCODE_LOG_LEVEL", "INFO"))
-    ap.add_argument("--peering", default=os.environ.get("NECROCODE_PEERING", ""),
-                    help="kopf peering name for high availability (one active instance)")
     ap.add_argument("--liveness", default=os.environ.get("NECROCODE_LIVENESS", "http://0.0.0.0:8081/healthz"))
     ap.add_argument("--leader-elect", action=argparse.BooleanOptionalAction,
                     default=os.environ.get("NECROCODE_LEADER_ELECT", "false").lower() in ("1", "true", "yes"),
@@ -85,8 +83,6 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(a.log_format, a.log_level)
     if a.release_finalizers:
         return _release(a)
-    if a.peering:
-        os.environ["NECROCODE_PEERING"] = a.peering
     namespaces: list[str] = a.namespace or [n for n in os.environ.get("NECROCODE_NAMESPACES", "").split(",") if n]
     import necrocode.handlers  # noqa: F401  (registers the handlers)
 

@@ -267,9 +267,7 @@ class Condition(_Model):
 
 class RunnerOutcome(_Model):
     pod: str
-    task: str | None = None
     outcome: Literal["Terminated", "Forced", "Stuck", "AlreadyGone"]
-    seconds: float | None = None
 
 
 class CleanupReport(_Model):

@@ -519,17 +519,3 @@ def phase_conditions(phase: Phase, message: str = "") -> list[tuple[str, Conditi
 def runner_summary(terminated: int, total: int, forced: int) -> str:
     s = f"{terminated}/{total}"
     return f"{s} ({forced} forced)" if forced else s
-
-
-# ----------------------------------------------------------------------------- leader election
-def leader_action(holder: str | None, renewed_at: datetime | None, duration_seconds: int, me: str,
-                  now: datetime) -> str:
-    """What an instance does with the leader Lease: "renew" (ours), "take" (free or expired),
-    or "wait" (another instance holds it and renews it in time)."""
-    if holder == me:
-        return "renew"
-    if not holder or renewed_at is None:
-        return "take"
-    if renewed_at + timedelta(seconds=duration_seconds) < now:
-        return "take"
-    return "wait"

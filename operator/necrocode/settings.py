@@ -54,9 +54,7 @@ class Settings:
     operator deletes it, whoever created it (kubectl, the CLI, the REST API); None: kept for ever."""
     namespaces: tuple[str, ...] = ()
     """Namespaces to serve; empty means the whole cluster."""
-    log_format: str = "json"
     metrics_port: int = 8080
-    liveness_port: int = 8081
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -79,7 +77,5 @@ class Settings:
             requester_policy=_env("NECROCODE_REQUESTER_POLICY", "false").lower() in ("1", "true", "yes"),
             default_ttl_seconds=_ttl(_env("NECROCODE_DEFAULT_TTL_SECONDS", "")),
             namespaces=ns,
-            log_format=_env("NECROCODE_LOG_FORMAT", "json"),
             metrics_port=int(_env("NECROCODE_METRICS_PORT", "8080")),
-            liveness_port=int(_env("NECROCODE_LIVENESS_PORT", "8081")),
         )

@@ -36,7 +36,7 @@ def cancellation(phase: str = "Failed") -> dict[str, Any]:
                    "progress": {"runnersTotal": 1, "runnersTerminated": 1, "tasksCancelled": 1},
                    "affectedTasks": [{"taskId": "a", "name": "job1-a", "before": "Running", "after": "Cancelled",
                                       "reason": EVIL, "runner": "job1-a-runner"}],
-                   "runnerOutcomes": [{"pod": "job1-a-runner", "task": "a", "outcome": "Terminated"}],
+                   "runnerOutcomes": [{"pod": "job1-a-runner", "outcome": "Terminated"}],
                    "cleanup": {"failed": [EVIL]}, "cascadeWarnings": [EVIL],
                    "errors": [{"step": "Validate", "object": EVIL, "message": EVIL, "attempts": 2}]},
     }

@@ -239,17 +239,6 @@ def test_runner_summary() -> None:
     assert runner_summary(5, 5, 2) == "5/5 (2 forced)"
 
 
-# ----------------------------------------------------------------------------- leader election
-def test_leader_action() -> None:
-    from necrocode.planning import leader_action
-
-    assert leader_action(None, None, 15, "me", T0) == "take"
-    assert leader_action("", T0, 15, "me", T0) == "take"
-    assert leader_action("me", T0, 15, "me", T0 + timedelta(seconds=60)) == "renew"
-    assert leader_action("other", T0, 15, "me", T0 + timedelta(seconds=10)) == "wait"
-    assert leader_action("other", T0, 15, "me", T0 + timedelta(seconds=16)) == "take"
-
-
 def test_a_job_cancellation_defers_only_to_earlier_task_cancellations_in_flight() -> None:
     def tc(name: str, created: datetime, job: str = "j", phase: str | None = "Running", dry: bool = False
            ) -> dict[str, Any]:

@@ -55,14 +55,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.enabled = False  # we write our own, deduplicated Events
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = conf.request_timeout * 2
-    peering = os.environ.get("NECROCODE_PEERING", "")
-    if peering:
-        settings.peering.name = peering
-        settings.peering.mandatory = True
-        settings.peering.standalone = False
-        settings.peering.priority = int(os.environ.get("NECROCODE_PEERING_PRIORITY", "0"))
-    else:
-        settings.peering.standalone = True
+    settings.peering.standalone = True  # no kopf peering (its CRDs are not shipped): HA is leader election
     Kube.on_request = lambda verb: metrics.API_REQUESTS.labels(verb=verb).inc()
     kube = Kube(load_credentials(os.environ.get("NECROCODE_KUBECONFIG") or None), concurrency=conf.concurrency,
                 timeout=conf.request_timeout, retry=conf.retry)
@@ -76,7 +69,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         except OSError as exc:
             log("metrics server not started", logging.WARNING, error=str(exc), port=conf.metrics_port)
     log("operator started", concurrency=conf.concurrency, namespaces=list(conf.namespaces) or "all",
-        peering=peering or "standalone", default_ttl_seconds=conf.default_ttl_seconds)
+        default_ttl_seconds=conf.default_ttl_seconds)
 
 
 def _running_ages() -> list[tuple[str, float]]:
