@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -55,8 +56,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.longrepr = f"{why}: the real-node tests must run here, but: {reason}"
 
 
+def _keep(session: pytest.Session) -> bool:
+    """Keep a session's state (the control plane's data and logs, the operator's log) only for a
+    look after a failure, or when asked (NECROCODE_KEEP_TEST_STATE=1): each session's etcd data
+    alone is ~230 MB, and the machine is shared."""
+    return bool(session.testsfailed) or os.environ.get("NECROCODE_KEEP_TEST_STATE") == "1"
+
+
 @pytest.fixture(scope="session")
-def cluster() -> Iterator[ClusterInfo]:
+def cluster(request: pytest.FixtureRequest) -> Iterator[ClusterInfo]:
     existing = os.environ.get("KUBECONFIG")
     if existing:
         yield ClusterInfo(kubeconfig=Path(existing), local=False, bins=None)
@@ -74,6 +82,8 @@ def cluster() -> Iterator[ClusterInfo]:
         yield ClusterInfo(kubeconfig=kubeconfig, local=True, bins=bins, state_dir=state)
     finally:
         lc.down()
+        if not _keep(request.session):
+            shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -108,10 +118,17 @@ def metrics_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def operator_log() -> Path:
-    """Where the in-process operator's JSON log goes (one file per test session)."""
+def operator_log(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """Where the in-process operator's JSON log goes (one file per test session; removed at the
+    end unless a test failed)."""
     env = os.environ.get("NECROCODE_TEST_OPERATOR_LOG")
-    return Path(env) if env else Path(tempfile.mkdtemp(prefix="necrocode-operator-")) / "operator.log"
+    if env:
+        yield Path(env)
+        return
+    folder = Path(tempfile.mkdtemp(prefix="necrocode-operator-"))
+    yield folder / "operator.log"
+    if not _keep(request.session):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
