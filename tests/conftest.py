@@ -133,31 +133,50 @@ def operator_log(request: pytest.FixtureRequest) -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def operator(kube: Kubectl, cluster: ClusterInfo, metrics_port: int, operator_log: Path) -> Iterator[None]:
-    """The operator, in-process (kopf's KopfRunner), serving the nc-* namespaces, with its
-    Prometheus endpoint on 127.0.0.1:<metrics_port>."""
-    from kopf.testing import KopfRunner
+    """The operator, in-process (what `necrocode-operator` runs: kopf with our settings and memo,
+    in a thread with its own event loop), serving the nc-* namespaces, with its Prometheus
+    endpoint on 127.0.0.1:<metrics_port>."""
+    import asyncio
+    import threading
+
+    from necrocode.handlers import lifecycle
+    from necrocode.settings import Settings
 
     if os.environ.get("NECROCODE_TEST_EXTERNAL_OPERATOR"):  # one already serving the nc-* namespaces (e.g. the chart)
         operator_log.write_text("")
         yield
         return
     os.environ.update(operator_env(cluster, metrics_port))
-    runner = KopfRunner(["run", "--standalone", "-m", "necrocode.handlers",
-                         f"--namespace={SHARED_NS_PREFIX}*"], timeout=60)
-    with runner:
-        # the operator's own log, readable after a failure
-        from necrocode.logs import JsonFormatter
+    stop, failure = threading.Event(), list[BaseException]()
 
-        path = operator_log
-        handler = logging.FileHandler(path, mode="w")
-        handler.setFormatter(JsonFormatter())
-        logging.getLogger("necrocode").addHandler(handler)
-        print(f"\noperator log: {path}", file=sys.stderr)
-        time.sleep(1.0)
+    def run() -> None:
+        try:
+            asyncio.run(lifecycle.operate(Settings.from_env(), [f"{SHARED_NS_PREFIX}*"], liveness=None,
+                                          stop_flag=stop))
+        except BaseException as exc:  # reported when the session ends
+            failure.append(exc)
+
+    # the operator's own log, readable after a failure
+    from necrocode.logs import JsonFormatter
+
+    handler = logging.FileHandler(operator_log, mode="w")
+    handler.setFormatter(JsonFormatter())
+    ours = logging.getLogger("necrocode")
+    ours.addHandler(handler)
+    ours.setLevel(logging.INFO)  # what necrocode-operator logs by default (logs.configure)
+    print(f"\noperator log: {operator_log}", file=sys.stderr)
+    thread = threading.Thread(target=run, name="operator", daemon=True)
+    thread.start()
+    try:
         yield
-        logging.getLogger("necrocode").removeHandler(handler)
-    if runner.exception is not None and not isinstance(runner.exception, SystemExit):
-        raise runner.exception
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+        ours.removeHandler(handler)
+        ours.setLevel(logging.NOTSET)
+    assert not thread.is_alive(), "the operator did not stop within 60 s"
+    if failure:
+        raise failure[0]
 
 
 def operator_env(cluster: ClusterInfo, metrics_port: int = 0) -> dict[str, str]:

@@ -19,8 +19,6 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-import kopf
-
 from necrocode import logs
 
 T = TypeVar("T")
@@ -64,10 +62,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --release-finalizers: first scale this Deployment of the operator to 0 and wait "
                          "until its pods are gone")
     a = ap.parse_args(argv)
-    try:
-        from necrocode.settings import Settings
+    from necrocode.settings import Settings
 
-        Settings.from_env()
+    try:
+        conf = Settings.from_env()
     except ValueError as exc:
         ap.error(str(exc))
     if a.event_loop not in LOOPS:
@@ -84,18 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     if a.release_finalizers:
         return _release(a)
     namespaces: list[str] = a.namespace or [n for n in os.environ.get("NECROCODE_NAMESPACES", "").split(",") if n]
-    import necrocode.handlers  # noqa: F401  (registers the handlers)
+    from necrocode.handlers import lifecycle  # importing the package registers every handler
 
     def operate(stop: asyncio.Event | None = None) -> Awaitable[None]:
         # with leader election the process serves its own liveness endpoint from the start, as a
         # standby too (_leading); kopf's would only start once this replica leads
-        # Exact namespaces (no patterns) need no cluster-wide read: kopf's observation of namespaces
-        # and CRDs is off, which the chart's namespaced RBAC relies on (without it kopf retries the
-        # forbidden lists for about a minute before it serves anything; docs/rbac.md).
-        settings = kopf.OperatorSettings()
-        settings.scanning.disabled = bool(namespaces) and not any(c in n for n in namespaces for c in "!*?,")
-        return kopf.operator(clusterwide=not namespaces, namespaces=namespaces, settings=settings,
-                             liveness_endpoint=None if a.leader_elect else (a.liveness or None), stop_flag=stop)
+        return lifecycle.operate(conf, namespaces, liveness=None if a.leader_elect else (a.liveness or None),
+                                 stop_flag=stop)
 
     try:
         if not a.leader_elect:
@@ -278,21 +271,12 @@ async def serve_health(url: str, role: Callable[[], str]) -> Any:
 def start_metrics(role: Callable[[], str]) -> None:
     """Serve /metrics now (a standby too), with necrocode_leader (1 while this replica leads);
     the operator's startup then finds it started (NECROCODE_METRICS_PORT=0: none)."""
-    from prometheus_client import start_http_server
-
     from necrocode import metrics
-    from necrocode.handlers import lifecycle
+    from necrocode.handlers.lifecycle import serve_metrics
     from necrocode.settings import Settings
 
     metrics.LEADER.set_function(lambda: 1.0 if role() == "leader" else 0.0)
-    port = Settings.from_env().metrics_port
-    if not port or lifecycle._metrics_started:
-        return
-    try:
-        start_http_server(port, addr=os.environ.get("NECROCODE_METRICS_ADDR", "0.0.0.0"))
-        lifecycle._metrics_started = True
-    except OSError as exc:
-        logs.log("metrics server not started", error=str(exc), port=port)
+    serve_metrics(Settings.from_env().metrics_port)
 
 
 def fence_kopf() -> None:

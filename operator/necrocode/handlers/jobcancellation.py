@@ -15,12 +15,14 @@ from necrocode.handlers.common import (
 from necrocode.model import GROUP, VERSION
 
 
+# kopf cancels the task at once when the operator stops or the record goes (no cancellation_backoff)
+# and waits up to 10 s for it to end; the next start resumes from the stored status
 @kopf.daemon(GROUP, VERSION, "jobcancellations", when=not_finished, cancellation_timeout=10,
              backoff=5)
-async def job_cancellation(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
-    await run_cancellation(body, stopped)
+async def job_cancellation(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    await run_cancellation(memo, body)
 
 
 @kopf.on.event(GROUP, VERSION, "jobcancellations", when=spec_unobserved)
-async def job_cancellation_spec(body: kopf.Body, **_: Any) -> None:
-    await observe_spec(body)
+async def job_cancellation_spec(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    await observe_spec(memo, body)

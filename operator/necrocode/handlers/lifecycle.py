@@ -1,10 +1,22 @@
-"""Operator start and stop: kopf settings, the shared API client and service, /metrics."""
+"""Operator start and stop, the kopf way: `main` builds kopf's settings and the operator-wide
+`memo` and hands both to `kopf.operator()`; startup puts the shared API client and service into
+that memo (every handler receives it, as `memo`), cleanup closes them.
+
+What the memo holds (kopf gives each resource a shallow copy of it, made after startup, so all
+of them share these objects):
+  memo.conf      Settings, read once from the environment by `main`
+  memo.service   the CancellationService (set by startup, None after cleanup)
+  memo.expiries  the pending TTL deletions of this process (handlers/common.py)
+"""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import os
+import threading
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import kopf
@@ -17,14 +29,44 @@ from necrocode.model import FINALIZER, parse_time
 from necrocode.service import CancellationService
 from necrocode.settings import Settings
 
-_service: CancellationService | None = None
-_metrics_started = False
+
+def kopf_settings(conf: Settings, namespaces: Sequence[str]) -> kopf.OperatorSettings:
+    """kopf's settings for this operator (passed to `kopf.operator(settings=...)`)."""
+    settings = kopf.OperatorSettings()
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="necrocode.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="necrocode.io", key="last-handled-configuration")
+    settings.posting.enabled = False  # we write our own, deduplicated Events
+    settings.watching.server_timeout = 300
+    settings.networking.request_timeout = conf.request_timeout * 2
+    settings.peering.standalone = True  # no kopf peering (its CRDs are not shipped): HA is leader election
+    # Exact namespaces (no patterns) need no cluster-wide read: kopf's observation of namespaces
+    # and CRDs is off, which the chart's namespaced RBAC relies on (without it kopf retries the
+    # forbidden lists for about a minute before it serves anything; docs/rbac.md).
+    settings.scanning.disabled = bool(namespaces) and not any(c in n for n in namespaces for c in "!*?,")
+    return settings
 
 
-def service() -> CancellationService:
-    if _service is None:  # pragma: no cover - startup always runs first
+def new_memo(conf: Settings) -> kopf.Memo:
+    """The operator-wide memo (passed to `kopf.operator(memo=...)`), one per run of kopf."""
+    return kopf.Memo(conf=conf, service=None, expiries={})
+
+
+def operate(conf: Settings, namespaces: Sequence[str], *, liveness: str | None,
+            stop_flag: asyncio.Event | threading.Event | None = None) -> Coroutine[Any, Any, None]:
+    """kopf running this package's handlers, with our settings and memo: what `necrocode-operator`
+    runs (alone, or while it leads), and what the tests run in a thread."""
+    return kopf.operator(clusterwide=not namespaces, namespaces=list(namespaces),
+                         settings=kopf_settings(conf, namespaces), memo=new_memo(conf),
+                         liveness_endpoint=liveness, stop_flag=stop_flag)
+
+
+def service_of(memo: kopf.Memo) -> CancellationService:
+    service: CancellationService | None = memo.service
+    if service is None:  # pragma: no cover - startup always runs before any resource handler
         raise RuntimeError("operator not started")
-    return _service
+    return service
 
 
 @kopf.on.login()
@@ -45,43 +87,43 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 
 @kopf.on.startup()
-async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-    global _service, _metrics_started
-    conf = Settings.from_env()
-    settings.persistence.finalizer = FINALIZER
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="necrocode.io")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="necrocode.io", key="last-handled-configuration")
-    settings.posting.enabled = False  # we write our own, deduplicated Events
-    settings.watching.server_timeout = 300
-    settings.networking.request_timeout = conf.request_timeout * 2
-    settings.peering.standalone = True  # no kopf peering (its CRDs are not shipped): HA is leader election
+async def startup(memo: kopf.Memo, **_: Any) -> None:
+    conf: Settings = memo.conf
     Kube.on_request = lambda verb: metrics.API_REQUESTS.labels(verb=verb).inc()
     kube = Kube(load_credentials(os.environ.get("NECROCODE_KUBECONFIG") or None), concurrency=conf.concurrency,
                 timeout=conf.request_timeout, retry=conf.retry)
-    _service = CancellationService(kube, conf)
-    metrics.OLDEST_RUNNING.source = _running_ages
+    service = memo.service = CancellationService(kube, conf)
+    metrics.OLDEST_RUNNING.source = lambda: running_ages(service)
     metrics.LEADER.set(1)  # without leader election this process acts (with it, the elector's gauge wins)
-    if conf.metrics_port and not _metrics_started:
-        try:
-            start_http_server(conf.metrics_port, addr=os.environ.get("NECROCODE_METRICS_ADDR", "0.0.0.0"))
-            _metrics_started = True
-        except OSError as exc:
-            log("metrics server not started", logging.WARNING, error=str(exc), port=conf.metrics_port)
+    serve_metrics(conf.metrics_port)
     log("operator started", concurrency=conf.concurrency, namespaces=list(conf.namespaces) or "all",
         default_ttl_seconds=conf.default_ttl_seconds)
 
 
-def _running_ages() -> list[tuple[str, float]]:
+_metrics_serving = False
+"""Whether this process serves /metrics already (a standby starts it before kopf's startup)."""
+
+
+def serve_metrics(port: int | None) -> None:
+    """Serve /metrics on `port` (NECROCODE_METRICS_ADDR, default all addresses), once per
+    process; None or 0: not at all. A port in use is logged, not fatal."""
+    global _metrics_serving
+    if not port or _metrics_serving:
+        return
+    try:
+        start_http_server(port, addr=os.environ.get("NECROCODE_METRICS_ADDR", "0.0.0.0"))
+        _metrics_serving = True
+    except OSError as exc:
+        log("metrics server not started", logging.WARNING, error=str(exc), port=port)
+
+
+def running_ages(service: CancellationService) -> list[tuple[str, float]]:
     """(kind, seconds since status.startedAt) of each cancellation at work here (read by the
     /metrics thread at scrape time)."""
-    svc = _service
-    if svc is None:
-        return []
-    now = svc.clock.now()
+    now = service.clock.now()
     for _ in range(3):  # the event loop may add or remove one while this thread copies them
         try:
-            running = list(svc.running.values())
+            running = list(service.running.values())
             break
         except RuntimeError:
             continue
@@ -96,11 +138,11 @@ def _running_ages() -> list[tuple[str, float]]:
 
 
 @kopf.on.cleanup()
-async def cleanup(**_: Any) -> None:
-    global _service
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     metrics.OLDEST_RUNNING.source = None
     metrics.LEADER.set(0)
-    if _service is not None:
-        await _service.kube.close()
-        _service = None
+    service: CancellationService | None = memo.service
+    memo.service = None
+    if service is not None:
+        await service.kube.close()
     log("operator stopped")
