@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from necrocode.model import LABEL_JOB, LABEL_TASK, CancellationResult
+from necrocode.model import LABEL_JOB, LABEL_TASK, CancellationResult, Phase
 from necrocode.naming import label_ok
 
 Obj = dict[str, Any]
@@ -82,3 +82,17 @@ def is_task(task: Obj, job_id: str, task_id_: str) -> bool:
 def find_tasks(tasks: Iterable[Obj], job_id: str, task_id_: str) -> list[Obj]:
     """The tasks (listed with `task_selector`) that are task `task_id_` of job `job_id`."""
     return [t for t in tasks if is_task(t, job_id, task_id_)]
+
+
+# ----------------------------------------------------------------------------- listings
+def with_kind(items: Iterable[Obj], kind: str) -> list[Obj]:
+    """Listed records with their `kind` (the items of a List carry none): the order's last
+    tie-breaker, and how a front end tells a JobCancellation from a TaskCancellation."""
+    return [{**o, "kind": kind} for o in items]
+
+
+def history(items: Iterable[Obj], job_id: str | None = None, phase: Phase | None = None) -> list[Obj]:
+    """The records as a history lists them: newest first; with `job_id` only that job's
+    (`of_job`), with `phase` only those in it. The REST API's listCancellations."""
+    found = of_job(items, job_id) if job_id else newest_first(items)
+    return found if phase is None else [o for o in found if CancellationResult.from_object(o).status.phase == phase]

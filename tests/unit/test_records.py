@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from necrocode import cli, planning, records
-from necrocode.api import server
+from necrocode.api import routes, store
 
 
 def rec(name: str, created: str, kind: str = "JobCancellation", job: str = "j", phase: str | None = None,
@@ -93,12 +93,34 @@ def test_a_task_is_found_by_the_id_the_operator_reads() -> None:
 
 def test_the_cli_and_the_rest_api_use_this_model() -> None:
     assert cli.newest_first is records.newest_first and planning.task_id is records.task_id
-    api = inspect.getsource(server.create_app)
+    api = inspect.getsource(routes) + inspect.getsource(store)
     for use in ("records.task_selector(", "records.find_tasks(", "records.job_selector(", "records.of_job(",
-                "records.current("):
+                "records.current(", "records.history(", "records.with_kind(", "records.is_finished("):
         assert use in api, use
-    assert "newest_first" not in inspect.getsource(server).replace("records.newest_first", "")
+    assert "newest_first" not in api.replace("records.newest_first", "")
     cli_source = inspect.getsource(cli)
     for use in ("records.task_selector(", "records.find_tasks(", "records.job_selector(", "records.of_job(",
                 "records.latest("):
         assert use in cli_source, use
+
+
+def test_listed_records_get_their_kind() -> None:
+    listed = [{"metadata": {"name": "a"}}, {"kind": "JobCancellation", "metadata": {"name": "b"}}]
+    tagged = records.with_kind(listed, "TaskCancellation")
+    assert [o["kind"] for o in tagged] == ["TaskCancellation", "TaskCancellation"]
+    assert "kind" not in listed[0]  # copies: what was listed stays as it was
+
+
+def test_the_history_is_newest_first_and_filtered_by_job_and_phase() -> None:
+    from necrocode.model import Phase
+
+    running = rec("j-1", "2026-01-01T00:00:01Z", phase="Running")
+    done = rec("j-2", "2026-01-01T00:00:02Z", kind="TaskCancellation", phase="Completed", taskId="t")
+    pending = rec("j-3", "2026-01-01T00:00:03Z")  # no status yet: Pending
+    other = rec("k-1", "2026-01-01T00:00:09Z", job="k", phase="Running")
+    items = [running, other, done, pending]
+    assert names(records.history(items)) == ["J:k-1", "J:j-3", "T:j-2", "J:j-1"]
+    assert names(records.history(items, "j")) == ["J:j-3", "T:j-2", "J:j-1"]
+    assert names(records.history(items, phase=Phase.RUNNING)) == ["J:k-1", "J:j-1"]
+    assert names(records.history(items, "j", Phase.PENDING)) == ["J:j-3"]
+    assert records.history(items, "j", Phase.FAILED) == []
