@@ -58,16 +58,34 @@ CANCELLATION_STATUS = obj({
     }, ["name", "state"])),
     "progress": obj({k: i(minimum=0) for k in (
         "runnersTotal", "runnersTerminated", "runnersForced", "tasksCancelled", "tasksBlocked",
-        "tasksUnaffected", "leasesReleased", "resourcesDeleted", "artifactsPreserved", "resourcesToDelete")}),
+        "tasksUnaffected", "leasesReleased", "resourcesDeleted", "artifactsPreserved", "resourcesToDelete",
+        "runnersCooperative", "tasksFinishedInDrain", "finishedDuringCancel", "logsKept", "logsFailed")}),
     "runnerSummary": s(description="terminated/total runners, and how many were forced"),
     "affectedTasks": arr(obj({
         "taskId": s(), "name": s(), "before": s(), "after": s(), "reason": s(), "runner": s(),
     }, ["taskId", "name", "before", "after"])),
     "runnerOutcomes": arr(obj({
-        "pod": s(), "outcome": s(enum=["Terminated", "Forced", "Stuck", "AlreadyGone"]),
+        "pod": s(), "outcome": s(enum=["Terminated", "Forced", "Stuck", "AlreadyGone", "Cooperative", "TaskFinished"]),
     }, ["pod", "outcome"])),
+    "drain": obj({
+        "startedAt": TS, "deadline": TS, "finishedAt": TS,
+        "runningAtStart": i(minimum=0, description="tasks Running when the drain began"),
+        "finishedInWindow": i(minimum=0, description="of those, how many finished by themselves before the deadline"),
+        "stillRunning": i(minimum=0, description="how many were still running when the window closed (then cancelled)"),
+        "endedBy": s(enum=["AllFinished", "Deadline", "Forced"]),
+    }, description="mode Drain: the window in which running tasks were let finish"),
+    "cooperative": obj({
+        "startedAt": TS, "deadline": TS, "finishedAt": TS,
+        "stopped": i(minimum=0, description="runner pods that ended by themselves inside the window"),
+    }, description="cooperativeSeconds: the window in which runners were let stop by themselves"),
+    "logs": arr(obj({
+        "pod": s(), "task": s(), "configMap": s(description="the artifact ConfigMap holding the log's tail"),
+        "bytes": i(minimum=0), "truncated": b(description="the log was longer; this is its tail"),
+        "error": s(description="why the log could not be kept"),
+    }, ["pod"]), description="preserveLogs: the runners' kept logs (the first of them; progress counts all)"),
     "cleanup": obj({k: arr(s()) for k in ("released", "deleted", "preserved", "failed")}),
-    "plan": obj({k: arr(s()) for k in ("runnerPods", "leases", "scratchResources", "artifacts")},
+    "plan": obj({k: arr(s()) for k in ("runnerPods", "leases", "scratchResources", "artifacts", "drainTasks",
+                                       "cancelledAtOnce", "logs")},
                 description="dry run: what the cancellation would act on"),
     "errors": arr(obj({"step": s(), "object": s(), "message": s(), "attempts": i(minimum=0)},
                       ["step", "object", "message"])),
@@ -111,7 +129,24 @@ COMMON_SPEC = {
                               description="after the grace ends, how long before a runner still there is force-deleted"),
     "ttlSecondsAfterFinished": i(minimum=0, description="delete this record that long after it finished"),
     "dryRun": b(default=False, description="compute and report what would be affected; change nothing"),
+    "mode": s(enum=["Cancel", "Drain"], default="Cancel",
+              description="Cancel: stop everything now. Drain: block dispatch, cancel pending and ready tasks, let "
+                          "running tasks finish until drainDeadlineSeconds, then cancel what still runs"),
+    "drainDeadlineSeconds": i(minimum=1, maximum=86400, description="mode Drain (required there): how long running "
+                                                                    "tasks may go on"),
+    "cooperativeSeconds": i(default=0, minimum=0, maximum=3600,
+                            description="after signalling a runner, how long to wait for its pod to end by itself "
+                                        "before deleting it (0: delete at once, with its grace period)"),
+    "preserveLogs": b(description="save the tail of each runner's log into an artifact ConfigMap before its pod is "
+                                  "deleted (default: the operator's setting)"),
 }
+# mode Drain needs its deadline, and only Drain has one (CEL runs after defaulting: mode is set)
+DRAIN_RULES = [
+    {"rule": "!has(self.mode) || self.mode != 'Drain' || has(self.drainDeadlineSeconds)",
+     "message": "mode Drain needs drainDeadlineSeconds: how long running tasks may go on before they are cancelled"},
+    {"rule": "!has(self.drainDeadlineSeconds) || (has(self.mode) && self.mode == 'Drain')",
+     "message": "drainDeadlineSeconds is only for mode Drain"},
+]
 
 
 def immutable_but_force(spec: dict[str, Any]) -> list[dict[str, str]]:
@@ -211,7 +246,7 @@ def definitions() -> dict[str, dict[str, Any]]:
     )
     jc_spec = obj({**COMMON_SPEC, "preserveArtifacts": b(default=True, description="keep the job's artifacts")},
                   ["jobName"])
-    jc_spec["x-kubernetes-validations"] = immutable_but_force(jc_spec)
+    jc_spec["x-kubernetes-validations"] = immutable_but_force(jc_spec) + DRAIN_RULES
     jobcancellation = crd(
         "JobCancellation", "jobcancellations", "jc", jc_spec, CANCELLATION_STATUS,
         [{"name": "Job", "type": "string", "jsonPath": ".spec.jobName"},
@@ -231,7 +266,7 @@ def definitions() -> dict[str, dict[str, Any]]:
         "taskId": s(minLength=1, maxLength=63, description="the task (spec.taskId) within the job"),
         "cascade": b(default=True, description="cancel the task's dependents too; false blocks them instead"),
     }, ["jobName", "taskId"])
-    tc_spec["x-kubernetes-validations"] = immutable_but_force(tc_spec)
+    tc_spec["x-kubernetes-validations"] = immutable_but_force(tc_spec) + DRAIN_RULES
     taskcancellation = crd(
         "TaskCancellation", "taskcancellations", "tc", tc_spec, CANCELLATION_STATUS,
         [{"name": "Job", "type": "string", "jsonPath": ".spec.jobName"},

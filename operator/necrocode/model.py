@@ -206,6 +206,13 @@ class CancellationSpec(_Model):
     dry_run: bool = Field(default=False, alias="dryRun")
     task_id: str | None = Field(default=None, alias="taskId")
     cascade: bool = True
+    mode: Literal["Cancel", "Drain"] = "Cancel"
+    """Drain: let running tasks finish until drain_deadline_seconds, then cancel what is left."""
+    drain_deadline_seconds: int | None = Field(default=None, alias="drainDeadlineSeconds", ge=1, le=86400)
+    cooperative_seconds: int = Field(default=0, alias="cooperativeSeconds", ge=0, le=3600)
+    """How long a signalled runner may take to end by itself before its pod is deleted."""
+    preserve_logs: bool | None = Field(default=None, alias="preserveLogs")
+    """None: the operator's default (Settings.preserve_logs)."""
 
     @property
     def effective_grace(self) -> int:
@@ -234,6 +241,12 @@ class Progress(_Model):
     resources_to_delete: int | None = Field(default=None, alias="resourcesToDelete")
     """Scratch resources (and artifacts, when not kept) found when the cleanup began, written
     before the first delete: a resumed cleanup counts what went before it from this."""
+    runners_cooperative: int = Field(default=0, alias="runnersCooperative")
+    tasks_finished_in_drain: int = Field(default=0, alias="tasksFinishedInDrain")
+    finished_during_cancel: int = Field(default=0, alias="finishedDuringCancel")
+    """Affected tasks that reached Done or Failed by themselves while the cancellation ran (kept as they ended)."""
+    logs_kept: int = Field(default=0, alias="logsKept")
+    logs_failed: int = Field(default=0, alias="logsFailed")
 
 
 class AffectedTask(_Model):
@@ -267,7 +280,40 @@ class Condition(_Model):
 
 class RunnerOutcome(_Model):
     pod: str
-    outcome: Literal["Terminated", "Forced", "Stuck", "AlreadyGone"]
+    outcome: Literal["Terminated", "Forced", "Stuck", "AlreadyGone", "Cooperative", "TaskFinished"]
+    """Cooperative: ended by itself inside the cooperative window; TaskFinished: its task reached
+    Done or Failed during the cancellation, so it was let go gracefully, never forced."""
+
+
+class Window(_Model):
+    """A bounded wait of a cancellation (the drain, the cooperative stop), recorded when it
+    begins so that a resumed run keeps the same deadline."""
+
+    started_at: str | None = Field(default=None, alias="startedAt")
+    deadline: str | None = None
+    finished_at: str | None = Field(default=None, alias="finishedAt")
+
+
+class DrainStatus(Window):
+    running_at_start: int = Field(default=0, alias="runningAtStart")
+    finished_in_window: int = Field(default=0, alias="finishedInWindow")
+    still_running: int = Field(default=0, alias="stillRunning")
+    ended_by: Literal["AllFinished", "Deadline", "Forced"] | None = Field(default=None, alias="endedBy")
+
+
+class CooperativeStatus(Window):
+    stopped: int = 0
+
+
+class KeptLog(_Model):
+    """One runner's log tail, saved into an artifact ConfigMap before its pod was deleted."""
+
+    pod: str
+    task: str | None = None
+    config_map: str | None = Field(default=None, alias="configMap")
+    bytes: int = 0
+    truncated: bool = False
+    error: str | None = None
 
 
 class CleanupReport(_Model):
@@ -284,6 +330,11 @@ class Plan(_Model):
     leases: list[str] = Field(default_factory=list)
     scratch_resources: list[str] = Field(default_factory=list, alias="scratchResources")
     artifacts: list[str] = Field(default_factory=list)
+    drain_tasks: list[str] = Field(default_factory=list, alias="drainTasks")
+    """mode Drain: the running tasks that would be let finish."""
+    cancelled_at_once: list[str] = Field(default_factory=list, alias="cancelledAtOnce")
+    logs: list[str] = Field(default_factory=list)
+    """preserveLogs: the runner pods whose log would be kept."""
 
 
 class CancellationStatus(_Model):
@@ -293,6 +344,9 @@ class CancellationStatus(_Model):
     progress: Progress = Field(default_factory=Progress)
     affected_tasks: list[AffectedTask] = Field(default_factory=list, alias="affectedTasks")
     runner_outcomes: list[RunnerOutcome] = Field(default_factory=list, alias="runnerOutcomes")
+    drain: DrainStatus | None = None
+    cooperative: CooperativeStatus | None = None
+    logs: list[KeptLog] = Field(default_factory=list)
     cleanup: CleanupReport | None = None
     plan: Plan | None = None
     errors: list[ErrorEntry] = Field(default_factory=list)

@@ -287,6 +287,11 @@ def test_an_undeletable_scratch_resource_makes_it_partially_completed(kube: Kube
     ({"reason": "no job"}, "spec.jobName: Required value"),
     ({"jobName": ""}, "spec.jobName"),
     ({"jobName": "j", "force": "yes"}, "spec.force"),
+    ({"jobName": "j", "mode": "Drain"}, "mode Drain needs drainDeadlineSeconds"),
+    ({"jobName": "j", "drainDeadlineSeconds": 60}, "drainDeadlineSeconds is only for mode Drain"),
+    ({"jobName": "j", "mode": "Drain", "drainDeadlineSeconds": 90000}, "spec.drainDeadlineSeconds"),
+    ({"jobName": "j", "mode": "Finish"}, "spec.mode"),
+    ({"jobName": "j", "cooperativeSeconds": 3601}, "spec.cooperativeSeconds"),
 ])
 def test_invalid_spec_is_refused_by_the_api_server(kube: Kubectl, namespace: str, spec: dict[str, Any],
                                                    fragment: str) -> None:
