@@ -8,20 +8,21 @@ the model it shares with the REST API (it imports only pure modules of the packa
 
 Also installed as `kubectl-necrocode`, so `kubectl necrocode job cancel ...` works.
 
-The package, top down (each layer imports only those below it; pyproject's import-linter
-contract holds it):
-  app          the command tree and `main` (the console scripts' entry point)
-  commands/    one module a verb: cancel, status (cancel-status), cancellations, completion
-  options      the flags every command shares; opening the connection from them
-  live         following cancellations live until they finish
-  views        the human views of a cancellation
-  printers     -o table|wide|name|json|yaml|jsonpath=
-  text         durations, tables, small texts
-  kubeconfig   where the connection comes from (kubeconfig, in-cluster, impersonation)
-  connection   Conn: the API calls, mapped to one-line errors
-  errors       exit codes, CliError, the mapping of API answers
-  terminal     escaping of cluster text, colour
-  jsonpath     kubectl's JSONPath templates (pure)
+The package, top down (a module imports only from the lines below its own; modules on one
+line are independent; pyproject's import-linter contracts hold it, and keep the rendering
+apart from the connection):
+  app                        the command tree and `main` (the console scripts' entry point)
+  commands/                  one module a verb: cancel, status (cancel-status), cancellations, completion
+  options | live | submit    the flags every command shares and opening the connection from them;
+                             following cancellations live until they finish; what `cancel` asks
+                             for (the new resource, or escalating a running one)
+  views | printers | kubeconfig   the human views of a cancellation; -o table|wide|name|json|
+                             yaml|jsonpath=; where the connection comes from (kubeconfig,
+                             in-cluster, impersonation)
+  text | connection          durations, tables, small texts; Conn: the API calls, the API's
+                             answers mapped to one-line errors
+  errors                     exit codes, CliError
+  terminal | jsonpath        escaping of cluster text, colour; kubectl's JSONPath templates (pure)
 """
 
 from necrocode.cli.app import cli, main
