@@ -8,10 +8,10 @@ found must not depend on which front end asks. The operator identifies a task th
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
-from necrocode.model import LABEL_JOB, LABEL_TASK, CancellationResult, Phase
+from necrocode.model import FINISHED_JOB_PHASES, LABEL_JOB, LABEL_TASK, CancellationResult, Phase
 from necrocode.naming import label_ok
 
 Obj = dict[str, Any]
@@ -95,4 +95,60 @@ def history(items: Iterable[Obj], job_id: str | None = None, phase: Phase | None
     """The records as a history lists them: newest first; with `job_id` only that job's
     (`of_job`), with `phase` only those in it. The REST API's listCancellations."""
     found = of_job(items, job_id) if job_id else newest_first(items)
-    return found if phase is None else [o for o in found if CancellationResult.from_object(o).status.phase == phase]
+    return found if phase is None else in_phase(found, phase)
+
+
+# ----------------------------------------------------------------------------- reading and choosing records
+def result_of(record: Obj) -> CancellationResult:
+    """The record as the front ends show it: its identity and status (an unreadable status
+    reads as an empty one, never an error)."""
+    return CancellationResult.from_object(record)
+
+
+def started_at(record: Obj) -> str | None:
+    """When the record's work started: status.startedAt, else its creation (the operator has not
+    picked it up yet); None when neither is known."""
+    meta = record.get("metadata") or {}
+    return (record.get("status") or {}).get("startedAt") or meta.get("creationTimestamp") or None
+
+
+def in_phase(records: Iterable[Obj], phase: Phase) -> list[Obj]:
+    """The records in `phase` (an unreadable status reads as Pending), in the order given."""
+    return [o for o in records if result_of(o).status.phase == phase]
+
+
+def graceful_running(records: Iterable[Obj], job_id: str, task_id_: str | None = None) -> Obj | None:
+    """The newest record of job `job_id` (of its task `task_id_`; None: of the whole job) still
+    running gracefully: not forced, not a dry run, not finished. What a forced request escalates
+    (spec.force to true) instead of asking again."""
+    for o in of_job(records, job_id):
+        spec = o.get("spec") or {}
+        if spec.get("taskId") == task_id_ and not spec.get("force") and not spec.get("dryRun") and not is_finished(o):
+            return o
+    return None
+
+
+def jobs_selector(job_ids: Iterable[str]) -> str | None:
+    """One label selector for the records of several jobs (`necrocode.io/job in (a,b)`, names
+    sorted); None when there is none or a name cannot be a label value."""
+    names = sorted(set(job_ids))
+    if not names or not all(label_ok(j) for j in names):
+        return None
+    return f"{LABEL_JOB} in ({','.join(names)})"
+
+
+# ----------------------------------------------------------------------------- jobs
+def jobs_to_cancel(jobs: Iterable[Obj], named: Collection[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Of the AgentJobs a label selector matched, by name: those to cancel besides the `named`
+    ones (not finished), and those skipped because they finished, with their phase."""
+    cancel: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    for job in sorted(jobs, key=lambda j: str(j["metadata"]["name"])):
+        name, phase = str(job["metadata"]["name"]), str((job.get("status") or {}).get("phase") or "")
+        if name in named:
+            continue
+        if phase in FINISHED_JOB_PHASES:
+            skipped.append((name, phase))
+        else:
+            cancel.append(name)
+    return cancel, skipped

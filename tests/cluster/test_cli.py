@@ -25,6 +25,7 @@ from kubernetes.client.rest import ApiException
 
 from kube_helpers import ClusterInfo, Kubectl, wait_for
 from necrocode import cli as necrocode_cli
+from necrocode.cli import connection, kubeconfig, live, options, views
 
 pytestmark = pytest.mark.usefixtures("operator")
 
@@ -427,15 +428,15 @@ def test_missing_job_is_reported_before_creating_anything(kube: Kubectl, cluster
 
 def test_missing_crds_map_to_a_clear_error() -> None:
     # the shared cluster keeps its CRDs; the mapping of the resource-list call's 404 is checked here
-    err = necrocode_cli.map_api_error(ApiException(status=404, reason="Not Found"),
-                                      necrocode_cli.ApiCall("list", "jobcancellations.necrocode.io", "ns1"))
+    err = connection.map_api_error(ApiException(status=404, reason="Not Found"),
+                                      connection.ApiCall("list", "jobcancellations.necrocode.io", "ns1"))
     assert err.exit_code == 7
     assert err.message == "the necrocode.io CRDs are not installed in this cluster (kubectl apply -f crds/)"
     # a missing object (a Status naming it) is not mistaken for missing CRDs
     body = json.dumps({"kind": "Status", "reason": "NotFound", "details": {"name": "x", "kind": "agentjobs"}})
     missing = ApiException(status=404, reason="Not Found")
     missing.body = body
-    err = necrocode_cli.map_api_error(missing, necrocode_cli.ApiCall("get", "agentjobs.necrocode.io", "ns1", "x"))
+    err = connection.map_api_error(missing, connection.ApiCall("get", "agentjobs.necrocode.io", "ns1", "x"))
     assert (err.exit_code, err.message) == (7, "agentjob x not found in namespace ns1")
 
 
@@ -566,7 +567,7 @@ def test_terminal_display_redraws_in_place() -> None:
     import io
 
     stream = io.StringIO()
-    display = necrocode_cli.Display(stream, True, necrocode_cli.live_block)
+    display = live.Display(stream, True, views.live_block)
     obj: dict[str, Any] = {"kind": "JobCancellation", "metadata": {"name": "c", "namespace": "n"},
                            "spec": {"jobName": "j"}, "status": {"phase": "Running", "steps": STEPS_RUNNING}}
     display.update([obj])
@@ -589,7 +590,7 @@ def test_cancel_several_jobs_by_name_and_selector(kube: Kubectl, cluster: Cluste
     wait_for(lambda: len([p for p in kube.pods(ns, RUNNER) if p.status.phase == "Running"]) == 3, what="runners")
 
     # job completion from the cluster
-    comp = ShellComplete(necrocode_cli.cli, {}, "necrocode", necrocode_cli.COMPLETE_VAR)
+    comp = ShellComplete(necrocode_cli.cli, {}, "necrocode", options.COMPLETE_VAR)
     got = comp.get_completions(["job", "cancel", "-n", ns, "--kubeconfig", str(cluster.kubeconfig)], "m")
     assert [c.value for c in got] == ["m1", "m2", "m3", "m4"]
 
@@ -671,7 +672,7 @@ def test_in_a_pod_without_a_kubeconfig_the_service_account_is_used(kube: Kubectl
     (sa / "token").write_text(token.status.token)
     (sa / "ca.crt").write_bytes(ca)
     (sa / "namespace").write_text(ns)
-    monkeypatch.setattr(necrocode_cli, "SERVICEACCOUNT_DIR", str(sa))
+    monkeypatch.setattr(kubeconfig, "SERVICEACCOUNT_DIR", str(sa))
     url = urlsplit(server)
     env = {"KUBECONFIG": None, "HOME": str(tmp_path), "KUBERNETES_SERVICE_HOST": url.hostname,
            "KUBERNETES_SERVICE_PORT": str(url.port or 443), "POD_NAMESPACE": None}

@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from kubernetes import client
 
 from necrocode import cli
+from necrocode.cli import errors, kubeconfig, options
 
 
 @pytest.fixture
@@ -31,19 +33,19 @@ POD_ENV = {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "44
 
 
 def test_in_cluster_reads_the_service_account_dir(sa_dir: Path) -> None:
-    got = cli.in_cluster(POD_ENV, str(sa_dir))
-    assert got == cli.InCluster(host="https://10.0.0.1:443", token_file=str(sa_dir / "token"),
+    got = kubeconfig.in_cluster(POD_ENV, str(sa_dir))
+    assert got == kubeconfig.InCluster(host="https://10.0.0.1:443", token_file=str(sa_dir / "token"),
                                 ca_file=str(sa_dir / "ca.crt"), namespace="team-a")
-    assert cli.in_cluster({**POD_ENV, "POD_NAMESPACE": "from-env"}, str(sa_dir)).namespace == "from-env"  # type: ignore[union-attr]
-    assert cli.in_cluster({**POD_ENV, "KUBERNETES_SERVICE_HOST": "fd00::1"}, str(sa_dir)).host == "https://[fd00::1]:443"  # type: ignore[union-attr]
+    assert kubeconfig.in_cluster({**POD_ENV, "POD_NAMESPACE": "from-env"}, str(sa_dir)).namespace == "from-env"  # type: ignore[union-attr]
+    assert kubeconfig.in_cluster({**POD_ENV, "KUBERNETES_SERVICE_HOST": "fd00::1"}, str(sa_dir)).host == "https://[fd00::1]:443"  # type: ignore[union-attr]
     (sa_dir / "namespace").unlink()
     (sa_dir / "ca.crt").unlink()
-    bare = cli.in_cluster(POD_ENV, str(sa_dir))
+    bare = kubeconfig.in_cluster(POD_ENV, str(sa_dir))
     assert bare is not None and (bare.namespace, bare.ca_file) == ("default", None)  # as kubectl: system roots
-    assert cli.in_cluster({"KUBERNETES_SERVICE_HOST": "10.0.0.1"}, str(sa_dir)) is None  # no port
-    assert cli.in_cluster({**POD_ENV, "KUBERNETES_SERVICE_HOST": ""}, str(sa_dir)) is None
+    assert kubeconfig.in_cluster({"KUBERNETES_SERVICE_HOST": "10.0.0.1"}, str(sa_dir)) is None  # no port
+    assert kubeconfig.in_cluster({**POD_ENV, "KUBERNETES_SERVICE_HOST": ""}, str(sa_dir)) is None
     (sa_dir / "token").unlink()
-    assert cli.in_cluster(POD_ENV, str(sa_dir)) is None  # not in a pod (or no token mounted)
+    assert kubeconfig.in_cluster(POD_ENV, str(sa_dir)) is None  # not in a pod (or no token mounted)
 
 
 def test_a_kubeconfig_file_comes_first_and_in_cluster_only_without_one(sa_dir: Path, tmp_path: Path) -> None:
@@ -51,31 +53,31 @@ def test_a_kubeconfig_file_comes_first_and_in_cluster_only_without_one(sa_dir: P
     home.mkdir()
     sa = str(sa_dir)
     explicit = str(tmp_path / "missing.yaml")
-    assert cli.config_source(explicit, POD_ENV, str(home), sa) == explicit  # --kubeconfig: always (must exist)
-    assert isinstance(cli.config_source(None, POD_ENV, str(home), sa), cli.InCluster)  # no file at all
-    assert cli.config_source(None, {}, str(home), sa) is None  # and not in a pod
+    assert kubeconfig.config_source(explicit, POD_ENV, str(home), sa) == explicit  # --kubeconfig: always (must exist)
+    assert isinstance(kubeconfig.config_source(None, POD_ENV, str(home), sa), kubeconfig.InCluster)  # no file at all
+    assert kubeconfig.config_source(None, {}, str(home), sa) is None  # and not in a pod
     # $KUBECONFIG: used when any file of it exists; a list of missing files counts as none
     listed = tmp_path / "a.yaml"
     env = {**POD_ENV, "KUBECONFIG": f"{tmp_path / 'nope.yaml'}{os.pathsep}{listed}"}
-    assert isinstance(cli.config_source(None, env, str(home), sa), cli.InCluster)
+    assert isinstance(kubeconfig.config_source(None, env, str(home), sa), kubeconfig.InCluster)
     listed.write_text("apiVersion: v1\n")
-    assert cli.config_source(None, env, str(home), sa) == env["KUBECONFIG"]
+    assert kubeconfig.config_source(None, env, str(home), sa) == env["KUBECONFIG"]
     # ~/.kube/config, when $KUBECONFIG is unset
     (home / ".kube").mkdir()
     (home / ".kube" / "config").write_text("apiVersion: v1\n")
-    assert cli.config_source(None, POD_ENV, str(home), sa) == str(home / ".kube" / "config")
+    assert kubeconfig.config_source(None, POD_ENV, str(home), sa) == str(home / ".kube" / "config")
 
 
 def test_the_token_is_re_read_when_it_rotates(sa_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    source = cli.in_cluster(POD_ENV, str(sa_dir))
+    source = kubeconfig.in_cluster(POD_ENV, str(sa_dir))
     assert source is not None
-    cfg = cli.client.Configuration()
-    cli.use_in_cluster(cfg, source)
+    cfg = client.Configuration()
+    kubeconfig.use_in_cluster(cfg, source)
     assert (cfg.host, cfg.ssl_ca_cert) == ("https://10.0.0.1:443", str(sa_dir / "ca.crt"))
     assert cfg.auth_settings()["BearerToken"]["value"] == "Bearer token-1"
     (sa_dir / "token").write_text("token-2\n")  # the kubelet rotated it
     assert cfg.auth_settings()["BearerToken"]["value"] == "Bearer token-1"  # re-read once a minute, like client-go
-    monkeypatch.setattr(cli, "TOKEN_REREAD_SECONDS", 0.0)
+    monkeypatch.setattr(kubeconfig, "TOKEN_REREAD_SECONDS", 0.0)
     assert cfg.auth_settings()["BearerToken"]["value"] == "Bearer token-2"
     (sa_dir / "token").unlink()  # a failed read keeps the last token
     assert cfg.auth_settings()["BearerToken"]["value"] == "Bearer token-2"
@@ -87,16 +89,16 @@ def test_connect_in_a_pod_uses_its_namespace_and_refuses_a_context(sa_dir: Path,
     monkeypatch.setenv("HOME", str(tmp_path))
     for k, v in POD_ENV.items():
         monkeypatch.setenv(k, v)
-    conn = cli.connect(None, None, None, "necrocode", sa_dir=str(sa_dir))
+    conn = kubeconfig.connect(None, None, None, "necrocode", sa_dir=str(sa_dir))
     assert (conn.server, conn.namespace, conn.kubeconfig) == ("https://10.0.0.1:443", "team-a", None)
-    assert cli.connect(None, None, "other", "necrocode", sa_dir=str(sa_dir)).namespace == "other"
-    with pytest.raises(cli.CliError) as err:
-        cli.connect(None, "prod", None, "necrocode", sa_dir=str(sa_dir))
-    assert err.value.exit_code == cli.EXIT_UNREACHABLE and 'context "prod" not found' in err.value.message
+    assert kubeconfig.connect(None, None, "other", "necrocode", sa_dir=str(sa_dir)).namespace == "other"
+    with pytest.raises(errors.CliError) as err:
+        kubeconfig.connect(None, "prod", None, "necrocode", sa_dir=str(sa_dir))
+    assert err.value.exit_code == errors.EXIT_UNREACHABLE and 'context "prod" not found' in err.value.message
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST")
-    with pytest.raises(cli.CliError) as err:
-        cli.connect(None, None, None, "necrocode", sa_dir=str(sa_dir))
-    assert err.value.exit_code == cli.EXIT_UNREACHABLE and err.value.message.startswith("no usable kubeconfig:")
+    with pytest.raises(errors.CliError) as err:
+        kubeconfig.connect(None, None, None, "necrocode", sa_dir=str(sa_dir))
+    assert err.value.exit_code == errors.EXIT_UNREACHABLE and err.value.message.startswith("no usable kubeconfig:")
 
 
 class Pool:
@@ -111,7 +113,7 @@ class Pool:
 
 def test_impersonation_sends_one_header_per_group() -> None:
     pool = Pool()
-    imp = cli.Impersonating(pool, "system:serviceaccount:team-a:ci", ["g1", "g2"])
+    imp = kubeconfig.Impersonating(pool, "system:serviceaccount:team-a:ci", ["g1", "g2"])
     assert imp.request("GET", "https://x/api", headers={"Accept": "application/json", "impersonate-user": "mallory"},
                        preload_content=False) == "answer"
     assert sorted(pool.sent) == [("Accept", "application/json"), ("Impersonate-Group", "g1"),
@@ -122,7 +124,7 @@ def test_impersonation_sends_one_header_per_group() -> None:
 @pytest.mark.parametrize(("text", "seconds"), [("3600", 3600), ("0", 0), ("90s", 90), ("30m", 1800), ("1h", 3600),
                                                ("1h30m", 5400), ("2d", 172800), ("1d2h3m4s", 93784), (" 1H ", 3600)])
 def test_durations(text: str, seconds: int) -> None:
-    assert cli.DURATION.convert(text, None, None) == seconds
+    assert options.DURATION.convert(text, None, None) == seconds
 
 
 @pytest.mark.parametrize("text", ["", "-1", "1.5h", "1w", "30m1h", "1h1h", "h", "99999999999"])

@@ -14,6 +14,8 @@ import yaml
 from click.testing import CliRunner
 
 from necrocode import cli
+from necrocode.cli import connection, errors, live, options, terminal, text, views
+from necrocode.model import PLURAL
 
 EVIL = "\x1b[2J\x1b[H\x1b]0;pwned\x07line1\nline2\rover\ttab\x9b31m\u202egnp.exe\u2028end"
 ESCAPED = "\\x1b[2J\\x1b[H\\x1b]0;pwned\\x07line1\\nline2\\rover\\ttab\\x9b31m\\u202egnp.exe\\u2028end"
@@ -42,7 +44,7 @@ def cancellation(phase: str = "Failed") -> dict[str, Any]:
     }
 
 
-class FakeConn(cli.Conn):
+class FakeConn(connection.Conn):
     """The calls the commands make, answered from memory."""
 
     def __init__(self, objs: list[dict[str, Any]]):
@@ -57,7 +59,7 @@ class FakeConn(cli.Conn):
 
     def list_objs(self, plural: str, ns: str | None, *, selector: str | None = None, limit: int | None = None,
                   cont: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
-        return [o for o in self.objs if cli.PLURAL[o["kind"]] == plural], None
+        return [o for o in self.objs if PLURAL[o["kind"]] == plural], None
 
     def create(self, plural: str, ns: str, body: dict[str, Any]) -> dict[str, Any]:
         return self.objs[0]
@@ -69,7 +71,7 @@ class FakeConn(cli.Conn):
 @pytest.fixture
 def conn(monkeypatch: pytest.MonkeyPatch) -> FakeConn:
     fake = FakeConn([cancellation()])
-    monkeypatch.setattr(cli, "open_conn", lambda *a, **kw: fake)
+    monkeypatch.setattr(options, "open_conn", lambda *a, **kw: fake)
     return fake
 
 
@@ -80,11 +82,11 @@ def run(*args: str) -> tuple[int, str, str]:
 
 
 def test_terminal_safe_escapes_every_control_character_and_keeps_the_rest() -> None:
-    assert cli.terminal_safe(EVIL) == ESCAPED
-    assert cli.terminal_safe("plain text, été, 日本, \\n literal") == "plain text, été, 日本, \\n literal"
-    assert cli.terminal_safe("\x00\x7f\x85") == "\\x00\\x7f\\x85"
-    assert cli.terminal_safe(cli.terminal_safe(EVIL)) == ESCAPED  # printable output stays as it is
-    assert cli.table(["A", "B"], [[EVIL, "x"]]) == [f"{'A':<{len(ESCAPED)}}   B", f"{ESCAPED}   x"]
+    assert terminal.terminal_safe(EVIL) == ESCAPED
+    assert terminal.terminal_safe("plain text, été, 日本, \\n literal") == "plain text, été, 日本, \\n literal"
+    assert terminal.terminal_safe("\x00\x7f\x85") == "\\x00\\x7f\\x85"
+    assert terminal.terminal_safe(terminal.terminal_safe(EVIL)) == ESCAPED  # printable output stays as it is
+    assert text.table(["A", "B"], [[EVIL, "x"]]) == [f"{'A':<{len(ESCAPED)}}   B", f"{ESCAPED}   x"]
 
 
 @pytest.mark.usefixtures("conn")
@@ -92,7 +94,7 @@ def test_terminal_safe_escapes_every_control_character_and_keeps_the_rest() -> N
                                   ["job", "cancellations"]], ids=["cancel-status", "cancel", "cancellations"])
 def test_human_output_shows_escapes_instead_of_control_characters(args: list[str]) -> None:
     code, out, err = run(*args)
-    assert code in (0, cli.EXIT_FAILED), (out, err)
+    assert code in (0, errors.EXIT_FAILED), (out, err)
     assert not RAW.search(out) and not RAW.search(err), repr(out + err)
     assert "\\x1b[2J" in out  # shown, so a reader sees what was written
     if args[1] != "cancellations":
@@ -110,7 +112,7 @@ def test_json_and_yaml_keep_the_stored_values(output: str) -> None:
 
 
 def test_an_error_from_the_server_is_one_escaped_line() -> None:
-    err = cli.CliError(f"the API server refused the request: {EVIL}", cli.EXIT_USAGE)
+    err = errors.CliError(f"the API server refused the request: {EVIL}", errors.EXIT_USAGE)
     runner = CliRunner()
     with runner.isolation() as (_, stderr, _):
         err.show()
@@ -121,7 +123,7 @@ def test_an_error_from_the_server_is_one_escaped_line() -> None:
 def test_the_live_display_escapes_too() -> None:
     for tty in (False, True):
         stream = io.StringIO()
-        cli.Display(stream, tty, cli.live_block).update([cancellation("Running")])
+        live.Display(stream, tty, views.live_block).update([cancellation("Running")])
         text = stream.getvalue().replace("\x1b[J", "")  # the display's own redraw
         assert not RAW.search(text), repr(text)
         assert "\\x1b[2J" in text
@@ -136,7 +138,7 @@ def test_name_wide_and_jsonpath_print_only_the_records() -> None:
     assert run("job", "cancel-status", "job1", "-o", "name") == (0, NAME + "\n", "")
     assert run("job", "cancel-status", "job1", "-o=name") == (0, NAME + "\n", "")  # kubectl's spelling too
     code, out, err = run("job", "cancel", "job1", "-o", "name")  # follows it (stand-in: Failed), then the name
-    assert (code, out) == (cli.EXIT_FAILED, NAME + "\n")
+    assert (code, out) == (errors.EXIT_FAILED, NAME + "\n")
     assert err.startswith(f"{NAME} created\n")  # notes and progress on stderr
     code, out, _ = run("job", "cancellations", "-o", "wide")
     header, row = out.splitlines()
@@ -169,18 +171,18 @@ class Tty(io.StringIO):
 
 def test_only_a_terminal_is_interactive(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TERM", "xterm")
-    assert cli.interactive(Tty()) and not cli.interactive(io.StringIO())
+    assert terminal.interactive(Tty()) and not terminal.interactive(io.StringIO())
     class Closed:
         def isatty(self) -> bool:
             raise ValueError("I/O operation on closed file")
 
-    assert not cli.interactive(Closed()) and not cli.interactive(object())
+    assert not terminal.interactive(Closed()) and not terminal.interactive(object())
     monkeypatch.setenv("NO_COLOR", "1")
-    assert cli.interactive(Tty()) and not cli.coloured(Tty())  # NO_COLOR: no colour, the live view stays
+    assert terminal.interactive(Tty()) and not terminal.coloured(Tty())  # NO_COLOR: no colour, the live view stays
     monkeypatch.setenv("NO_COLOR", "")
-    assert cli.coloured(Tty())  # set but empty does not count (no-color.org)
+    assert terminal.coloured(Tty())  # set but empty does not count (no-color.org)
     monkeypatch.setenv("TERM", "dumb")
-    assert not cli.interactive(Tty()) and not cli.coloured(Tty())
+    assert not terminal.interactive(Tty()) and not terminal.coloured(Tty())
 
 
 ALL = [["job", "cancel-status", "job1"], ["job", "cancel-status", "job1", "-o", "wide"], ["job", "cancel", "job1"],
@@ -196,13 +198,13 @@ def test_without_a_terminal_there_is_no_control_sequence_at_all(args: list[str],
     monkeypatch.delenv("NO_COLOR", raising=False)
     result = CliRunner().invoke(cli.cli, args, color=True)  # color=True: click strips nothing we write
     text = result.stdout + result.stderr
-    assert result.exit_code in (0, cli.EXIT_FAILED), text
+    assert result.exit_code in (0, errors.EXIT_FAILED), text
     assert re.fullmatch(r"[^\x00-\x09\x0b-\x1f\x7f-\x9f]*", text), repr(text)  # only \n: no ESC, CR, BEL ...
 
 
 @pytest.mark.usefixtures("conn")
 def test_on_a_terminal_the_phase_is_coloured_unless_no_color(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "interactive", lambda stream: True)
+    monkeypatch.setattr(terminal, "interactive", lambda stream: True)
     monkeypatch.delenv("NO_COLOR", raising=False)
     red = "\x1b[31mFailed\x1b[0m"
     out = CliRunner().invoke(cli.cli, ["job", "cancel-status", "job1"], color=True).stdout
@@ -221,17 +223,17 @@ def test_the_live_view_colours_only_when_asked() -> None:
     running = cancellation("Running")
     for colour in (True, False):
         stream = Tty()
-        display = cli.Display(stream, True, cli.live_block, colour)
+        display = live.Display(stream, True, views.live_block, colour)
         display.update([running])
         display.update([running])
         text = stream.getvalue()
         assert ("\x1b[36mRunning\x1b[0m" in text) is colour
         assert re.sub(r"\x1b\[(\d+F|J|36m|0m)", "", text).count("\x1b") == 0  # redraw (and colour) only
     plain = io.StringIO()
-    cli.Display(plain, False, cli.live_block, colour=True).update([running])  # not a terminal: never
+    live.Display(plain, False, views.live_block, colour=True).update([running])  # not a terminal: never
     assert "\x1b" not in plain.getvalue()
     many = Tty()  # several jobs at once: a line each
-    cli.Display(many, True, cli.brief_block, colour=True).update([running, cancellation("Completed")])
+    live.Display(many, True, views.brief_block, colour=True).update([running, cancellation("Completed")])
     lines = many.getvalue().replace("\x1b[J", "").splitlines()
     assert len(lines) == 2 and all(ln.startswith("job1  jobcancellation/job1-cancel-") for ln in lines)
     assert "  \x1b[36mRunning\x1b[0m  " in lines[0] and "  \x1b[32mCompleted\x1b[0m  " in lines[1]

@@ -63,7 +63,7 @@ def test_the_wheel_holds_the_package_and_its_metadata_only(dist: Path) -> None:
 def test_the_sdist_has_the_source_and_no_tests(dist: Path) -> None:
     with tarfile.open(dist / SDIST) as sd:
         names = [n.split("/", 1)[1] for n in sd.getnames() if "/" in n]
-    assert {"pyproject.toml", "README.md", "operator/necrocode/cli.py"} <= set(names)
+    assert {"pyproject.toml", "README.md", "operator/necrocode/cli/__init__.py"} <= set(names)
     assert not [n for n in names if n.startswith(("tests", "hack", "charts", "examples"))]
 
 

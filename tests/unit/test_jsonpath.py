@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from necrocode import jsonpath
+from necrocode.cli import jsonpath
 
 LIST: dict[str, Any] = {
     "apiVersion": "v1", "kind": "List", "metadata": {},

@@ -4,12 +4,15 @@ and the operator share: the same order, the same "cancellation of a job", the sa
 from __future__ import annotations
 
 import inspect
+import pkgutil
+from importlib import import_module
 from typing import Any
 
 import pytest
 
 from necrocode import cli, planning, records
 from necrocode.api import routes, store
+from necrocode.model import Phase
 
 
 def rec(name: str, created: str, kind: str = "JobCancellation", job: str = "j", phase: str | None = None,
@@ -92,15 +95,17 @@ def test_a_task_is_found_by_the_id_the_operator_reads() -> None:
 
 
 def test_the_cli_and_the_rest_api_use_this_model() -> None:
-    assert cli.newest_first is records.newest_first and planning.task_id is records.task_id
+    assert planning.task_id is records.task_id
     api = inspect.getsource(routes) + inspect.getsource(store)
     for use in ("records.task_selector(", "records.find_tasks(", "records.job_selector(", "records.of_job(",
                 "records.current(", "records.history(", "records.with_kind(", "records.is_finished("):
         assert use in api, use
     assert "newest_first" not in api.replace("records.newest_first", "")
-    cli_source = inspect.getsource(cli)
+    cli_source = "".join(inspect.getsource(import_module(m.name))
+                         for m in pkgutil.walk_packages(cli.__path__, "necrocode.cli.") if m.name != "necrocode.cli.__main__")
     for use in ("records.task_selector(", "records.find_tasks(", "records.job_selector(", "records.of_job(",
-                "records.latest("):
+                "records.latest(", "records.newest_first(", "records.graceful_running(", "records.jobs_selector(",
+                "records.jobs_to_cancel(", "records.in_phase(", "records.started_at(", "records.is_finished("):
         assert use in cli_source, use
 
 
@@ -124,3 +129,53 @@ def test_the_history_is_newest_first_and_filtered_by_job_and_phase() -> None:
     assert names(records.history(items, phase=Phase.RUNNING)) == ["J:k-1", "J:j-1"]
     assert names(records.history(items, "j", Phase.PENDING)) == ["J:j-3"]
     assert records.history(items, "j", Phase.FAILED) == []
+
+
+def test_reading_a_record() -> None:
+    running = rec("j-1", "2026-01-01T00:00:01Z", phase="Running") | {"metadata": {"name": "j-1", "namespace": "n",
+                                                                              "creationTimestamp": "2026-01-01T00:00:01Z"}}
+    r = records.result_of(running)
+    assert (r.kind, r.name, r.namespace, r.job_name, r.status.phase) == ("JobCancellation", "j-1", "n", "j", Phase.RUNNING)
+    assert records.result_of({"status": {"phase": "Bogus"}}).status.phase == Phase.PENDING  # unreadable: empty
+    # started: the operator's startedAt, else the creation time, else unknown
+    assert records.started_at(running) == "2026-01-01T00:00:01Z"
+    assert records.started_at(running | {"status": {"startedAt": "2026-01-01T00:00:05Z"}}) == "2026-01-01T00:00:05Z"
+    assert records.started_at({"metadata": {}}) is None
+
+
+def test_records_in_a_phase_keep_their_order() -> None:
+    items = [rec("a", "1", phase="Failed"), rec("b", "2", phase="Running"), rec("c", "3", phase="Failed"),
+             rec("d", "4"), rec("e", "5") | {"status": {"phase": "Bogus"}}]
+    assert names(records.in_phase(items, Phase.FAILED)) == ["J:a", "J:c"]
+    assert names(records.in_phase(items, Phase.PENDING)) == ["J:d", "J:e"]  # none yet, or unreadable
+
+
+def test_the_graceful_running_record_is_what_force_escalates() -> None:
+    def graceful(name: str, created: str, **kw: Any) -> dict[str, Any]:
+        return rec(name, created, phase=kw.pop("phase", "Running"), **kw)
+    items = [graceful("old", "2026-01-01T00:00:01Z"), graceful("new", "2026-01-01T00:00:02Z"),
+             graceful("forced", "2026-01-01T00:00:03Z", force=True),
+             graceful("dry", "2026-01-01T00:00:04Z", dryRun=True),
+             graceful("done", "2026-01-01T00:00:05Z", phase="Completed"),
+             graceful("task", "2026-01-01T00:00:06Z", taskId="t1"),
+             graceful("other", "2026-01-01T00:00:07Z", job="k")]
+    assert records.graceful_running(items, "j")["metadata"]["name"] == "new"  # type: ignore[index]
+    assert records.graceful_running(items, "j", "t1")["metadata"]["name"] == "task"  # type: ignore[index]
+    assert records.graceful_running(items, "j", "t2") is None
+    assert records.graceful_running(items[2:5], "j") is None  # forced, dry run, finished: nothing to escalate
+
+
+def test_one_selector_for_the_records_of_several_jobs() -> None:
+    assert records.jobs_selector(["b", "a", "b"]) == "necrocode.io/job in (a,b)"
+    assert records.jobs_selector(["a", "j" * 64]) is None  # a name that cannot be a label: none
+    assert records.jobs_selector([]) is None
+
+
+def test_jobs_a_selector_matched_are_cancelled_unless_finished() -> None:
+    def job(name: str, phase: str | None = None) -> dict[str, Any]:
+        return {"metadata": {"name": name}, "status": {"phase": phase} if phase else {}}
+    matched = [job("m3", "Running"), job("done", "Succeeded"), job("m1"), job("gone", "Cancelled"),
+               job("named", "Failed"), job("m2", "Pending")]
+    assert records.jobs_to_cancel(matched, ["named"]) == (["m1", "m2", "m3"], [("done", "Succeeded"),
+                                                                               ("gone", "Cancelled")])
+    assert records.jobs_to_cancel([], []) == ([], [])

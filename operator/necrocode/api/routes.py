@@ -151,7 +151,7 @@ def location(name: str, namespace: str) -> str:
 
 def answered(obj: Obj, response: Response) -> CancellationResult:
     """The cancellation as answered, and whether it had finished (FINISHED_HEADER)."""
-    result = CancellationResult.from_object(obj)
+    result = records.result_of(obj)
     response.headers[FINISHED_HEADER] = "true" if result.status.terminal else "false"
     return result
 
@@ -219,7 +219,7 @@ async def cancellation_status(job_id: JobPath, store: StoreDep,
     current = records.current(records.of_job(await store.list_cancellations(access.namespace, job_id), job_id))
     if current is None:
         raise ApiNotFound(f"no cancellation of job {job_id} in namespace {access.namespace}")
-    return CancellationResult.from_object(current)
+    return records.result_of(current)
 
 
 @router.get("/api/cancellations", response_model=CancellationPage, response_model_exclude_none=True,
@@ -235,7 +235,7 @@ async def history(store: StoreDep, access: Annotated[Access, Depends(Authorized(
     """JobCancellations and TaskCancellations of the namespace, newest first (creation time,
     then name), with the total count over all pages."""
     found = records.history(await store.list_cancellations(access.namespace, job_id), job_id, status)
-    return CancellationPage(items=[CancellationResult.from_object(o) for o in found[offset:offset + limit]],
+    return CancellationPage(items=[records.result_of(o) for o in found[offset:offset + limit]],
                             total=len(found), limit=limit, offset=offset)
 
 
@@ -246,7 +246,7 @@ async def get_cancellation(name: NamePath, store: StoreDep,
                            access: Annotated[Access, Depends(Authorized("get", JOBS, TASKS))]) -> CancellationResult:
     """A JobCancellation or, if there is none of that name, a TaskCancellation (the
     `Location` of a POST's answer)."""
-    return CancellationResult.from_object(await store.find_cancellation(access.namespace, name))
+    return records.result_of(await store.find_cancellation(access.namespace, name))
 
 
 @router.post("/api/cancellations/{name}/escalate", response_model=CancellationResult,
