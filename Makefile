@@ -35,7 +35,7 @@ cluster-status: ## is the local control plane running?
 lint: venv ## ruff, mypy --strict, import-linter layer rules, CRDs up to date
 	@.venv/bin/ruff check operator tests hack benchmarks
 	@.venv/bin/mypy
-	@.venv/bin/mypy benchmarks/run.py benchmarks/soak.py
+	@.venv/bin/mypy -p benchmarks --follow-imports=silent  # silent: the hack/ and tests/ modules it imports are not --strict
 	@.venv/bin/lint-imports --no-cache
 	@$(PY) hack/gen_crds.py --check
 
@@ -127,8 +127,9 @@ kind-down: ## delete make kind-e2e's kind cluster
 	$(KIND) delete cluster --name $(KIND_CLUSTER)
 	rm -f $(KIND_KUBECONFIG)
 
-bench: venv tools ## benchmarks (not part of the tests): make bench [BENCH_ARGS="--sizes 100,1000"]
-	$(PY) benchmarks/run.py $(BENCH_ARGS)
+bench: venv tools ## benchmarks (not part of the tests; installs the bench extras): make bench [BENCH_ARGS="--sizes 100,1000"]
+	@hack/venv.sh bench
+	$(PY) -m benchmarks $(BENCH_ARGS)
 
 soak: venv tools ## soak: 500 cancellations under random faults, each checked: make soak [SOAK_ARGS="--cancellations 40 --seed 7"]
-	$(PY) benchmarks/soak.py $(SOAK_ARGS)
+	$(PY) -m benchmarks.soak $(SOAK_ARGS)

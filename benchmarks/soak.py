@@ -2,7 +2,7 @@
 """Soak: hundreds of cancellations of every kind under random faults, each one checked.
 
     make soak [SOAK_ARGS="--cancellations 40 --seed 7"]
-    .venv/bin/python benchmarks/soak.py --help
+    .venv/bin/python -m benchmarks.soak --help        # from the repository's root
 
 A local control plane of its own (etcd + kube-apiserver + kwok, state in a temp dir, stopped at
 the end and on Ctrl-C), the CRDs and the admission policy, and the operator as a subprocess
@@ -68,21 +68,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hack.localcluster import LocalCluster, bin_dir, free_port
+from tests.conftest import operator_env
+from tests.faultproxy import FaultProxy, proxy_kubeconfig
+from tests.kube_helpers import ClusterInfo, Kubectl
+
+from benchmarks.common import machine, percentile, say
+from necrocode.concurrency import bounded
+from necrocode.kube import ApiError, Gone, Kube, NotFound, core_path, lease_path, load_credentials, nc_path
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "hack"))
-sys.path.insert(0, str(REPO / "tests"))
-sys.path.insert(0, str(REPO / "operator"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from run import machine, percentile, say  # noqa: E402
-
-from conftest import operator_env  # noqa: E402
-from faultproxy import FaultProxy, proxy_kubeconfig  # noqa: E402
-from kube_helpers import ClusterInfo, Kubectl  # noqa: E402
-from localcluster import LocalCluster, bin_dir, free_port  # noqa: E402
-from necrocode.concurrency import bounded  # noqa: E402
-from necrocode.kube import ApiError, Gone, Kube, NotFound, core_path, lease_path, load_credentials, nc_path  # noqa: E402
-
 Obj = dict[str, Any]
 NS_PREFIX = "soak-"
 NODES = 3

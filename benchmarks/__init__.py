@@ -1,0 +1,31 @@
+"""Cancellation at scale: necrocode-cancel side by side with what a user would otherwise pick,
+in the same run, on a local control plane of its own (etcd + kube-apiserver +
+kube-controller-manager + kube-scheduler + kwok, 10 kwok nodes).
+
+    make bench [BENCH_ARGS="--sizes 100,1000 --reps 3"]
+    .venv/bin/python -m benchmarks --help        # from the repository's root
+
+Approaches, each timed from the request to the moment the work is observably done:
+
+  ours            a JobCancellation, creation -> phase Completed (every runner gone, every
+                  task Cancelled, every lease released; the operator's own Verify step checks)
+  floor           a bare asyncio client making exactly the writes a cancellation promises (signal
+                  PATCH + graceful DELETE per runner; once all are gone, task PUT + lease PUT),
+                  100 in flight, nothing else: the floor under any operator keeping the promises
+  raw-delete      a bare asyncio client: concurrent DELETEs of the same pods, until a watch has
+                  seen every pod DELETED
+  raw-collection  one DELETE collection (label selector), until every pod is DELETED
+  kubectl         `kubectl delete pods -l necrocode.io/job=... --wait`
+  job-controller  a batch/v1 Job with N pods, patched to `suspend: true`, until its pods are gone
+
+plus the reaction latency of a TaskCancellation (creation -> first pod deletion seen by a
+watch), 100 concurrent JobCancellations of 50 runners each, and the operator's peak RSS with
+10,000 unrelated pods in the cluster.
+
+Runner pods carry `necrocode.io/kwok-stop=immediate`: kwok removes them as soon as they are
+deleted, so the figures measure the control path, not container shutdown. Results go to
+benchmarks/results/<timestamp>/ (results.json, cancel-time.png, table.md, operator logs);
+`--publish` also copies results.json and the plot to docs/benchmarks/.
+
+Not part of the test suite: nothing here asserts; the goals are reported, not enforced.
+"""

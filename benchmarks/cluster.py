@@ -1,0 +1,142 @@
+"""The processes under measurement: the local control plane of the run (with the CRDs and the
+admission policy), the operator as a subprocess, and the CPU meter over all of them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from hack.localcluster import LocalCluster, bin_dir, free_port
+from tests.kube_helpers import Kubectl  # the harness's one import from tests/
+
+from benchmarks.common import NODES, NS_PREFIX, REPO
+
+
+def control_plane(state: Path, profiling: bool) -> LocalCluster:
+    """etcd, kube-apiserver, kube-controller-manager, kube-scheduler and NODES kwok nodes, tied
+    to this process (they stop with it)."""
+    return LocalCluster(dir=state, nodes=NODES, tie_to_parent=True, bins=bin_dir(), profiling=profiling)
+
+
+def install_crds(kubeconfig: Path) -> None:
+    """The CRDs and the admission policies, as the tests install them; returns once they serve."""
+    Kubectl(kubeconfig).install_crds()
+
+
+class Operator:
+    """`python -m necrocode.main` serving nb-* (optionally under py-spy); its API calls by verb
+    from its /metrics, its memory from /proc."""
+
+    def __init__(self, kubeconfig: Path, out: Path, env: dict[str, str] | None = None, tag: str = "operator"):
+        self.kubeconfig, self.out, self.tag = kubeconfig, out, tag
+        self.port = free_port()
+        self.env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, profile: bool = False) -> None:
+        env = {**os.environ, "NECROCODE_KUBECONFIG": str(self.kubeconfig), "KUBECONFIG": str(self.kubeconfig),
+               "NECROCODE_METRICS_PORT": str(self.port), "NECROCODE_METRICS_ADDR": "127.0.0.1",
+               "PYTHONPATH": str(REPO / "operator"), **self.env}
+        cmd = [sys.executable, "-m", "necrocode.main", "--namespace", f"{NS_PREFIX}*", "--liveness", "",
+               "--log-format", "json"]
+        if profile:
+            cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--rate", "200", "--format", "speedscope",
+                   "-o", str(self.out / f"{self.tag}.speedscope.json"), "--", *cmd]
+        log = open(self.out / f"{self.tag}.log", "ab")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     cwd=REPO, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"operator exited; see {self.out / (self.tag + '.log')}")
+            try:
+                self.metrics()
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError("operator /metrics did not come up")
+
+    @property
+    def pid(self) -> int:
+        """The Python process (under py-spy, its child)."""
+        assert self.proc is not None
+        kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        with contextlib.suppress(OSError):
+            c = kids.read_text().split()
+            if c and "py-spy" in Path(f"/proc/{self.proc.pid}/cmdline").read_text():
+                return int(c[0])
+        return self.proc.pid
+
+    def metrics(self) -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith("necrocode_api_requests_total{"):
+                verb = line.split('verb="', 1)[1].split('"', 1)[0]
+                out[verb] = float(line.rsplit(" ", 1)[1])
+        return out
+
+    def memory(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                if line.startswith(("VmHWM:", "VmRSS:")):
+                    k, v = line.split(":", 1)
+                    out[k] = round(int(v.split()[0]) / 1024, 1)  # MiB
+        return out
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, signal.SIGINT)  # py-spy writes its profile; kopf stops cleanly
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def delta(a: dict[str, float], b: dict[str, float]) -> dict[str, int]:
+    return {k: int(b.get(k, 0) - a.get(k, 0)) for k in sorted(set(a) | set(b)) if b.get(k, 0) - a.get(k, 0)}
+
+
+class CpuMeter:
+    """CPU seconds (user + system) of each control-plane process, the operator and this harness,
+    so each figure says which component was busy: on a 2-core machine that is what bounds it."""
+
+    def __init__(self, cluster: LocalCluster, op: Operator):
+        self.cluster, self.op = cluster, op
+        self.tick = os.sysconf("SC_CLK_TCK")
+
+    def _pids(self) -> dict[str, int]:
+        pids = dict(self.cluster._pids())
+        with contextlib.suppress(AssertionError):
+            pids["operator"] = self.op.pid
+        pids["harness"] = os.getpid()
+        return pids
+
+    def snap(self) -> dict[str, float]:
+        out = {"_wall": time.perf_counter()}
+        for name, pid in self._pids().items():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                out[name] = (int(fields[11]) + int(fields[12])) / self.tick  # utime + stime
+        return out
+
+    def since(self, before: dict[str, float]) -> dict[str, float]:
+        now = self.snap()
+        wall = now["_wall"] - before["_wall"]
+        out = {k: round(now[k] - before.get(k, 0.0), 2) for k in sorted(now) if k != "_wall"}
+        out["_wall_seconds"] = round(wall, 2)
+        out["_busy_cores"] = round(sum(v for k, v in out.items() if not k.startswith("_")) / max(wall, 1e-6), 2)
+        return out
+

@@ -1,0 +1,109 @@
+"""One benchmark run on a running control plane: the operator started, each measurement the
+flags ask for made in turn, the results gathered into one object and written as they come."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+from hack.localcluster import LocalCluster
+
+from benchmarks import report, scenarios
+from benchmarks.approaches import APPROACHES
+from benchmarks.cluster import CpuMeter, Operator
+from benchmarks.common import GRACE, NODES, Obj, machine, median, say
+from benchmarks.costs import write_costs
+from benchmarks.harness import Harness
+from benchmarks.world import World
+from necrocode.kube import Kube, load_credentials
+
+
+async def run(a: argparse.Namespace, out: Path, cluster: LocalCluster, kubeconfig: Path) -> Obj:
+    """Every measurement the flags ask for, in this order: the approaches at each size
+    (interleaved), write costs, reaction latency, many at once, then peak RSS with a fresh
+    operator. results.json is rewritten after each, so a long run stopped early keeps its figures."""
+    creds = load_credentials(str(kubeconfig))
+    kube = Kube(creds, concurrency=100, timeout=120)
+    world = World(kube)
+    results: Obj = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(),
+                    "settings": {"reps": a.reps, "sizes": a.sizes, "reaction_reps": a.reaction_reps,
+                                 "operator_concurrency": os.environ.get("NECROCODE_CONCURRENCY", "50"),
+                                 "raw_client_concurrency": a.raw_concurrency, "grace_period_seconds": GRACE,
+                                 "kwok_nodes": NODES, "kubectl_max_n": a.kubectl_max_n,
+                                 "raw_delete_max_n": a.raw_delete_max_n,
+                                 "kube_controller_manager": "--kube-api-qps=100 --kube-api-burst=200",
+                                 "kube_apiserver": "--max-requests-inflight=800 --max-mutating-requests-inflight=400"},
+                    "sizes": {}, "raw_limit": {}}
+    op = Operator(kubeconfig, out, tag="operator")
+    op.start(profile=a.profile)
+    h = Harness(kube, world, op, a.kubectl, kubeconfig, raw_concurrency=a.raw_concurrency,
+                meter=CpuMeter(cluster, op), pprof_seconds=a.apiserver_pprof, out=out)
+    try:
+        for n in a.sizes:
+            per: Obj = results["sizes"].setdefault(str(n), {})
+            for rep in range(a.reps):
+                for name in a.approaches:  # interleaved, so drift in the machine's load hits all alike
+                    if (name == "kubectl" and n > a.kubectl_max_n) or (name == "raw-delete" and n > a.raw_delete_max_n):
+                        continue
+                    started = time.monotonic()
+                    try:
+                        r = await APPROACHES[name].run(h, n)
+                    except Exception as exc:  # recorded and reported, and the run goes on
+                        per.setdefault(name, {"runs": []}).setdefault("failed_runs", []).append(repr(exc)[:1000])
+                        say(f"N={n:>5} rep {rep + 1}/{a.reps} {name:<15} FAILED: {exc!r}"[:400])
+                        continue
+                    per.setdefault(name, {"runs": []})["runs"].append(r)
+                    say(f"N={n:>5} rep {rep + 1}/{a.reps} {name:<15} {r['seconds']:8.3f} s"
+                        + (f"  ({r['api_calls_total']} operator API calls)" if name == "ours" else "")
+                        + f"  [{time.monotonic() - started:.0f}s with setup]")
+                    if r.get("cpu_seconds"):
+                        c = r["cpu_seconds"]
+                        top = sorted(((v, k) for k, v in c.items() if not k.startswith("_")), reverse=True)[:4]
+                        say(f"      cpu: {c['_busy_cores']} cores busy; " + ", ".join(f"{k} {v:.1f}s" for v, k in top))
+            report.summarise(results)
+            report.write(results, out)
+        if a.write_costs:
+            say(f"write costs: {a.write_costs} calls of each kind")
+            results["write_costs"] = await write_costs(h, a.write_costs)
+            for label, c in results["write_costs"].items():
+                say(f"  {label:<38} {c['calls_per_second']:7.1f}/s  {c['cpu_ms_per_call_total']:6.2f} ms CPU/call "
+                    f"(apiserver {c['cpu_ms_per_call'].get('kube-apiserver', 0):.2f}, "
+                    f"etcd {c['cpu_ms_per_call'].get('etcd', 0):.2f}, kwok {c['cpu_ms_per_call'].get('kwok', 0):.2f})")
+            report.write(results, out)
+        if a.reaction_reps:
+            say(f"reaction latency: {a.reaction_reps} TaskCancellations")
+            results["reaction"] = await scenarios.reaction(h, a.reaction_reps)
+            r = results["reaction"]
+            say(f"  p50 {r['p50_seconds'] * 1000:.0f} ms, p99 {r['p99_seconds'] * 1000:.0f} ms")
+            report.write(results, out)
+        if a.concurrent_reps:
+            runs = []
+            failed: list[str] = []
+            for rep in range(a.concurrent_reps):
+                try:
+                    r = await scenarios.concurrent(h, a.concurrent_jobs, a.concurrent_runners)
+                except Exception as exc:
+                    failed.append(repr(exc)[:1000])
+                    say(f"concurrent rep {rep + 1} FAILED: {exc!r}"[:400])
+                    continue
+                runs.append(r)
+                say(f"{a.concurrent_jobs} concurrent JobCancellations x {a.concurrent_runners} runners, "
+                    f"rep {rep + 1}: {r['seconds']:.2f} s ({r['api_calls_total']} calls)")
+            results["concurrent"] = {"jobs": a.concurrent_jobs, "runners_per_job": a.concurrent_runners, "runs": runs,
+                                     "failed_runs": failed, "median_seconds": median([r["seconds"] for r in runs])}
+            report.write(results, out)
+        results["operator_memory_after_all_mib"] = op.memory()
+    finally:
+        op.stop()
+    if a.rss_pods:
+        say(f"RSS: a fresh operator with {a.rss_pods} unrelated pods")
+        results["rss"] = await scenarios.rss(kube, world, kubeconfig, out, a.rss_pods)
+        say(f"  peak RSS {results['rss']['peak_rss_mib']} MiB")
+    await kube.close()
+    results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    report.summarise(results)
+    results["goals"] = report.goals(results)
+    report.write(results, out)
+    return results
