@@ -7,7 +7,7 @@
 A local control plane of its own (etcd + kube-apiserver + kwok, state in a temp dir, stopped at
 the end and on Ctrl-C), the CRDs and the admission policy, and the operator as a subprocess
 (`python -m necrocode.main`) whose every connection to the API server goes through
-tests/faultproxy.py on 127.0.0.1. Workers build small job worlds in a few namespaces (an
+tests/support/faultproxy.py on 127.0.0.1. Workers build small job worlds in a few namespaces (an
 AgentJob of 2-8 AgentTasks with dependsOn, runner pods on kwok nodes that stop at once, slowly
 or never, repo-slot Leases held by the runners, scratch and artifact ConfigMaps) and cancel each
 in one way:
@@ -69,19 +69,17 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "hack"))
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))  # run as a script: the hack and tests packages
 sys.path.insert(0, str(REPO / "operator"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from run import machine, percentile, say  # noqa: E402
 
-from conftest import operator_env  # noqa: E402
-from faultproxy import FaultProxy, proxy_kubeconfig  # noqa: E402
-from kube_helpers import ClusterInfo, Kubectl  # noqa: E402
-from localcluster import LocalCluster, bin_dir, free_port  # noqa: E402
+from hack.localcluster import LocalCluster, bin_dir, free_port  # noqa: E402
 from necrocode.concurrency import bounded  # noqa: E402
 from necrocode.kube import ApiError, Gone, Kube, NotFound, core_path, lease_path, load_credentials, nc_path  # noqa: E402
+from tests.support.faultproxy import FaultProxy, proxy_kubeconfig  # noqa: E402
+from tests.support.kube import ClusterInfo, Kubectl, operator_env  # noqa: E402
 
 Obj = dict[str, Any]
 NS_PREFIX = "soak-"
@@ -102,7 +100,7 @@ FAULTS = ("delay", "reset", "drop", "kill")
 FAULT_WEIGHTS = {"delay": 3.0, "reset": 2.5, "drop": 2.0, "kill": 2.5}
 CATEGORIES = ("stuck", "lost", "double_acted", "miscounted", "other")
 STUCK_TIMEOUT = 4.0
-"""NECROCODE_STUCK_TIMEOUT_SECONDS of the operator (as conftest.operator_env sets it)."""
+"""NECROCODE_STUCK_TIMEOUT_SECONDS of the operator (as tests.support.kube.operator_env sets it)."""
 
 
 # ============================================================================ the world model
