@@ -43,8 +43,7 @@ from typing import Any
 
 from hack import ociimage  # stdlib only, as this
 
-HACK = Path(__file__).resolve().parent
-REPO = HACK.parent
+REPO = Path(__file__).resolve().parent.parent
 
 CACHE = Path(os.environ.get("NECROCODE_CACHE", Path.home() / ".cache" / "necrocode"))
 IMAGE_CACHE = CACHE / "image"

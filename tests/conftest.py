@@ -32,7 +32,10 @@ from tests.support.kube import SHARED_NS_PREFIX, ClusterInfo, Kubectl, operator_
 # hack/check-leftovers.sh reports only processes carrying it. `make test` sets it for both.
 os.environ.setdefault("NECROCODE_TEST_RUN", f"pytest-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test by its directory (cluster, tools); leave the tools tests out of a `-m`
+    selection that does not name them."""
     for item in items:
         for kind in ("cluster", "tools"):
             if item.path.parent.name == kind:
