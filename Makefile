@@ -18,29 +18,29 @@ tools: ## build etcd, kube-apiserver & co, kwok, helm, kubeconform (and, as root
 	@if [ "$$(id -u)" = 0 ]; then hack/build-tools.sh realnode >/dev/null; fi
 
 cluster-up: venv tools ## start the local control plane, and a real node when this host can run one (kubeconfig: $(CLUSTER_DIR)/kubeconfig)
-	@$(PY) hack/localcluster.py up --dir $(CLUSTER_DIR) >/dev/null
-	@if $(PY) hack/realnode.py check >/dev/null 2>&1; then \
-	  $(PY) hack/realnode.py up --cluster-dir $(CLUSTER_DIR) --state-dir $(CLUSTER_DIR)-realnode >/dev/null && \
-	  echo "# real node necrocode-real-0 joined (hack/realnode.py down --state-dir $(CLUSTER_DIR)-realnode)"; \
-	else echo "# no real node: $$($(PY) hack/realnode.py check 2>&1 | tail -n 1)"; fi
+	@$(PY) -m hack.localcluster up --dir $(CLUSTER_DIR) >/dev/null
+	@if $(PY) -m hack.realnode check >/dev/null 2>&1; then \
+	  $(PY) -m hack.realnode up --cluster-dir $(CLUSTER_DIR) --state-dir $(CLUSTER_DIR)-realnode >/dev/null && \
+	  echo "# real node necrocode-real-0 joined ($(PY) -m hack.realnode down --state-dir $(CLUSTER_DIR)-realnode)"; \
+	else echo "# no real node: $$($(PY) -m hack.realnode check 2>&1 | tail -n 1)"; fi
 	@echo "export KUBECONFIG=$(CLUSTER_DIR)/kubeconfig"
 
 cluster-down: ## stop the real node (restoring the host) and the local control plane
-	@if [ -d $(CLUSTER_DIR)-realnode ]; then $(PY) hack/realnode.py down --state-dir $(CLUSTER_DIR)-realnode; fi
-	@$(PY) hack/localcluster.py down --dir $(CLUSTER_DIR)
+	@if [ -d $(CLUSTER_DIR)-realnode ]; then $(PY) -m hack.realnode down --state-dir $(CLUSTER_DIR)-realnode; fi
+	@$(PY) -m hack.localcluster down --dir $(CLUSTER_DIR)
 
 cluster-status: ## is the local control plane running?
-	@$(PY) hack/localcluster.py status --dir $(CLUSTER_DIR)
+	@$(PY) -m hack.localcluster status --dir $(CLUSTER_DIR)
 
 lint: venv ## ruff, mypy --strict, import-linter layer rules, CRDs up to date
 	@.venv/bin/ruff check operator tests hack benchmarks
 	@.venv/bin/mypy
 	@.venv/bin/mypy -p benchmarks --follow-imports=silent  # silent: the hack/ and tests/ modules it imports are not --strict
 	@.venv/bin/lint-imports --no-cache
-	@$(PY) hack/gen_crds.py --check
+	@$(PY) -m hack.gen_crds --check
 
 crds: venv ## regenerate crds/ from hack/gen_crds.py
-	@$(PY) hack/gen_crds.py
+	@$(PY) -m hack.gen_crds
 
 # Helm installs crds/ once and never upgrades them: before `helm upgrade` to a chart with newer
 # CRDs, apply them (server-side; --force-conflicts takes over the fields Helm's create recorded).
@@ -58,7 +58,7 @@ test: system-deps venv tools lint ## the whole suite: lint, unit and real-contro
 	  $(PY) -m pytest -q && hack/check-leftovers.sh
 
 demo: venv tools ## the main job: a local control plane, the operator, a job, its cancellation, live
-	@$(PY) hack/demo.py
+	@$(PY) -m hack.demo
 
 run: venv ## run the operator against $$KUBECONFIG (text logs)
 	@.venv/bin/necrocode-operator --log-format text
@@ -75,7 +75,7 @@ chart-sync: ## copy crds/, the admission policies, user roles, alert rules and d
 	@cp deploy/admission-policy.yaml deploy/requester-policy.yaml deploy/user-roles.yaml deploy/prometheus/necrocode-alerts.yaml deploy/grafana/necrocode-dashboard.json charts/necrocode-cancel/files/
 
 lock: venv ## regenerate requirements.lock (runtime dependencies, fully resolved)
-	@$(PY) hack/lock.py
+	@$(PY) -m hack.lock
 
 # make dist: what an install needs, into $(DIST)/. The wheel and sdist are built with the dev venv's
 # pinned setuptools (--no-isolation: offline, the same build every time); the wheel is built from

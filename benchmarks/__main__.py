@@ -13,13 +13,12 @@ import sys
 import time
 from pathlib import Path
 
-from hack.localcluster import CACHE
-
 import benchmarks
 from benchmarks import report, suite
 from benchmarks.approaches import APPROACHES
 from benchmarks.cluster import control_plane, install_crds
 from benchmarks.common import NODES, REPO, say
+from hack.localcluster import CACHE
 
 
 def main() -> int:

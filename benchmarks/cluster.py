@@ -12,10 +12,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from hack.localcluster import LocalCluster, bin_dir, free_port
-from tests.kube_helpers import Kubectl  # the harness's one import from tests/
-
 from benchmarks.common import NODES, NS_PREFIX, REPO
+from hack.localcluster import LocalCluster, bin_dir, free_port
+from tests.support.kube import Kubectl  # the harness's one import from tests/
 
 
 def control_plane(state: Path, profiling: bool) -> LocalCluster:

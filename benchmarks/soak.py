@@ -7,7 +7,7 @@
 A local control plane of its own (etcd + kube-apiserver + kwok, state in a temp dir, stopped at
 the end and on Ctrl-C), the CRDs and the admission policy, and the operator as a subprocess
 (`python -m necrocode.main`) whose every connection to the API server goes through
-tests/faultproxy.py on 127.0.0.1. Workers build small job worlds in a few namespaces (an
+tests/support/faultproxy.py on 127.0.0.1. Workers build small job worlds in a few namespaces (an
 AgentJob of 2-8 AgentTasks with dependsOn, runner pods on kwok nodes that stop at once, slowly
 or never, repo-slot Leases held by the runners, scratch and artifact ConfigMaps) and cancel each
 in one way:
@@ -68,14 +68,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hack.localcluster import LocalCluster, bin_dir, free_port
-from tests.conftest import operator_env
-from tests.faultproxy import FaultProxy, proxy_kubeconfig
-from tests.kube_helpers import ClusterInfo, Kubectl
-
 from benchmarks.common import machine, percentile, say
+from hack.localcluster import LocalCluster, bin_dir, free_port
 from necrocode.concurrency import bounded
 from necrocode.kube import ApiError, Gone, Kube, NotFound, core_path, lease_path, load_credentials, nc_path
+from tests.support.faultproxy import FaultProxy, proxy_kubeconfig
+from tests.support.kube import ClusterInfo, Kubectl, operator_env
 
 REPO = Path(__file__).resolve().parent.parent
 Obj = dict[str, Any]
@@ -97,7 +95,7 @@ FAULTS = ("delay", "reset", "drop", "kill")
 FAULT_WEIGHTS = {"delay": 3.0, "reset": 2.5, "drop": 2.0, "kill": 2.5}
 CATEGORIES = ("stuck", "lost", "double_acted", "miscounted", "other")
 STUCK_TIMEOUT = 4.0
-"""NECROCODE_STUCK_TIMEOUT_SECONDS of the operator (as conftest.operator_env sets it)."""
+"""NECROCODE_STUCK_TIMEOUT_SECONDS of the operator (as tests.support.kube.operator_env sets it)."""
 
 
 # ============================================================================ the world model

@@ -8,8 +8,6 @@ import os
 import time
 from pathlib import Path
 
-from hack.localcluster import LocalCluster
-
 from benchmarks import report, scenarios
 from benchmarks.approaches import APPROACHES
 from benchmarks.cluster import CpuMeter, Operator
@@ -17,6 +15,7 @@ from benchmarks.common import GRACE, NODES, Obj, machine, median, say
 from benchmarks.costs import write_costs
 from benchmarks.harness import Harness
 from benchmarks.world import World
+from hack.localcluster import LocalCluster
 from necrocode.kube import Kube, load_credentials
 
 

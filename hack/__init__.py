@@ -1,1 +1,2 @@
-"""Developer tools: the local control plane (localcluster), the real node, the CRD generator, the demo."""
+"""Developer tools: the local control plane, the real node, the image builders, the demo.
+Run from the repository root as modules (`python -m hack.localcluster up`), as the Makefile does."""

@@ -30,7 +30,7 @@ for pid in $(pgrep -f "$cache/bin/(etcd|kube-apiserver|kube-controller-manager|k
 done
 # The bridge has one fixed name: it is a leftover unless `make cluster-up`'s real node holds it.
 if [[ ! -f $cache/cluster-realnode/state.json ]] && [[ -e /sys/class/net/ncnode0 ]]; then
-  left+=("interface ncnode0 of a real node (python3 hack/realnode.py down)")
+  left+=("interface ncnode0 of a real node (python3 -m hack.realnode down)")
 fi
 if ((${#left[@]})); then
   echo "leftover processes after the test run${run:+ $run}:" >&2

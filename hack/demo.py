@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """`make demo`: the whole story on a local control plane, no cluster needed.
 
 Starts etcd + kube-apiserver + kwok (hack/localcluster.py), installs the CRDs and the admission
@@ -16,14 +15,8 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(REPO / "tests"))
-
-from localcluster import CACHE, LocalCluster, bin_dir  # noqa: E402
+from hack.localcluster import CACHE, LocalCluster, bin_dir
 
 NS = "demo"
 JOB = "refactor-auth"
@@ -75,7 +68,7 @@ def main() -> int:
     kubectl = [str(bins / "kubectl"), f"--kubeconfig={kubeconfig}"]
     operator = None
     try:
-        from kube_helpers import Kubectl
+        from tests.support.kube import Kubectl
 
         kube = Kubectl(kubeconfig)
         say("installing the CRDs (crds/) and the admission policies (deploy/: blocked dispatch, requester)")
@@ -126,7 +119,7 @@ def main() -> int:
 def _wait_ns_gone(kube: object) -> None:
     from kubernetes.client.rest import ApiException
 
-    from kube_helpers import Kubectl, wait_for
+    from tests.support.kube import Kubectl, wait_for
 
     assert isinstance(kube, Kubectl)
 
@@ -141,7 +134,7 @@ def _wait_ns_gone(kube: object) -> None:
 
 
 def _create_job(kube: object) -> None:
-    from kube_helpers import Kubectl, wait_for
+    from tests.support.kube import Kubectl, wait_for
 
     assert isinstance(kube, Kubectl)
     kube.create_job(NS, JOB)
@@ -164,7 +157,7 @@ def _create_job(kube: object) -> None:
 
 
 def _follow(kube: object) -> None:
-    from kube_helpers import Kubectl
+    from tests.support.kube import Kubectl
 
     assert isinstance(kube, Kubectl)
     say("following the cancellation's status (written live by the operator)")
@@ -191,7 +184,7 @@ def _follow(kube: object) -> None:
 
 
 def _summary(kube: object) -> None:
-    from kube_helpers import Kubectl
+    from tests.support.kube import Kubectl
 
     assert isinstance(kube, Kubectl)
     st = kube.get("jobcancellations", NS, f"stop-{JOB}")["status"]

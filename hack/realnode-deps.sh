@@ -2,8 +2,8 @@
 # System packages of the real node (hack/realnode.py), opt-in (not part of hack/system-deps.sh):
 # containerd 1.6, runc 1.1 and the CNI plugins 1.1 from Debian (containernetworking-plugins pulls
 # in iptables; the node's configuration adds no rule), and busybox-static (the reference runner
-# image, examples/runner, is built from it by hack/realnode/build_image.py), and debootstrap (the
-# operator image's Debian rootfs, hack/build-image.py; it needs nothing else). Installs what is
+# image, examples/runner, is built from it by hack/ociimage.py), and debootstrap (the
+# operator image's Debian rootfs, hack/build_image.py; it needs nothing else). Installs what is
 # missing with apt-get when run as root, without starting any service (the node runs its own
 # containerd with its own root, state and socket); otherwise says what to install.
 #

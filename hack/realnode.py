@@ -1,13 +1,12 @@
-#!/usr/bin/env python3
 """A real Kubernetes node (containerd + kubelet) joined to a running local control plane
 (hack/localcluster.py), next to its kwok nodes: kwok nodes for scale, the real node for fidelity.
 
-    python hack/realnode.py up   --cluster-dir DIR [--state-dir S]  start; prints the node name
-    python hack/realnode.py down [--state-dir S]                    stop and restore the host
-    python hack/realnode.py status [--state-dir S]
-    python hack/realnode.py run  --cluster-dir DIR                  up, wait for Ctrl-C/SIGTERM, down
-    python hack/realnode.py check                                   what this host lacks (exit 1 if anything)
-    python hack/realnode.py import IMAGE.tar [--state-dir S]        ctr import into the node's containerd
+    python -m hack.realnode up   --cluster-dir DIR [--state-dir S]  start; prints the node name
+    python -m hack.realnode down [--state-dir S]                    stop and restore the host
+    python -m hack.realnode status [--state-dir S]
+    python -m hack.realnode run  --cluster-dir DIR                  up, wait for Ctrl-C/SIGTERM, down
+    python -m hack.realnode check                                   what this host lacks (exit 1 if anything)
+    python -m hack.realnode import IMAGE.tar [--state-dir S]        ctr import into the node's containerd
 
 The node:
   - name `necrocode-real-0`, label `necrocode.io/node-kind=real`, taint
@@ -54,7 +53,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from localcluster import versions  # the one reader of hack/versions.env
+from hack.localcluster import versions  # the one reader of hack/versions.env
 
 HACK = Path(__file__).resolve().parent
 REPO = HACK.parent
@@ -416,10 +415,10 @@ def conflicts() -> list[str]:
     address collision)."""
     out: list[str] = []
     if Path(f"/sys/class/net/{BRIDGE}").exists():
-        out.append(f"interface {BRIDGE} exists (another real node is running; `hack/realnode.py down`)")
+        out.append(f"interface {BRIDGE} exists (another real node is running; `python -m hack.realnode down`)")
     for h in cgroup_hierarchies():
         if (h / CGROUP_ROOT).exists():
-            out.append(f"cgroup {h / CGROUP_ROOT} exists (another real node; `hack/realnode.py down`)")
+            out.append(f"cgroup {h / CGROUP_ROOT} exists (another real node; `python -m hack.realnode down`)")
             break
     for line in run("ip", "-o", "route", "show", "table", "all", check=False).stdout.splitlines():
         dest = line.split()[0] if line.split() else ""
@@ -715,11 +714,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         return res.stdout.strip()
 
     def _import_images(self) -> None:
-        sys.path.insert(0, str(HACK / "realnode"))
-        import build_image  # a sibling script, stdlib only
+        from hack import ociimage
 
         images = self.dir / "images"
-        for img in (build_image.pause_image(self.bins / f"pause-{self.version}"), build_image.runner_image()):
+        for img in (ociimage.pause_image(self.bins / f"pause-{self.version}"), ociimage.runner_image()):
             tar = images / (img.name.split("/")[-1].replace(":", "-") + ".tar")
             img.write(tar)
             self.import_image(tar)

@@ -1,8 +1,15 @@
 """Test fixtures: a real control plane (local etcd + kube-apiserver + kwok, or $KUBECONFIG),
 the CRDs from crds/ applied, a fresh namespace per test, and the operator run in-process.
 
-Unit tests (tests/unit) never touch these fixtures and run without any server:
-`pytest -m "not cluster"`.
+Three kinds of tests, by directory, each marked by it:
+
+- tests/unit: pure, fast, no server and no tool (`pytest -m "not cluster"`, `make unit`);
+- tests/tools (marker `tools`): no server either, but they drive build and render tools for
+  seconds (make dist and a clean venv, helm lint/template, hadolint);
+- tests/cluster (marker `cluster`): the real control plane.
+
+A `-m` expression that does not name `tools` leaves the tools tests out, so `-m "not cluster"`
+stays the fast pure run; a plain `pytest` (`make test`) or `-m tools` runs them.
 """
 
 from __future__ import annotations
@@ -19,24 +26,26 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "hack"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from kube_helpers import ClusterInfo, Kubectl  # noqa: E402
+from tests.support.kube import SHARED_NS_PREFIX, ClusterInfo, Kubectl, operator_env
 
 # This test run's id, inherited by every process it starts (control plane, real node, operators):
 # hack/check-leftovers.sh reports only processes carrying it. `make test` sets it for both.
 os.environ.setdefault("NECROCODE_TEST_RUN", f"pytest-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
-# The namespaces the session's operator serves; tests that run their own operator use others.
-SHARED_NS_PREFIX = os.environ.get("NECROCODE_TEST_NS_PREFIX", "nc-")
-
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test by its directory (cluster, tools); leave the tools tests out of a `-m`
+    selection that does not name them."""
     for item in items:
-        if "/cluster/" in str(item.fspath):
-            item.add_marker(pytest.mark.cluster)
+        for kind in ("cluster", "tools"):
+            if item.path.parent.name == kind:
+                item.add_marker(kind)
+    markexpr = config.getoption("markexpr")
+    if markexpr and "tools" not in markexpr:
+        left_out = [item for item in items if item.get_closest_marker("tools")]
+        if left_out:
+            config.hook.pytest_deselected(items=left_out)
+            items[:] = [item for item in items if not item.get_closest_marker("tools")]
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -69,7 +78,7 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[ClusterInfo]:
     if existing:
         yield ClusterInfo(kubeconfig=Path(existing), local=False, bins=None)
         return
-    from localcluster import LocalCluster, bin_dir
+    from hack.localcluster import LocalCluster, bin_dir
 
     bins = bin_dir()
     state = Path(tempfile.mkdtemp(prefix="necrocode-test-cluster-"))
@@ -112,7 +121,7 @@ def solo_namespace(kube: Kubectl) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def metrics_port() -> int:
-    from localcluster import free_port
+    from hack.localcluster import free_port
 
     return free_port()
 
@@ -178,17 +187,3 @@ def operator(kube: Kubectl, cluster: ClusterInfo, metrics_port: int, operator_lo
     if failure:
         raise failure[0]
 
-
-def operator_env(cluster: ClusterInfo, metrics_port: int = 0) -> dict[str, str]:
-    return {
-        "KUBECONFIG": str(cluster.kubeconfig),
-        "NECROCODE_KUBECONFIG": str(cluster.kubeconfig),
-        "NECROCODE_METRICS_PORT": str(metrics_port),
-        "NECROCODE_METRICS_ADDR": "127.0.0.1",
-        "NECROCODE_RETRY_ATTEMPTS": "3",
-        "NECROCODE_RETRY_BASE_SECONDS": "0.2",
-        "NECROCODE_STUCK_TIMEOUT_SECONDS": "4",
-        "NECROCODE_STATUS_WRITE_INTERVAL": "0.3",
-        "NECROCODE_LOG_FORMAT": "json",
-        "NECROCODE_REQUESTER_POLICY": "true",  # install_crds installs deploy/requester-policy.yaml
-    }

@@ -28,12 +28,12 @@ import pytest
 import uvicorn
 import yaml
 
-from conftest import SHARED_NS_PREFIX
-from kube_helpers import ClusterInfo, Kubectl, sa_kubeconfig, wait_for
-from localcluster import free_port
+from hack.localcluster import free_port
 from necrocode.api.schemas import JobCancelRequest, TaskCancelRequest
 from necrocode.api.server import ApiSettings, create_app
 from necrocode.kube import Credentials, Kube, TransientError, load_credentials
+from tests.support.access import allowed
+from tests.support.kube import SHARED_NS_PREFIX, ClusterInfo, Kubectl, sa_kubeconfig, wait_for
 
 pytestmark = pytest.mark.usefixtures("operator")
 
@@ -79,15 +79,6 @@ def _sa_token(kube: Kubectl, ns: str, name: str) -> Account:
     return Account(name=name, namespace=ns, token=token)
 
 
-def _sar(kube: Kubectl, account: Account, ns: str, verb: str, plural: str, group: str = G) -> bool:
-    """Whether RBAC lets `account` do it ("" as `ns`: cluster-wide)."""
-    groups = ["system:serviceaccounts", f"system:serviceaccounts:{account.namespace}", "system:authenticated"]
-    review = kube.auth.create_subject_access_review({"spec": {
-        "user": account.username, "groups": groups,
-        "resourceAttributes": {"namespace": ns, "verb": verb, "group": group, "resource": plural}}})
-    return bool(review.status.allowed)
-
-
 def grant(kube: Kubectl, ns: str, account: Account) -> None:
     """A Role in `ns` allowing create/get/list on both kinds, bound to `account`; waits until
     the authorizer applies it."""
@@ -98,7 +89,7 @@ def grant(kube: Kubectl, ns: str, account: Account) -> None:
         "metadata": {"name": f"necrocode-api-caller-{account.name}"},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "necrocode-api-caller"},
         "subjects": [{"kind": "ServiceAccount", "name": account.name, "namespace": account.namespace}]})
-    wait_for(lambda: all(_sar(kube, account, ns, v, p) for v in ("create", "get", "list") for p in KINDS),
+    wait_for(lambda: all(allowed(kube, account.username, v, p, ns, G) for v in ("create", "get", "list") for p in KINDS),
              what=f"RBAC for {account.username} in {ns}")
 
 
@@ -464,7 +455,7 @@ def test_escalate_forces_a_running_graceful_cancellation_and_records_the_caller(
         kube.rbac.create_namespaced_role_binding(ns, {"metadata": {"name": "escalate"}, "roleRef": {
             "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "escalate"}, "subjects": [
             {"kind": "ServiceAccount", "name": api.allowed.name, "namespace": api.allowed.namespace}]})
-        wait_for(lambda: _sar(kube, api.allowed, ns, "patch", "jobcancellations"), what="RBAC for patch")
+        wait_for(lambda: allowed(kube, api.allowed.username, "patch", "jobcancellations", ns, G), what="RBAC for patch")
         started = time.monotonic()
         resp = c.post(path, params={"namespace": ns, "wait": "true", "timeout": 60})
         assert resp.status_code == 200, resp.text
@@ -850,9 +841,9 @@ def api_identity(kube: Kubectl, cluster: ClusterInfo, ns: str, name: str, vouch:
     kube.rbac.create_cluster_role_binding({"metadata": {"name": delegator}, "subjects": [subject], "roleRef": {
         "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:auth-delegator"}})
     try:
-        wait_for(lambda: _sar(kube, who, "", "create", "tokenreviews", "authentication.k8s.io")
-                 and all(_sar(kube, who, ns, "create", p) for p in KINDS)
-                 and all(_sar(kube, who, ns, "vouch", p) == vouch for p in KINDS),
+        wait_for(lambda: allowed(kube, who.username, "create", "tokenreviews", group="authentication.k8s.io")
+                 and all(allowed(kube, who.username, "create", p, ns, G) for p in KINDS)
+                 and all(allowed(kube, who.username, "vouch", p, ns, G) == vouch for p in KINDS),
                  what=f"RBAC for {who.username}")
         yield sa_kubeconfig(kube, cluster.kubeconfig, tmp_path / f"{name}.kubeconfig", ns, name), who
     finally:

@@ -22,8 +22,8 @@ import pytest
 import yaml
 from kubernetes.client.rest import ApiException
 
-from conftest import operator_env
-from kube_helpers import ClusterInfo, Kubectl, json_lines, wait_for
+from tests.support.access import allowed
+from tests.support.kube import ClusterInfo, Kubectl, json_lines, operator_env, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "necrocode-cancel"
@@ -37,7 +37,7 @@ operator process that stands for it (a kubelet removes a pod only after its proc
 
 
 def tool(cluster: ClusterInfo, name: str) -> str:
-    from localcluster import CACHE
+    from hack.localcluster import CACHE
 
     path = (cluster.bins or CACHE / "bin") / name
     if not path.exists():
@@ -122,19 +122,6 @@ def _token_kubeconfig(kube: Kubectl, cluster: ClusterInfo, ns: str, sa: str, pat
     return path
 
 
-def _allowed(kube: Kubectl, user: str, ns: str | None, verb: str, resource: str, group: str = "",
-             sub: str | None = None) -> bool:
-    attrs: dict[str, Any] = {"verb": verb, "resource": resource, "group": group}
-    if ns:
-        attrs["namespace"] = ns
-    if sub:
-        attrs["subresource"] = sub
-    groups = ["system:serviceaccounts", f"system:serviceaccounts:{user.split(':')[2]}", "system:authenticated"]
-    review = kube.auth.create_subject_access_review({"spec": {"user": user, "groups": groups,
-                                                              "resourceAttributes": attrs}})
-    return bool(review.status.allowed)
-
-
 def test_install_run_with_least_privilege_and_uninstall(kube: Kubectl, cluster: ClusterInfo, solo_namespace: str,
                                                         namespace: str, tmp_path: Path) -> None:
     if not cluster.local and not os.environ.get("NECROCODE_TEST_CLUSTER_SCOPED"):
@@ -162,17 +149,17 @@ def test_install_run_with_least_privilege_and_uninstall(kube: Kubectl, cluster: 
 
         user = f"system:serviceaccount:{ns}:{fullname}"
         # least privilege, proven by the API server's own authorizer
-        assert _allowed(kube, user, ns, "delete", "pods")
-        assert _allowed(kube, user, ns, "patch", "jobcancellations", "necrocode.io", "status")
-        assert not _allowed(kube, user, ns, "get", "secrets")
-        assert not _allowed(kube, user, ns, "list", "secrets")
-        assert not _allowed(kube, user, ns, "create", "pods", sub="exec")
-        assert not _allowed(kube, user, None, "impersonate", "users")
-        assert not _allowed(kube, user, None, "impersonate", "serviceaccounts")
-        assert not _allowed(kube, user, other, "delete", "pods")  # outside its namespaces
-        assert not _allowed(kube, user, other, "list", "jobcancellations", "necrocode.io")
-        assert not _allowed(kube, user, ns, "create", "deployments", "apps")
-        assert not _allowed(kube, user, None, "update", "nodes")
+        assert allowed(kube, user, "delete", "pods", ns)
+        assert allowed(kube, user, "patch", "jobcancellations", ns, "necrocode.io", "status")
+        assert not allowed(kube, user, "get", "secrets", ns)
+        assert not allowed(kube, user, "list", "secrets", ns)
+        assert not allowed(kube, user, "create", "pods", ns, subresource="exec")
+        assert not allowed(kube, user, "impersonate", "users")
+        assert not allowed(kube, user, "impersonate", "serviceaccounts")
+        assert not allowed(kube, user, "delete", "pods", other)  # outside its namespaces
+        assert not allowed(kube, user, "list", "jobcancellations", other, "necrocode.io")
+        assert not allowed(kube, user, "create", "deployments", ns, "apps")
+        assert not allowed(kube, user, "update", "nodes")
 
         # the operator, out of cluster, with the chart's identity and its settings (the default TTL
         # the chart's value sets), does a full job and task cancellation
@@ -219,8 +206,8 @@ def test_install_run_with_least_privilege_and_uninstall(kube: Kubectl, cluster: 
         # the setting that adds scratch Secrets grants exactly that
         subprocess.run([helm, "upgrade", release, str(CHART), "-n", ns, "--reuse-values",
                         "--set", "operator.includeSecrets=true"], check=True, env=env, capture_output=True)
-        wait_for(lambda: _allowed(kube, user, ns, "delete", "secrets"), what="secrets granted")
-        assert not _allowed(kube, user, other, "delete", "secrets")
+        wait_for(lambda: allowed(kube, user, "delete", "secrets", ns), what="secrets granted")
+        assert not allowed(kube, user, "delete", "secrets", other)
 
         # uninstall while a cancellation runs (its runner is on a lost node and has 10 minutes of
         # grace): kopf's finalizer is on it, and no operator will be left to take it off

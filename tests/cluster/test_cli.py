@@ -23,9 +23,9 @@ from click.shell_completion import ShellComplete
 from click.testing import CliRunner, Result
 from kubernetes.client.rest import ApiException
 
-from kube_helpers import ClusterInfo, Kubectl, wait_for
 from necrocode import cli as necrocode_cli
 from necrocode.cli import connection, kubeconfig, live, options, views
+from tests.support.kube import ClusterInfo, Kubectl, wait_for
 
 pytestmark = pytest.mark.usefixtures("operator")
 

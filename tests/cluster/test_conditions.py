@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from kube_helpers import ClusterInfo, Kubectl, kubectl
+from tests.support.kube import ClusterInfo, Kubectl, kubectl
 
 pytestmark = pytest.mark.usefixtures("operator")
 

@@ -8,8 +8,9 @@ import time
 import pytest
 from kubernetes.client.rest import ApiException
 
-from kube_helpers import ClusterInfo, Kubectl, wait_for
-from localcluster import versions
+from hack.localcluster import versions
+from tests.support.access import allowed
+from tests.support.kube import ClusterInfo, Kubectl, wait_for
 
 
 def test_version_is_the_pinned_kubernetes(kube: Kubectl, cluster: ClusterInfo) -> None:
@@ -85,10 +86,7 @@ def test_pod_on_a_lost_node_stays_until_force_deleted(kube: Kubectl, namespace: 
 
 
 def test_subject_access_review_denies_a_user_without_a_role(kube: Kubectl, namespace: str) -> None:
-    review = kube.auth.create_subject_access_review({
-        "spec": {"user": "mallory", "resourceAttributes": {
-            "namespace": namespace, "verb": "create", "group": "necrocode.io", "resource": "jobcancellations"}}})
-    assert review.status.allowed is False
+    assert not allowed(kube, "mallory", "create", "jobcancellations", namespace, "necrocode.io")
 
 
 def test_subject_access_review_allows_a_user_with_a_role(kube: Kubectl, namespace: str) -> None:
@@ -100,10 +98,8 @@ def test_subject_access_review_allows_a_user_with_a_role(kube: Kubectl, namespac
         "subjects": [{"kind": "User", "name": "alice", "apiGroup": "rbac.authorization.k8s.io"}]})
     # the RBAC authorizer reads Roles and RoleBindings from an informer cache: a binding just
     # created takes effect within moments, not at once (a first review may still say no)
-    wait_for(lambda: kube.auth.create_subject_access_review({
-        "spec": {"user": "alice", "resourceAttributes": {
-            "namespace": namespace, "verb": "create", "group": "necrocode.io", "resource": "jobcancellations"}}}
-    ).status.allowed is True, timeout=15, what="alice allowed to create jobcancellations")
+    wait_for(lambda: allowed(kube, "alice", "create", "jobcancellations", namespace, "necrocode.io"),
+             timeout=15, what="alice allowed to create jobcancellations")
 
 
 def test_token_request_token_authenticates_through_token_review(kube: Kubectl, namespace: str) -> None:

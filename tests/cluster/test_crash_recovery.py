@@ -2,7 +2,7 @@
 started again: the cancellation ends Completed with exact counts, every runner gone, every
 lease released, each AgentTask cancelled exactly once.
 
-The first operator talks to the API server through a delaying TCP proxy (tests/faultproxy.py),
+The first operator talks to the API server through a delaying TCP proxy (tests/support/faultproxy.py),
 so every request it makes takes a while and a kill sent when its log shows `step started` for
 the step lands inside the step (asserted: no `step finished` for it). Each step is killed at
 the moment that is hardest for it (KILL_AT):
@@ -35,9 +35,8 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from conftest import operator_env
-from faultproxy import FaultProxy, proxy_kubeconfig
-from kube_helpers import ClusterInfo, Kubectl, json_lines, wait_for
+from tests.support.faultproxy import FaultProxy, proxy_kubeconfig
+from tests.support.kube import ClusterInfo, Kubectl, json_lines, operator_env, wait_for
 
 STEPS = ["Validate", "BlockDispatch", "ClassifyTasks", "SignalRunners", "TerminateRunners",
          "UpdateTaskStates", "CleanupResources", "Verify"]

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kube_helpers import ClusterInfo, Kubectl, absent, wait_for
+from tests.support.kube import ClusterInfo, Kubectl, absent, wait_for
 
 pytestmark = pytest.mark.usefixtures("operator")
 
@@ -38,7 +38,7 @@ RUNNERS = ["job1-build-api-runner", "job1-lint-runner"]
 
 
 def kubectl(cluster: ClusterInfo) -> str:
-    from localcluster import CACHE
+    from hack.localcluster import CACHE
 
     path = (cluster.bins or CACHE / "bin") / "kubectl"
     if not path.exists():

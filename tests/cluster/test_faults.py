@@ -10,7 +10,7 @@ phase Completed, no runner left, every task Cancelled, every Lease released, exa
 - API Priority and Fairness rejecting the operator's requests with 429 (a FlowSchema that
   matches only the operator's own ServiceAccount, sending it to a priority level with no seats);
 - a TCP proxy between the operator and the API server that delays, resets and black-holes
-  connections (tests/faultproxy.py).
+  connections (tests/support/faultproxy.py).
 
 The operator runs as a subprocess (its own process, its own connections, its own JSON log in
 tmp_path, quoted in every failure), with the documented retry defaults (PRODUCTION_RETRY).
@@ -49,10 +49,9 @@ from kubernetes import client
 from kubernetes.client import rest
 from kubernetes.client.rest import ApiException
 
-from conftest import operator_env
-from faultproxy import FaultProxy, proxy_kubeconfig
-from kube_helpers import ClusterInfo, Kubectl, sa_kubeconfig, wait_for
-from localcluster import LocalCluster
+from hack.localcluster import LocalCluster
+from tests.support.faultproxy import FaultProxy, proxy_kubeconfig
+from tests.support.kube import ClusterInfo, Kubectl, operator_env, sa_kubeconfig, wait_for
 
 N = 200
 JOB = "job"

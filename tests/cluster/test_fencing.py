@@ -12,12 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-from test_high_availability import holder
-from test_metrics_and_logs import Samples, scrape
-
-from conftest import operator_env
-from kube_helpers import ClusterInfo, Kubectl, json_lines, wait_for
-from localcluster import free_port
+from hack.localcluster import free_port
+from tests.cluster.test_high_availability import holder
+from tests.cluster.test_metrics_and_logs import Samples, scrape
+from tests.support.kube import ClusterInfo, Kubectl, json_lines, operator_env, wait_for
 
 LEASE, DEADLINE, RETRY = 6, 4.0, 0.5
 RUNNERS = 4

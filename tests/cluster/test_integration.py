@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from kube_helpers import ClusterInfo, Kubectl
 from necrocode.integration import CancellationClient
+from tests.support.kube import ClusterInfo, Kubectl
 
 pytestmark = pytest.mark.usefixtures("operator")
 

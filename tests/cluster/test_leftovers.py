@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from kube_helpers import ClusterInfo
+from tests.support.kube import ClusterInfo
 
 SCRIPT = """
-import sys, time
-sys.path.insert(0, {hack!r})
-from localcluster import LocalCluster
+import time
+from hack.localcluster import LocalCluster
 from pathlib import Path
 c = LocalCluster(dir=Path({state!r}), nodes=1, tie_to_parent=True, bins=Path({bins!r}))
 c.up()
@@ -44,10 +43,8 @@ def _alive(pid: int) -> bool:
 def test_interrupted_run_leaves_no_process(cluster: ClusterInfo, tmp_path: Path, sig: int) -> None:
     if not cluster.local or cluster.bins is None:
         pytest.skip("only for the local control plane")
-    hack = str(Path(__file__).resolve().parents[2] / "hack")
-    proc = subprocess.Popen([sys.executable, "-c", SCRIPT.format(hack=hack, state=str(tmp_path / "cp"),
-                                                                bins=str(cluster.bins))],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT.format(state=str(tmp_path / "cp"), bins=str(cluster.bins))],
+                            cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert line.strip() == "up", line

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from kube_helpers import Kubectl
+from tests.support.kube import Kubectl
 
 pytestmark = pytest.mark.usefixtures("operator")
 

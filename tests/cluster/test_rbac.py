@@ -28,8 +28,8 @@ import pytest
 import yaml
 from kubernetes.client.rest import ApiException
 
-from conftest import operator_env
-from kube_helpers import ClusterInfo, G, Kubectl, absent, sa_kubeconfig, wait_for
+from tests.support.access import allowed
+from tests.support.kube import ClusterInfo, G, Kubectl, absent, operator_env, sa_kubeconfig, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "necrocode-cancel"
@@ -39,20 +39,6 @@ KINDS = ("jobcancellations", "taskcancellations")
 
 
 # ----------------------------------------------------------------------------- helpers
-def allowed(kube: Kubectl, user: str, verb: str, resource: str, ns: str | None = None, group: str = "",
-            sub: str = "", name: str = "") -> bool:
-    """The API server's own answer (SubjectAccessReview) for a ServiceAccount user."""
-    attrs: dict[str, Any] = {"verb": verb, "resource": resource, "group": group}
-    for key, value in (("namespace", ns), ("subresource", sub), ("name", name)):
-        if value:
-            attrs[key] = value
-    sa_ns = user.split(":")[2]
-    groups = ["system:serviceaccounts", f"system:serviceaccounts:{sa_ns}", "system:authenticated"]
-    review = kube.auth.create_subject_access_review({"spec": {"user": user, "groups": groups,
-                                                              "resourceAttributes": attrs}})
-    return bool(review.status.allowed)
-
-
 def account(kube: Kubectl, cluster: ClusterInfo, ns: str, name: str, path: Path) -> tuple[str, Path]:
     """A new ServiceAccount: its username and a kubeconfig of its token."""
     kube.core.create_namespaced_service_account(ns, {"metadata": {"name": name}})
@@ -85,7 +71,7 @@ def cli(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def kubectl(cluster: ClusterInfo, kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    from localcluster import CACHE
+    from hack.localcluster import CACHE
 
     binary = (cluster.bins or CACHE / "bin") / "kubectl"
     if not binary.exists():
@@ -160,7 +146,7 @@ def test_user_roles_are_aggregated_and_none_grants_vouch(kube: Kubectl, user_rol
     for builtin in ("admin", "edit", "view"):  # the REST API's own privilege stays its own
         for kind in KINDS:
             assert not allowed(kube, user + builtin, "vouch", kind, ns, G)
-            assert not allowed(kube, user + builtin, "patch", kind, ns, G, sub="status")
+            assert not allowed(kube, user + builtin, "patch", kind, ns, G, subresource="status")
             assert allowed(kube, user + builtin, "patch", kind, ns, G) == (builtin != "view")
 
 
@@ -217,7 +203,7 @@ def test_edit_role_cancels_follows_and_lists_with_the_cli(kube: Kubectl, cluster
         assert all(allowed(kube, user, verb, kind, ns, G)
                    for verb in ("create", "get", "list", "watch", "delete", "patch"))
         for verb, sub in (("vouch", ""), ("update", ""), ("patch", "status"), ("update", "status")):
-            assert not allowed(kube, user, verb, kind, ns, G, sub=sub), (verb, kind, sub)
+            assert not allowed(kube, user, verb, kind, ns, G, subresource=sub), (verb, kind, sub)
         assert not allowed(kube, user, "create", kind, "default", G)  # only where it is bound
     assert not allowed(kube, user, "patch", "agentjobs", ns, G)
     assert not allowed(kube, user, "delete", "agenttasks", ns, G)
@@ -278,7 +264,7 @@ def three_namespaces(kube: Kubectl) -> Iterator[tuple[str, str, str]]:
 
 def render_rbac(cluster: ClusterInfo, release_ns: str, *sets: str) -> list[dict[str, Any]]:
     """The operator's ServiceAccount and RBAC as the chart renders them (release `rel`)."""
-    from localcluster import CACHE
+    from hack.localcluster import CACHE
 
     helm = (cluster.bins or CACHE / "bin") / "helm"
     if not helm.exists():
@@ -346,7 +332,7 @@ def test_namespaced_operator_works_with_only_the_charts_rbac(kube: Kubectl, clus
     assert not allowed(kube, user, "list", "namespaces")
     assert not allowed(kube, user, "list", "customresourcedefinitions", group="apiextensions.k8s.io")
     assert not allowed(kube, user, "create", "pods", served)
-    assert not allowed(kube, user, "create", "pods", served, sub="exec")
+    assert not allowed(kube, user, "create", "pods", served, subresource="exec")
     assert not allowed(kube, user, "create", "jobcancellations", served, G)
     assert not allowed(kube, user, "list", "jobcancellations", other, G)
 

@@ -35,8 +35,10 @@ from typing import Any
 
 import pytest
 from kubernetes.client.rest import ApiException
-from realnode_fixtures import *  # noqa: F403  (the fixtures: real_node_handle, real_node)
-from realnode_fixtures import (
+
+from tests.support.kube import ClusterInfo, Kubectl, wait_for
+from tests.support.realnode import *  # noqa: F403  (the fixtures: real_node_handle, real_node)
+from tests.support.realnode import (
     ExitWatch,
     Moment,
     RealNodeHandle,
@@ -46,8 +48,6 @@ from realnode_fixtures import (
     start_job_runners,
     wait_working,
 )
-
-from kube_helpers import ClusterInfo, Kubectl, wait_for
 
 pytestmark = pytest.mark.realnode
 

@@ -1,7 +1,7 @@
-"""Helm for real: the chart installed with the image built here (hack/build-image.py, no Docker)
+"""Helm for real: the chart installed with the image built here (hack/build_image.py, no Docker)
 onto the real node (hack/realnode.py), the operator a real pod with its real probes. Against
 $KUBECONFIG (kind: `make kind-e2e`) the same, with the image named by $NECROCODE_TEST_IMAGE and
-the node labelled necrocode.io/node-kind=real (see realnode_fixtures).
+the node labelled necrocode.io/node-kind=real (see tests/support/realnode.py).
 
 In order, on one release:
 - `helm install --wait`: the operator (and API) pods reach Ready through their httpGet probes,
@@ -18,7 +18,7 @@ In order, on one release:
   Lease, and no finalizer on the cancellations; the namespace then goes away.
 
 Locally the pods reach the API server, which listens on 127.0.0.1 only, through a forwarder on
-the node's bridge address (realnode_fixtures.TcpForwarder): `apiServer.host=kubernetes.default.svc`
+the node's bridge address (tests.support.realnode.TcpForwarder): `apiServer.host=kubernetes.default.svc`
 (a name in the API server's certificate) mapped by `hostAliases` to that address. (`hostNetwork:
 true` would reach it too, but makes the container ports host ports: one replica per node, and no
 rolling update on a single node.) On an external cluster they use its `kubernetes` Service, unless
@@ -46,8 +46,11 @@ import pytest
 import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
-from realnode_fixtures import *  # noqa: F403  (the fixtures: real_node_handle, operator_image, apiserver_forwarder)
-from realnode_fixtures import (
+
+from tests.support.access import allowed
+from tests.support.kube import ClusterInfo, Kubectl, wait_for
+from tests.support.realnode import *  # noqa: F403  (the fixtures: real_node_handle, operator_image, apiserver_forwarder)
+from tests.support.realnode import (
     HELM_VALUES_ENV,
     ExitWatch,
     RealNodeHandle,
@@ -57,8 +60,6 @@ from realnode_fixtures import (
     tool,
     wait_working,
 )
-
-from kube_helpers import ClusterInfo, Kubectl, wait_for
 
 pytestmark = pytest.mark.realnode
 
@@ -97,7 +98,7 @@ class Release:
 @pytest.fixture(scope="module")
 def release(cluster: ClusterInfo, kube: Kubectl, real_node_handle: RealNodeHandle, operator_image: str,
             apiserver_forwarder: TcpForwarder | None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
-    import realnode
+    from hack import realnode
 
     ns = f"rn-{uuid.uuid4().hex[:6]}"
     kube.create_namespace(ns)
@@ -250,16 +251,6 @@ def diag(kube: Kubectl, rel: Release, lines: int = 15) -> str:
     return "\n".join(out)
 
 
-def allowed(kube: Kubectl, user: str, ns: str | None, verb: str, resource: str, group: str = "") -> bool:
-    attrs: dict[str, Any] = {"verb": verb, "resource": resource, "group": group}
-    if ns:
-        attrs["namespace"] = ns
-    groups = ["system:serviceaccounts", f"system:serviceaccounts:{user.split(':')[2]}", "system:authenticated"]
-    review = kube.auth.create_subject_access_review({"spec": {"user": user, "groups": groups,
-                                                              "resourceAttributes": attrs}})
-    return bool(review.status.allowed)
-
-
 # ----------------------------------------------------------------------------- the scenarios
 def test_install_ready_through_real_probes_serving_metrics(kube: Kubectl, release: Release,
                                                           real_node_handle: RealNodeHandle) -> None:
@@ -290,10 +281,10 @@ def test_install_ready_through_real_probes_serving_metrics(kube: Kubectl, releas
     assert review.status.authenticated and review.status.user.username == user, review.status
     assert review.status.user.extra["authentication.kubernetes.io/pod-name"] == [pod.metadata.name]
     # and that identity has the chart's least privilege, nothing more
-    assert allowed(kube, user, rel.ns, "delete", "pods")
-    assert not allowed(kube, user, rel.ns, "get", "secrets")
-    assert not allowed(kube, user, "default", "delete", "pods")
-    assert not allowed(kube, user, None, "create", "clusterrolebindings", "rbac.authorization.k8s.io")
+    assert allowed(kube, user, "delete", "pods", rel.ns)
+    assert not allowed(kube, user, "get", "secrets", rel.ns)
+    assert not allowed(kube, user, "delete", "pods", "default")
+    assert not allowed(kube, user, "create", "clusterrolebindings", group="rbac.authorization.k8s.io")
     log(f"\nhelm install --wait: {took:.1f}s until the operator and API pods were Ready on {node} "
         f"(real httpGet probes); /healthz {health}; necrocode_leader {m['necrocode_leader']}")
     HISTORY["installed"] = pod.metadata.name

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from kubernetes.client.rest import ApiException
 
-from kube_helpers import (
+from tests.support.kube import (
     ClusterInfo,
     G,
     Kubectl,

@@ -13,11 +13,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from test_metrics_and_logs import scrape
-
-from conftest import operator_env
-from kube_helpers import ClusterInfo, Kubectl, wait_for
-from localcluster import free_port
+from hack.localcluster import free_port
+from tests.cluster.test_metrics_and_logs import scrape
+from tests.support.kube import ClusterInfo, Kubectl, operator_env, wait_for
 
 
 def start_operator(cluster: ClusterInfo, ns: str, log: Path, metrics_port: int = 0) -> subprocess.Popen[bytes]:

@@ -25,7 +25,8 @@ import pytest
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from kube_helpers import ClusterInfo, G, Kubectl, V, absent, sa_kubeconfig, wait_for
+from tests.support.access import allowed
+from tests.support.kube import ClusterInfo, G, Kubectl, V, absent, sa_kubeconfig, wait_for
 
 pytestmark = pytest.mark.usefixtures("operator")
 
@@ -52,10 +53,7 @@ def _account(kube: Kubectl, cluster: ClusterInfo, tmp: Path, ns: str, name: str,
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
         "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}]})
     username = f"system:serviceaccount:{ns}:{name}"
-    wait_for(lambda: kube.auth.create_subject_access_review({"spec": {
-        "user": username, "groups": ["system:serviceaccounts"],
-        "resourceAttributes": {"namespace": ns, "verb": "create", "group": G,
-                               "resource": "jobcancellations"}}}).status.allowed, what=f"RBAC for {name}")
+    wait_for(lambda: allowed(kube, username, "create", "jobcancellations", ns, G), what=f"RBAC for {name}")
     kc = sa_kubeconfig(kube, cluster.kubeconfig, tmp / f"{name}.kubeconfig", ns, name)
     api = config.new_client_from_config(config_file=str(kc))
     return Account(name, username, client.CustomObjectsApi(api))

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from kube_helpers import Kubectl, wait_for
+from tests.support.kube import Kubectl, wait_for
 
 pytestmark = pytest.mark.usefixtures("operator")
 

@@ -1,13 +1,11 @@
 """Where the CLI's connection comes from (kubeconfig, else the pod's ServiceAccount), how it
-impersonates, how it reads durations, and its shell completion. No server: a temporary
-directory stands in for /var/run/secrets/kubernetes.io/serviceaccount."""
+impersonates, how it reads durations, and its shell completion script (bash running it:
+tests/tools/test_completion.py). No server: a temporary directory stands in for
+/var/run/secrets/kubernetes.io/serviceaccount."""
 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -165,28 +163,3 @@ def test_completion_of_an_unknown_shell_is_a_usage_error() -> None:
     result = CliRunner().invoke(cli.cli, ["completion", "tcsh"])
     assert result.exit_code == 2 and "'tcsh' is not one of 'bash', 'zsh', 'fish'" in result.stderr
 
-
-@pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
-def test_bash_completes_subcommands_flags_and_formats(tmp_path: Path) -> None:
-    script = tmp_path / "necrocode.bash"
-    script.write_text(CliRunner().invoke(cli.cli, ["completion", "bash"]).stdout)
-    bindir = Path(sys.executable).parent
-    assert (bindir / "necrocode").exists(), "the console script (pip install -e .)"
-
-    def complete(*words: str) -> list[str]:
-        line = " ".join(f"'{w}'" for w in words)
-        proc = subprocess.run(["bash", "--norc", "--noprofile", "-c",
-                               f'source {script}; COMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; '
-                               f'_necrocode_completion necrocode; printf "%s\\n" "${{COMPREPLY[@]}}"'],
-                              capture_output=True, text=True, timeout=60,
-                              env={**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}",
-                                   "KUBECONFIG": str(tmp_path / "none.yaml")})
-        assert proc.returncode == 0, proc.stderr
-        return proc.stdout.split()
-
-    assert complete("necrocode", "jo") == ["job"]
-    assert complete("necrocode", "") == ["completion", "job"]
-    assert complete("necrocode", "job", "cancel-s") == ["cancel-status"]
-    assert complete("necrocode", "job", "cancel", "j1", "--gr") == ["--grace-period"]
-    assert complete("necrocode", "job", "cancellations", "-o", "j") == ["json", "jsonpath="]
-    assert complete("necrocode", "job", "cancel", "") == []  # job names: no cluster here, so none (and no error)

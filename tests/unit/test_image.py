@@ -1,11 +1,10 @@
 """The operator image two ways: `Dockerfile` (the source of truth for users with Docker) and
-hack/build-image.py (built here without Docker, for the real node). Both must agree on the user,
+hack/build_image.py (built here without Docker, for the real node). Both must agree on the user,
 the entrypoint, the exposed ports and the environment, and both must fit the chart's hardening
 (non-root numeric user, read-only root filesystem, writable /tmp only)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shlex
@@ -19,19 +18,10 @@ from typing import Any
 import pytest
 import yaml
 
+from hack import build_image as bi
+
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "necrocode-cancel"
-
-
-def _build_image_module() -> Any:
-    spec = importlib.util.spec_from_file_location("build_image_cli", REPO / "hack" / "build-image.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-bi = _build_image_module()
 
 
 def dockerfile_final_stage(text: str) -> dict[str, Any]:
@@ -150,7 +140,7 @@ def test_the_built_image_has_that_config() -> None:
     """The config the script wrote into the last image it built (skipped if none was built)."""
     last = bi.IMAGE_CACHE / "last.json"
     if not last.exists():
-        pytest.skip(f"no image built yet ({last}; python hack/build-image.py)")
+        pytest.skip(f"no image built yet ({last}; python -m hack.build_image)")
     report = json.loads(last.read_text())
     tar_path = Path(report["tarball"])
     if not tar_path.exists():

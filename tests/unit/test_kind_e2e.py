@@ -19,14 +19,10 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "hack"))
-sys.path.insert(0, str(REPO / "hack" / "realnode"))
-sys.path.insert(0, str(REPO / "tests" / "cluster"))
-import build_image  # noqa: E402
-from realnode_fixtures import BOOT_ID, parse_report  # noqa: E402
+from hack import ociimage, realnode
+from tests.support.realnode import BOOT_ID, parse_report
 
-import realnode  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 KIND_CONFIG = REPO / "hack" / "kind-config.yaml"
 # kind's config API (sigs.k8s.io/kind/pkg/apis/config/v1alpha4): a field it does not know is an error
@@ -135,7 +131,7 @@ def test_the_runner_dockerfile_makes_the_image_built_without_docker() -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     lines = [line.split(None, 1) for line in dockerfile.read_text().splitlines() if line and not line[0] == "#"]
     instr = {k: v for k, v in lines}
-    img = build_image.runner_image()
+    img = ociimage.runner_image()
     scripts = sorted(p.name for p in (REPO / "examples" / "runner").glob("*.sh"))
     assert sorted(instr["COPY"].split()[:-1]) == scripts and instr["COPY"].split()[-1] == "/runner/"
     assert sorted(p.split("/")[-1] for p in img.files if p.startswith("runner/")) == scripts

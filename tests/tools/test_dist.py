@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hack.localcluster import CACHE
+
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "hack"))
-from localcluster import CACHE  # noqa: E402
 
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 VERSION = PROJECT["version"]

@@ -4,6 +4,7 @@ NecroCode objects (jobs, tasks, runner pods, leases, artifacts), and wait for co
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -15,8 +16,10 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 G, V = "necrocode.io", "v1alpha1"
+# The namespaces the session's operator serves; tests that run their own operator use others.
+SHARED_NS_PREFIX = os.environ.get("NECROCODE_TEST_NS_PREFIX", "nc-")
 T = TypeVar("T")
 
 
@@ -26,6 +29,22 @@ class ClusterInfo:
     local: bool
     bins: Path | None
     state_dir: Path | None = None
+
+
+def operator_env(cluster: ClusterInfo, metrics_port: int = 0) -> dict[str, str]:
+    """The environment of an operator serving `cluster` (fast retries and stuck timeout for tests)."""
+    return {
+        "KUBECONFIG": str(cluster.kubeconfig),
+        "NECROCODE_KUBECONFIG": str(cluster.kubeconfig),
+        "NECROCODE_METRICS_PORT": str(metrics_port),
+        "NECROCODE_METRICS_ADDR": "127.0.0.1",
+        "NECROCODE_RETRY_ATTEMPTS": "3",
+        "NECROCODE_RETRY_BASE_SECONDS": "0.2",
+        "NECROCODE_STUCK_TIMEOUT_SECONDS": "4",
+        "NECROCODE_STATUS_WRITE_INTERVAL": "0.3",
+        "NECROCODE_LOG_FORMAT": "json",
+        "NECROCODE_REQUESTER_POLICY": "true",  # install_crds installs deploy/requester-policy.yaml
+    }
 
 
 def json_lines(path: Path) -> list[dict[str, Any]]:
@@ -47,7 +66,7 @@ def kubectl(cluster: ClusterInfo, *args: str, kubeconfig: Path | None = None,
     of `kubeconfig` (default: the cluster's own)."""
     import pytest
 
-    from localcluster import CACHE
+    from hack.localcluster import CACHE
 
     binary = (cluster.bins or CACHE / "bin") / "kubectl"
     if not binary.exists():

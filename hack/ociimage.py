@@ -6,10 +6,10 @@ layout (oci-layout, index.json, blobs/sha256/...) that `ctr -n k8s.io images imp
 pods use them with `imagePullPolicy: Never`. A layer is either built in memory from a few files
 (`Image.files`; mtime 0, uid/gid 0: same inputs, same digests) or written from a directory tree
 on disk (`tree_layer`: a root filesystem, with its modes, owners, mtimes, symlinks and hard links,
-streamed to a file; hack/build-image.py makes the operator image from three such layers).
+streamed to a file; hack/build_image.py makes the operator image from three such layers).
 
-    python hack/realnode/build_image.py pause  OUT.tar   # the sandbox image: the static pause binary
-    python hack/realnode/build_image.py runner OUT.tar   # examples/runner on busybox-static
+    python -m hack.ociimage pause  OUT.tar   # the sandbox image: the static pause binary
+    python -m hack.ociimage runner OUT.tar   # examples/runner on busybox-static
 
 Only the standard library is used.
 """
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-HACK = Path(__file__).resolve().parent.parent
+HACK = Path(__file__).resolve().parent
 REPO = HACK.parent
 CACHE = Path(os.environ.get("NECROCODE_CACHE", Path.home() / ".cache" / "necrocode"))
 
@@ -191,10 +191,10 @@ class Image:
     def all_layers(self) -> list[tuple[str, int, str, bytes | Path]]:
         """(digest, size, created_by, content or file) of every layer, bottom first."""
         out: list[tuple[str, int, str, bytes | Path]] = [
-            (lay.digest, lay.size, lay.created_by or "hack/realnode/build_image.py", lay.path) for lay in self.layers]
+            (lay.digest, lay.size, lay.created_by or "hack/ociimage.py", lay.path) for lay in self.layers]
         if self.files or self.dirs or self.symlinks or not out:
             data = self.layer()
-            out.append(("sha256:" + hashlib.sha256(data).hexdigest(), len(data), "hack/realnode/build_image.py", data))
+            out.append(("sha256:" + hashlib.sha256(data).hexdigest(), len(data), "hack/ociimage.py", data))
         return out
 
     def write(self, out: Path) -> str:

@@ -6,17 +6,16 @@ the same against the API server's authorizer and by running the operator with it
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from hack.localcluster import CACHE
+
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "necrocode-cancel"
-sys.path.insert(0, str(REPO / "hack"))
-from localcluster import CACHE  # noqa: E402
 
 OPERATOR = "rel-necrocode-cancel"
 FORBIDDEN_VERBS = {"*", "impersonate", "escalate", "bind", "deletecollection", "vouch"}

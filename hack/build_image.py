@@ -1,10 +1,9 @@
-#!/usr/bin/env python3
 """Build the operator image without Docker: an OCI image layout tarball that the real node's
 containerd imports (hack/realnode.py import), equivalent to what `docker build .` makes from the
 project's Dockerfile (same user, entrypoint, ports, environment; tests/unit/test_image.py checks
 that the two agree).
 
-    python hack/build-image.py [--out FILE] [--import --state-dir S] [--rebuild]
+    python -m hack.build_image [--out FILE] [--import --state-dir S] [--rebuild]
 
 Three layers, each cached under ~/.cache/necrocode/image and rebuilt only when its inputs change:
 
@@ -42,10 +41,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-HACK = Path(__file__).resolve().parent
-REPO = HACK.parent
-sys.path.insert(0, str(HACK / "realnode"))
-import build_image  # noqa: E402  (a sibling script, stdlib only)
+from hack import ociimage  # stdlib only, as this
+
+REPO = Path(__file__).resolve().parent.parent
 
 CACHE = Path(os.environ.get("NECROCODE_CACHE", Path.home() / ".cache" / "necrocode"))
 IMAGE_CACHE = CACHE / "image"
@@ -199,14 +197,14 @@ class Builder:
     def _meta(self, kind: str) -> Path:
         return self.cache / f"{kind}-{self.keys[kind][:16]}.json"
 
-    def _cached(self, kind: str) -> build_image.Layer | None:
+    def _cached(self, kind: str) -> ociimage.Layer | None:
         meta = self._meta(kind)
         if not meta.exists():
             return None
-        layer = build_image.Layer.from_json(json.loads(meta.read_text()))
+        layer = ociimage.Layer.from_json(json.loads(meta.read_text()))
         return layer if layer.path.exists() and layer.path.stat().st_size == layer.size else None
 
-    def _save(self, kind: str, layer: build_image.Layer) -> build_image.Layer:
+    def _save(self, kind: str, layer: ociimage.Layer) -> ociimage.Layer:
         self._meta(kind).write_text(json.dumps(layer.to_json()))
         for old in self.cache.glob(f"{kind}-*"):  # one version of each layer is kept
             if not old.name.startswith(f"{kind}-{self.keys[kind][:16]}"):
@@ -217,7 +215,7 @@ class Builder:
         f = self.rootfs / ".necrocode-key"
         return f.read_text().strip() if f.exists() else ""
 
-    def base(self) -> build_image.Layer:
+    def base(self) -> ociimage.Layer:
         layer = self._cached("base")
         if layer and self._rootfs_key().startswith(self.keys["base"]):
             return layer
@@ -249,7 +247,7 @@ class Builder:
                     p.unlink()
         self.timings["debootstrap"] = time.monotonic() - t0
         t1 = time.monotonic()
-        layer = build_image.tree_layer(self.rootfs, self.cache / f"base-{self.keys['base'][:16]}.tar",
+        layer = ociimage.tree_layer(self.rootfs, self.cache / f"base-{self.keys['base'][:16]}.tar",
                                        exclude=_excluder(BASE_EXCLUDE_DIRS), empty_files=BASE_EMPTY_FILES,
                                        created_by=f"debootstrap --variant=minbase --include={','.join(PACKAGES)} "
                                                   f"{SUITE}; groupadd/useradd necrocode 10001")
@@ -264,7 +262,7 @@ class Builder:
         if ca:
             shutil.copy(ca, build / "ca.pem")
 
-    def deps(self) -> build_image.Layer:
+    def deps(self) -> ociimage.Layer:
         layer = self._cached("deps")
         if layer and self._rootfs_key() == f"{self.keys['base']} {self.keys['deps']}":
             return layer
@@ -290,7 +288,7 @@ class Builder:
             rmtree(build)
         self.timings["pip install requirements.lock"] = time.monotonic() - t0
         t1 = time.monotonic()
-        layer = build_image.tree_layer(venv, self.cache / f"deps-{self.keys['deps'][:16]}.tar",
+        layer = ociimage.tree_layer(venv, self.cache / f"deps-{self.keys['deps'][:16]}.tar",
                                        exclude=lambda rel: "__pycache__/" in rel and rel.endswith(".opt-1.pyc"),
                                        prefix=VENV, created_by="pip install --no-deps -r requirements.lock")
         (self.rootfs / ".necrocode-key").write_text(f"{self.keys['base']} {self.keys['deps']}\n")
@@ -298,7 +296,7 @@ class Builder:
         self.built.append("deps")
         return self._save("deps", layer)
 
-    def project(self) -> build_image.Layer:
+    def project(self) -> ociimage.Layer:
         layer = self._cached("project")
         if layer:
             return layer
@@ -327,7 +325,7 @@ class Builder:
                                           if "direct_url.json" not in line))
             self.timings["pip install ."] = time.monotonic() - t0
             t1 = time.monotonic()
-            layer = build_image.tree_layer(out, self.cache / f"project-{self.keys['project'][:16]}.tar",
+            layer = ociimage.tree_layer(out, self.cache / f"project-{self.keys['project'][:16]}.tar",
                                            prefix=VENV, created_by="pip install --no-deps .")
             self.timings["project layer tar"] = time.monotonic() - t1
         finally:
@@ -336,8 +334,8 @@ class Builder:
         self.built.append("project")
         return self._save("project", layer)
 
-    def image(self) -> build_image.Image:
-        img = build_image.Image(image_name(self.repo))
+    def image(self) -> ociimage.Image:
+        img = ociimage.Image(image_name(self.repo))
         img.layers = [self.base(), self.deps(), self.project()]
         img.config = image_config()
         return img
@@ -393,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     report = build(a.out, a.rebuild)
     if a.do_import:
-        import realnode
+        from hack import realnode
 
         node = realnode.RealNode(state_dir=a.state_dir or realnode.DEFAULT_STATE)
         t0 = time.monotonic()

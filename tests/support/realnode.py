@@ -1,11 +1,10 @@
 """Fixtures shared by the real-node tests (marker `realnode`): the node itself (hack/realnode.py,
 module-scoped, skipped with exactly what the host lacks), the operator image built without
-Docker (hack/build-image.py, cached) and imported into the node's containerd, and a TCP
+Docker (hack/build_image.py, cached) and imported into the node's containerd, and a TCP
 forwarder that lets pods on the node's bridge reach the API server, which listens on loopback.
 
-A test module takes them with `from realnode_fixtures import *`. (Not a tests/cluster/conftest.py:
-a second rootless conftest module would replace tests/conftest.py as `conftest` in sys.modules,
-and the modules that do `from conftest import operator_env` would break.)
+A test module takes them with `from tests.support.realnode import *` (only the real-node modules
+want them, so they are not in a conftest.py).
 
 **External mode** ($KUBECONFIG set, e.g. kind by `make kind-e2e`): the node is the first one
 labelled necrocode.io/node-kind=real, and nothing is read from the pytest machine's disk or from
@@ -26,7 +25,6 @@ marked `localnode` and skip in external mode.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import socket
@@ -43,11 +41,11 @@ from urllib.parse import urlparse
 import pytest
 from kubernetes.client.rest import ApiException
 
-from kube_helpers import ClusterInfo, Kubectl, wait_for
+from tests.support.kube import ClusterInfo, Kubectl, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("NECROCODE_CACHE", Path.home() / ".cache" / "necrocode"))
-# what a test module gets from `from realnode_fixtures import *`: the fixtures (pytest registers
+# what a test module gets from `from tests.support.realnode import *`: the fixtures (pytest registers
 # fixtures found in a test module's namespace)
 __all__ = ["apiserver_forwarder", "operator_image", "real_node", "real_node_handle"]
 
@@ -77,7 +75,7 @@ class RealNodeHandle:
 def start_real_node(cluster: ClusterInfo, kube: Kubectl) -> Iterator[RealNodeHandle]:
     """The body of a real-node fixture: skip with what is missing, start the node, yield it, stop
     it and fail if the host was left changed."""
-    import realnode
+    from hack import realnode
 
     if not cluster.local:
         nodes = kube.core.list_node(label_selector=f"{realnode.LABEL}=real").items
@@ -123,7 +121,7 @@ KEEP = "necrocode.io/test-keep-status"  # a finalizer, so the final container st
 
 
 def runner_image() -> str:
-    """hack/realnode/build_image.py's (imported by realnode.py up), or what the cluster was given."""
+    """hack/ociimage.py's (imported by realnode.py up), or what the cluster was given."""
     return os.environ.get(RUNNER_IMAGE_ENV) or "necrocode.local/runner:v1"
 
 
@@ -273,26 +271,19 @@ class ExitWatch:
 
 
 # ----------------------------------------------------------------------------- the operator image
-def build_image_module() -> Any:
-    spec = importlib.util.spec_from_file_location("build_image_cli", REPO / "hack" / "build-image.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def operator_image(real_node_handle: RealNodeHandle) -> str:
-    """hack/build-image.py (cached: a warm build only checks the cache), imported into the real
+    """hack/build_image.py (cached: a warm build only checks the cache), imported into the real
     node's containerd. Returns the image name. In external mode: $NECROCODE_TEST_IMAGE, already
-    on the node (`kind load docker-image`, or `hack/build-image.py --import`)."""
+    on the node (`kind load docker-image`, or `python -m hack.build_image --import`)."""
     if real_node_handle.node is None:
         image = os.environ.get(OPERATOR_IMAGE_ENV)
         if not image:
             pytest.skip(f"external cluster: set {OPERATOR_IMAGE_ENV} to the operator image loaded into its "
                         "real node (make kind-e2e does)")
         return image
-    bi = build_image_module()
+    from hack import build_image as bi
+
     t0 = time.monotonic()
     report = bi.build()
     built = time.monotonic() - t0
@@ -382,7 +373,7 @@ def apiserver_forwarder(cluster: ClusterInfo, kube: Kubectl,
     $NECROCODE_TEST_APISERVER_FORWARD=HOST:PORT asks for one there, to the $KUBECONFIG server."""
     import json
 
-    import realnode
+    from hack import realnode
 
     if real_node_handle.node is not None and cluster.state_dir is not None:
         port = json.loads((cluster.state_dir / "ports.json").read_text())["apiserver"]

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hack.localcluster import CACHE
+
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "necrocode-cancel"
-sys.path.insert(0, str(REPO / "hack"))
-from localcluster import CACHE  # noqa: E402
 
 COPIES = {  # chart file -> its single source
     **{CHART / "crds" / p.name: p for p in (REPO / "crds").glob("*.yaml")},
