@@ -29,7 +29,7 @@ import uvicorn
 import yaml
 
 from hack.localcluster import free_port
-from necrocode.api.schemas import JobCancelRequest, TaskCancelRequest
+from necrocode.api.schemas import DEADLINE_ONLY_FOR_DRAIN, DRAIN_NEEDS_DEADLINE, JobCancelRequest, TaskCancelRequest
 from necrocode.api.server import ApiSettings, create_app
 from necrocode.kube import Credentials, Kube, TransientError, load_credentials
 from tests.support.access import allowed
@@ -199,6 +199,18 @@ def test_request_bodies_have_the_crds_bounds() -> None:
         [ttl, null] = ours["ttlSecondsAfterFinished"]["anyOf"]
         assert null == {"type": "null"} and ttl["type"] == spec["ttlSecondsAfterFinished"]["type"] == "integer"
         assert ttl["minimum"] == spec["ttlSecondsAfterFinished"]["minimum"] and ttl["maximum"] == 2**31 - 1
+        # issue 18: the mode and its windows, with the CRD's bounds and rules (in its words)
+        assert ours["mode"]["enum"] == spec["mode"]["enum"] and ours["mode"]["default"] == spec["mode"]["default"]
+        [deadline, null] = ours["drainDeadlineSeconds"]["anyOf"]
+        assert null == {"type": "null"} and (deadline["minimum"], deadline["maximum"]) == (
+            spec["drainDeadlineSeconds"]["minimum"], spec["drainDeadlineSeconds"]["maximum"])
+        assert (ours["cooperativeSeconds"]["minimum"], ours["cooperativeSeconds"]["maximum"],
+                ours["cooperativeSeconds"]["default"]) == (spec["cooperativeSeconds"]["minimum"],
+                                                          spec["cooperativeSeconds"]["maximum"],
+                                                          spec["cooperativeSeconds"]["default"])
+        rules = {r["message"] for r in crds[crd_file]["spec"]["versions"][0]["schema"]["openAPIV3Schema"][
+            "properties"]["spec"]["x-kubernetes-validations"]}
+        assert {DRAIN_NEEDS_DEADLINE, DEADLINE_ONLY_FOR_DRAIN} <= rules
         if model is TaskCancelRequest:
             assert ours["jobId"]["pattern"] == spec["jobName"]["pattern"]
             assert ours["jobId"]["maxLength"] == spec["jobName"]["maxLength"]
@@ -508,6 +520,32 @@ def test_ttl_in_the_body_is_stored_and_the_record_expires(kube: Kubectl, api: Ap
     assert kube.get("jobcancellations", ns, kept.json()["name"])["spec"]["ttlSecondsAfterFinished"] == 3600
 
 
+def test_drain_cooperative_and_kept_logs_go_into_the_created_records_spec(kube: Kubectl, api: Api, ns: str) -> None:
+    """Issue 18's request fields, for jobs and tasks alike: exactly the spec fields the operator
+    reads (mode, drainDeadlineSeconds, cooperativeSeconds, preserveLogs); left out, the CRD's
+    defaults (mode Cancel, no cooperative window) and the operator's own for logs apply."""
+    small_job(kube, ns, "job1")
+    with api.client(api.allowed) as c:
+        resp = c.post("/api/jobs/job1/cancel", params={"namespace": ns}, json={
+            "mode": "Drain", "drainDeadlineSeconds": 600, "cooperativeSeconds": 5, "preserveLogs": True,
+            "dryRun": True})
+        assert resp.status_code == 201, resp.text
+        spec = kube.get("jobcancellations", ns, resp.json()["name"])["spec"]
+        assert (spec["mode"], spec["drainDeadlineSeconds"], spec["cooperativeSeconds"], spec["preserveLogs"]) == (
+            "Drain", 600, 5, True), spec
+        resp = c.post("/api/tasks/b/cancel", params={"namespace": ns}, json={
+            "jobId": "job1", "mode": "Drain", "drainDeadlineSeconds": 30.0, "preserveLogs": False, "dryRun": True})
+        assert resp.status_code == 201, resp.text
+        spec = kube.get("taskcancellations", ns, resp.json()["name"])["spec"]
+        assert (spec["mode"], spec["drainDeadlineSeconds"], spec["cooperativeSeconds"], spec["preserveLogs"]) == (
+            "Drain", 30, 0, False), spec
+        resp = c.post("/api/jobs/job1/cancel", params={"namespace": ns}, json={"dryRun": True})
+        assert resp.status_code == 201, resp.text
+        spec = kube.get("jobcancellations", ns, resp.json()["name"])["spec"]
+        assert (spec["mode"], spec["cooperativeSeconds"]) == ("Cancel", 0) and not {
+            "drainDeadlineSeconds", "preserveLogs"} & set(spec), spec
+
+
 # ----------------------------------------------------------------------------- 404 and 422
 def test_unknown_job_or_task_is_404_before_anything_is_created(kube: Kubectl, api: Api, ns: str) -> None:
     kube.create_job(ns, "job1")
@@ -541,6 +579,22 @@ def test_bad_bodies_and_parameters_are_422_with_the_field(kube: Kubectl, api: Ap
         assert detail_fields(post(job, {"reason": "x" * 1025})) == {("body", "reason")}
         for ttl in (-1, "60", 2**31, True, 1.5):
             assert detail_fields(post(job, {"ttlSecondsAfterFinished": ttl})) == {("body", "ttlSecondsAfterFinished")}
+        # the mode's rules: 422 with the CRD's words, before anything is created
+        resp = post(job, {"mode": "Drain"})
+        assert detail_fields(resp) == {("body",)}
+        assert resp.json()["detail"][0] == {"loc": ["body"], "msg": DRAIN_NEEDS_DEADLINE, "type": "drain_deadline_missing"}
+        resp = post("/api/tasks/a/cancel", {"jobId": "job1", "drainDeadlineSeconds": 60})
+        assert detail_fields(resp) == {("body", "drainDeadlineSeconds")}
+        assert resp.json()["detail"][0]["msg"] == DEADLINE_ONLY_FOR_DRAIN
+        assert detail_fields(post(job, {"mode": "Cancel", "drainDeadlineSeconds": 60})) == {
+            ("body", "drainDeadlineSeconds")}
+        for deadline in (0, 86401, "60", 1.5):
+            assert detail_fields(post(job, {"mode": "Drain", "drainDeadlineSeconds": deadline})) == {
+                ("body", "drainDeadlineSeconds")}, deadline
+        assert detail_fields(post(job, {"mode": "Finish", "drainDeadlineSeconds": 60})) == {("body", "mode")}
+        for cooperative in (-1, 3601, "5"):
+            assert detail_fields(post(job, {"cooperativeSeconds": cooperative})) == {("body", "cooperativeSeconds")}
+        assert detail_fields(post(job, {"preserveLogs": "yes"})) == {("body", "preserveLogs")}
         resp = post(job, {"bogus": 1, "grace_period_seconds": 3})
         assert detail_fields(resp) == {("body", "bogus"), ("body", "grace_period_seconds")}
         assert {e["type"] for e in resp.json()["detail"]} == {"extra_forbidden"}

@@ -252,6 +252,36 @@ def test_dry_run_shows_the_plan_and_changes_nothing(kube: Kubectl, cluster: Clus
     assert len(kube.pods(ns, RUNNER)) == 2
 
 
+def test_drain_cooperative_and_keep_logs_go_into_the_spec_of_jobs_and_tasks(kube: Kubectl, cluster: ClusterInfo,
+                                                                            namespace: str) -> None:
+    """Issue 18's flags create exactly the spec fields the operator reads, for a job and for a
+    task; the views say which mode was asked, and a dry run lists what the drain would do."""
+    ns = namespace
+    small_job(kube, ns)
+    res = run(cluster, "job", "cancel", "job1", "--drain", "30s", "--cooperative", "5s", "--keep-logs", "--dry-run",
+              "-n", ns)
+    assert res.exit_code == 0, res.output
+    obj = only_cancellation(kube, ns)
+    spec = obj["spec"]
+    assert (spec["mode"], spec["drainDeadlineSeconds"], spec["cooperativeSeconds"], spec["preserveLogs"],
+            spec["dryRun"]) == ("Drain", 30, 5, True, True), spec
+    assert "  mode: Drain, running tasks may finish for up to 30s, cooperative stop up to 5s, logs kept" in res.stdout
+    assert re.search(r"dry run: nothing was changed; it would act on\n(  .*\n)*  let finish +\S", res.stdout), res.stdout
+    status = run(cluster, "job", "cancel-status", "job1", "-n", ns)
+    assert "  mode:       Drain, running tasks may finish for up to 30s" in status.stdout, status.stdout
+
+    res = run(cluster, "job", "cancel", "job1", "--task", "c", "--drain", "2m", "--no-keep-logs", "--dry-run",
+              "--no-wait", "-o", "json", "-n", ns)
+    assert res.exit_code == 0, res.output
+    created = json.loads(res.stdout)
+    stored = kube.get("taskcancellations", ns, created["metadata"]["name"])
+    assert stored["spec"] == created["spec"]
+    assert (stored["spec"]["mode"], stored["spec"]["drainDeadlineSeconds"], stored["spec"]["preserveLogs"],
+            stored["spec"]["taskId"]) == ("Drain", 120, False, "c")
+    assert stored["spec"]["cooperativeSeconds"] == 0  # not given: the CRD's default
+    assert kube.task(ns, "job1", "c")["status"]["state"] == "Pending"  # dry runs: nothing changed
+
+
 def test_rejected_cancellation_exits_5(kube: Kubectl, cluster: ClusterInfo, namespace: str) -> None:
     kube.create_job(namespace, "old", phase="Succeeded")
     res = run(cluster, "job", "cancel", "old", "-n", namespace)
@@ -412,6 +442,8 @@ def test_usage_errors_are_one_line(cluster: ClusterInfo, namespace: str) -> None
         (["job", "cancel", "j", "--grace-period", "-1"], "--grace-period"),
         (["job", "cancel", "j", "-o", "xml"], "'xml' is not one of"),
         (["job", "cancellations", "--continue", "x"], "--continue needs --limit"),
+        (["job", "cancel", "j", "--drain", "25h"], "'25h' is out of range: from 1s to 24h"),
+        (["job", "cancel", "j", "--drain", "1m", "--force"], "--drain lets running tasks finish and --force stops"),
     ):
         res = run(cluster, *args, "-n", namespace)
         assert res.exit_code == 2, (args, res.output)

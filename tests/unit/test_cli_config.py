@@ -10,11 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from click.shell_completion import ShellComplete
 from click.testing import CliRunner
 from kubernetes import client
 
 from necrocode import cli
 from necrocode.cli import errors, kubeconfig, options
+from necrocode.cli.submit import Ask
 
 
 @pytest.fixture
@@ -163,3 +166,46 @@ def test_completion_of_an_unknown_shell_is_a_usage_error() -> None:
     result = CliRunner().invoke(cli.cli, ["completion", "tcsh"])
     assert result.exit_code == 2 and "'tcsh' is not one of 'bash', 'zsh', 'fish'" in result.stderr
 
+
+
+# ----------------------------------------------------------------------------- issue 18: --drain, --cooperative
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["--drain", "5m", "--force"], "--drain lets running tasks finish and --force stops them now: choose one"),
+    (["--cooperative", "30s", "--force"], "--cooperative waits for runners to stop by themselves and --force "
+                                          "deletes them now: choose one"),
+    (["--drain", "0"], "Invalid value for '--drain': '0' is out of range: from 1s to 24h"),
+    (["--drain", "24h1s"], "Invalid value for '--drain': '24h1s' is out of range: from 1s to 24h"),
+    (["--drain", "soon"], "Invalid value for '--drain': 'soon' is not a duration"),
+    (["--cooperative", "1h1s"], "Invalid value for '--cooperative': '1h1s' is out of range: from 0s to 1h"),
+])
+def test_drain_and_cooperative_are_bounded_and_not_with_force(args: list[str], fragment: str, tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli.cli, ["job", "cancel", "job1", *args, "--kubeconfig", str(tmp_path / "none.yaml")])
+    assert result.exit_code == 2, result.output
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: ") and fragment in line, line
+
+
+def test_the_bounds_are_the_crds() -> None:
+    spec = yaml.safe_load((Path(__file__).resolve().parents[2] / "crds" / "necrocode.io_jobcancellations.yaml")
+                          .read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    for param, field in ((options.DRAIN_DURATION, "drainDeadlineSeconds"),
+                         (options.COOPERATIVE_DURATION, "cooperativeSeconds")):
+        assert (param.low, param.high) == (spec["properties"][field]["minimum"], spec["properties"][field]["maximum"])
+    assert options.DRAIN_DURATION.convert("24h", None, None) == 86400
+    assert options.COOPERATIVE_DURATION.convert("0", None, None) == 0
+
+
+def test_ask_body_sets_the_mode_only_when_asked() -> None:
+    spec = Ask(drain=90, cooperative=10, keep_logs=False).body("JobCancellation", "job1")["spec"]
+    assert {k: spec[k] for k in ("mode", "drainDeadlineSeconds", "cooperativeSeconds", "preserveLogs")} == {
+        "mode": "Drain", "drainDeadlineSeconds": 90, "cooperativeSeconds": 10, "preserveLogs": False}
+    task = Ask(drain=60).body("TaskCancellation", "job1", "t3", cascade=False)["spec"]
+    assert (task["mode"], task["drainDeadlineSeconds"], task["taskId"], task["cascade"]) == ("Drain", 60, "t3", False)
+    assert Ask().body("JobCancellation", "job1")["spec"] == {"jobName": "job1"}
+
+
+def test_completion_offers_the_new_flags() -> None:
+    """Completion of the cancel flags comes from the command itself: the new ones are there."""
+    comp = ShellComplete(cli.cli, {}, "necrocode", "_NECROCODE_COMPLETE")
+    got = {c.value for c in comp.get_completions(["job", "cancel", "job1"], "--")}
+    assert {"--drain", "--cooperative", "--keep-logs", "--no-keep-logs"} <= got

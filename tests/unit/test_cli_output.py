@@ -13,7 +13,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from necrocode import cli
+from necrocode import cli, records
 from necrocode.cli import connection, errors, live, options, terminal, text, views
 from necrocode.model import PLURAL
 
@@ -237,3 +237,167 @@ def test_the_live_view_colours_only_when_asked() -> None:
     lines = many.getvalue().replace("\x1b[J", "").splitlines()
     assert len(lines) == 2 and all(ln.startswith("job1  jobcancellation/job1-cancel-") for ln in lines)
     assert "  \x1b[36mRunning\x1b[0m  " in lines[0] and "  \x1b[32mCompleted\x1b[0m  " in lines[1]
+
+
+# ----------------------------------------------------------------------------- issue 18: modes, windows, kept logs
+def drained(**status: Any) -> dict[str, Any]:
+    """A JobCancellation in mode Drain with a cooperative window and kept logs: what the
+    operator writes as it runs (status crafted here; the views only render it)."""
+    base = cancellation("Completed")
+    base["spec"] = {"jobName": "job1", "mode": "Drain", "drainDeadlineSeconds": 600, "cooperativeSeconds": 30,
+                    "preserveLogs": True}
+    base["status"] = {"phase": "Completed", "startedAt": "2026-11-25T09:30:12Z",
+                      "completedAt": "2026-11-25T09:41:00Z",
+                      "steps": [{"name": "Validate", "state": "Succeeded", "startedAt": "2026-11-25T09:30:12Z",
+                                 "finishedAt": "2026-11-25T09:30:13Z"}],
+                      "progress": {"runnersTotal": 3, "runnersTerminated": 3, "runnersCooperative": 1,
+                                   "tasksFinishedInDrain": 2, "finishedDuringCancel": 1, "logsKept": 25,
+                                   "logsFailed": 1, "tasksCancelled": 2},
+                      "drain": {"startedAt": "2026-11-25T09:30:13Z", "deadline": "2026-11-25T09:40:13Z",
+                                "finishedAt": "2026-11-25T09:40:13Z", "runningAtStart": 3, "finishedInWindow": 2,
+                                "stillRunning": 1, "endedBy": "Deadline"},
+                      "cooperative": {"startedAt": "2026-11-25T09:40:13Z", "deadline": "2026-11-25T09:40:43Z",
+                                      "finishedAt": "2026-11-25T09:40:20Z", "stopped": 1},
+                      "runnerOutcomes": [{"pod": "job1-c-runner", "outcome": "Cooperative"},
+                                         {"pod": "job1-a-runner", "outcome": "TaskFinished"},
+                                         {"pod": "job1-b-runner", "outcome": "Terminated"}],
+                      # the status lists the first logs only (capped by the operator); progress counts all
+                      "logs": [{"pod": f"job1-t{i}-runner", "task": f"t{i}", "configMap": f"job1-t{i}-log",
+                                "bytes": 100} for i in range(22)] + [{"pod": "job1-x-runner", "error": "node lost"}],
+                      **status}
+    return base
+
+
+def rendered(view: Any, obj: dict[str, Any]) -> str:
+    return terminal.safe_block(view(records.result_of(obj), obj), False)
+
+
+def test_cancel_status_shows_the_mode_the_windows_and_the_kept_logs() -> None:
+    out = rendered(views.status_view, drained())
+    assert "  mode:       Drain, running tasks may finish for up to 10m00s, cooperative stop up to 30s, logs kept" in out
+    assert ("  drain:      2/3 running tasks finished inside the window (10m00s); 1 still running at the deadline, "
+            "cancelled") in out
+    assert "  cooperative: 1 runner stopped by itself inside the window (7s)" in out
+    assert "  finished:   1 task finished by itself during the cancellation (Done or Failed, kept as they ended)" in out
+    assert "  logs kept:  25 (1 could not be read)" in out
+    assert "    stopped by themselves: job1-c-runner" in out and "    task finished, not forced: job1-a-runner" in out
+    # the ConfigMaps named, capped at 20; "more" counts every kept log, not only the listed ones
+    kept = re.search(r"    logs kept in: (.*)", out)
+    assert kept and kept.group(1).startswith("configmap/job1-t0-log, configmap/job1-t1-log")
+    assert kept.group(1).count("configmap/") == 20 and kept.group(1).endswith(", ... and 5 more")
+    assert "    logs not kept: job1-x-runner: node lost" in out
+
+
+def test_an_open_drain_window_shows_its_deadline_and_what_still_runs() -> None:
+    obj = drained(phase="Running", completedAt=None, cooperative=None, logs=[],
+                  progress={"runnersTotal": 1, "tasksCancelled": 1},
+                  drain={"startedAt": "2026-11-25T09:30:13Z", "deadline": "2999-01-01T00:00:00Z",
+                         "runningAtStart": 3, "finishedInWindow": 1, "stillRunning": 2})
+    block = rendered(views.live_block, obj)
+    assert re.search(r"\n  drain {15}1/3 running tasks finished, 2 still running; window ends 2999-01-01T00:00:00Z "
+                     r"\(\d+h\d\dm left\)", block), block
+    assert "\n  mode                Drain, running tasks may finish for up to 10m00s" in block
+    assert not [ln for ln in block.splitlines() if ln.startswith(("  cooperative", "  logs kept"))], block
+    # the plain lines: no time left (a line is printed when its text changes, not every poll)
+    facts = dict(views.progress_facts(records.result_of(obj)))
+    assert facts["drain"] == "drain 1/3 running tasks finished, 2 still running; window ends 2999-01-01T00:00:00Z"
+    # ended because all finished, or cut short by force
+    for ended_by, said in (("AllFinished", "3/3 running tasks finished inside the window (5s)"),
+                           ("Forced", "1/3 running tasks finished inside the window (5s); 2 still running when "
+                                      "force cut the window short, cancelled")):
+        done = {"startedAt": "2026-11-25T09:30:13Z", "finishedAt": "2026-11-25T09:30:18Z", "runningAtStart": 3,
+                "finishedInWindow": 3 if ended_by == "AllFinished" else 1,
+                "stillRunning": 0 if ended_by == "AllFinished" else 2, "endedBy": ended_by}
+        assert f"  drain:      {said}\n" in rendered(views.status_view, drained(drain=done))
+
+
+def test_the_summary_and_plain_lines_say_what_the_mode_did() -> None:
+    out = rendered(views.summary, drained())
+    assert "\n  mode: Drain, running tasks may finish for up to 10m00s" in out
+    assert re.search(r"\n  job1-c-runner\s+Cooperative\n", out) and re.search(r"\n  job1-a-runner\s+TaskFinished", out)
+    assert "\ndrain: 2/3 running tasks finished inside the window" in out
+    assert "\ncooperative: 1 runner stopped by itself" in out and "\nlogs kept: 25 (1 could not be read)" in out
+    assert "\n  logs kept in: configmap/job1-t0-log" in out
+    facts = dict(views.progress_facts(records.result_of(drained())))
+    assert facts["cooperative"] == "cooperative 1 runner stopped by itself inside the window (7s)"
+    assert facts["finished"].startswith("finished 1 task finished by itself")
+    assert facts["logs"] == "logs kept 25 (1 could not be read)"
+
+
+def test_without_a_mode_the_views_are_as_before() -> None:
+    obj = cancellation("Completed")
+    for view in (views.status_view, views.summary, views.live_block):
+        out = rendered(view, obj)
+        assert "mode" not in out and "drain" not in out and "cooperative" not in out and "logs" not in out
+    assert not {"drain", "cooperative", "finished", "logs"} & {k for k, _ in views.progress_facts(records.result_of(obj))}
+    # Cancel with only a cooperative window, or logs refused: said so
+    obj["spec"] = {"jobName": "job1", "cooperativeSeconds": 90, "preserveLogs": False}
+    assert "  mode:       Cancel, cooperative stop up to 1m30s, logs not kept" in rendered(views.status_view, obj)
+
+
+def test_a_dry_run_shows_what_each_mode_would_do() -> None:
+    plan = {"runnerPods": ["job1-a-runner", "job1-b-runner"], "leases": ["lease/job1-slot-a"],
+            "drainTasks": ["a", "b"], "cancelledAtOnce": ["c"], "logs": ["job1-a-runner", "job1-b-runner"]}
+    obj = drained(plan=plan, drain=None, cooperative=None, logs=[], progress={}, runnerOutcomes=[])
+    obj["spec"]["dryRun"] = True
+    out = rendered(views.summary, obj)
+    assert ("dry run: nothing was changed; it would act on\n"
+            "  runner pods   job1-a-runner, job1-b-runner\n"
+            "  leases        lease/job1-slot-a\n"
+            "  delete        -\n"
+            "  keep          -\n"
+            "  let finish    a, b\n"
+            "  cancel now    c\n"
+            "  keep logs of  job1-a-runner, job1-b-runner") in out
+    status = rendered(views.status_view, obj)
+    assert "  dry run:    nothing was changed; it would act on\n    runner pods   job1-a-runner" in status
+    assert "\n    let finish    a, b\n    cancel now    c\n" in status
+    # mode Cancel, logs left to the operator: the plan reads as before, plus what the operator listed
+    obj["spec"] = {"jobName": "job1", "dryRun": True}
+    obj["status"]["plan"] = {"runnerPods": ["job1-a-runner"], "cancelledAtOnce": ["a", "c"]}
+    out = rendered(views.summary, obj)
+    assert "  cancel now    a, c" in out and "let finish" not in out and "keep logs of" not in out
+
+
+class Recording(FakeConn):
+    """Keeps the bodies `cancel` creates; knows job1's task t3."""
+
+    def __init__(self, objs: list[dict[str, Any]]):
+        super().__init__(objs)
+        self.created: list[tuple[str, dict[str, Any]]] = []
+
+    def list_objs(self, plural: str, ns: str | None, *, selector: str | None = None, limit: int | None = None,
+                  cont: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        if plural == "agenttasks":
+            return [{"metadata": {"name": "job1-t3", "labels": {"necrocode.io/job": "job1", "necrocode.io/task": "t3"}},
+                     "spec": {"taskId": "t3"}}], None
+        return super().list_objs(plural, ns, selector=selector, limit=limit, cont=cont)
+
+    def create(self, plural: str, ns: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.created.append((plural, body))
+        return super().create(plural, ns, body)
+
+
+@pytest.mark.parametrize(("args", "plural"), [([], "jobcancellations"), (["--task", "t3"], "taskcancellations")],
+                         ids=["job", "task"])
+def test_cancel_flags_become_the_spec_of_jobs_and_tasks_alike(args: list[str], plural: str,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = Recording([cancellation()])
+    monkeypatch.setattr(options, "open_conn", lambda *a, **kw: fake)
+    code, _, _ = run("job", "cancel", "job1", *args, "--drain", "1h30m", "--cooperative", "5s", "--keep-logs",
+                     "--no-wait")
+    assert code == 0
+    [(created, body)] = fake.created
+    assert created == plural
+    spec = body["spec"]
+    assert (spec["mode"], spec["drainDeadlineSeconds"], spec["cooperativeSeconds"], spec["preserveLogs"]) == (
+        "Drain", 5400, 5, True)
+    fake.created.clear()
+    assert run("job", "cancel", "job1", *args, "--no-keep-logs", "--cooperative", "0", "--no-wait")[0] == 0
+    [(_, body)] = fake.created
+    assert body["spec"]["preserveLogs"] is False and body["spec"]["cooperativeSeconds"] == 0
+    assert not {"mode", "drainDeadlineSeconds"} & set(body["spec"])
+    fake.created.clear()
+    assert run("job", "cancel", "job1", *args, "--no-wait")[0] == 0  # none given: the CRD's and operator's defaults
+    [(_, body)] = fake.created
+    assert not {"mode", "drainDeadlineSeconds", "cooperativeSeconds", "preserveLogs"} & set(body["spec"])

@@ -10,9 +10,20 @@ read differently. They are strict: `"30"` is not an integer and `"true"` is not 
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError
 
 from necrocode.model import CancellationResult, CancellationSpec
 
@@ -28,6 +39,18 @@ REASON_MAX = 1024
 REQUESTED_BY_MAX = 253
 GRACE_MIN, GRACE_MAX, GRACE_DEFAULT = 0, 3600, 30
 TTL_MIN, TTL_MAX = 0, 2**31 - 1  # the CRD's minimum; at most a Kubernetes Job's (int32), about 68 years
+DRAIN_MIN, DRAIN_MAX = 1, 86400
+COOPERATIVE_MIN, COOPERATIVE_MAX = 0, 3600
+# the CRD's two rules (x-kubernetes-validations), word for word: the same request is refused the same way
+DRAIN_NEEDS_DEADLINE = "mode Drain needs drainDeadlineSeconds: how long running tasks may go on before they are cancelled"
+DEADLINE_ONLY_FOR_DRAIN = "drainDeadlineSeconds is only for mode Drain"
+# ... and in the OpenAPI document, so that a generated client (or schemathesis) knows them: either mode Drain with
+# an integer deadline, or mode Cancel (or none) without one (null reads as absent, like every optional field here)
+DRAIN_RULES_SCHEMA = [
+    {"properties": {"mode": {"const": "Drain"}, "drainDeadlineSeconds": {"type": "integer"}},
+     "required": ["mode", "drainDeadlineSeconds"]},
+    {"properties": {"mode": {"const": "Cancel"}, "drainDeadlineSeconds": {"type": "null"}}},
+]
 
 LIMIT_MIN, LIMIT_MAX, LIMIT_DEFAULT = 1, 500, 50
 WAIT_TIMEOUT_MIN, WAIT_TIMEOUT_MAX, WAIT_TIMEOUT_DEFAULT = 1.0, 600.0, 60.0
@@ -45,6 +68,8 @@ Integer = Annotated[int, BeforeValidator(_integral)]
 TtlSeconds = Annotated[int, Field(ge=TTL_MIN, le=TTL_MAX), BeforeValidator(_integral)]
 """An Integer within the TTL's bounds (the bounds first: so the OpenAPI document states them even
 when the field may be null)."""
+DrainSeconds = Annotated[int, Field(ge=DRAIN_MIN, le=DRAIN_MAX), BeforeValidator(_integral)]
+"""The same for the drain deadline."""
 
 
 class _Request(BaseModel):
@@ -61,10 +86,52 @@ class _Request(BaseModel):
         default=None, alias="ttlSecondsAfterFinished",
         description="Delete the record this many seconds after it finished (0: at once). Absent: the "
                     "operator's default (NECROCODE_DEFAULT_TTL_SECONDS), if it has one.")
+    mode: Literal["Cancel", "Drain"] = Field(
+        default="Cancel", description="Cancel: stop everything now. Drain: block dispatch, cancel pending and ready "
+                                      "tasks, let running tasks finish until drainDeadlineSeconds, then cancel what "
+                                      "still runs.")
+    drain_deadline_seconds: DrainSeconds | None = Field(
+        default=None, alias="drainDeadlineSeconds",
+        description="Mode Drain (required there, and only there): how long running tasks may go on.")
+    cooperative_seconds: Integer = Field(
+        default=0, alias="cooperativeSeconds", ge=COOPERATIVE_MIN, le=COOPERATIVE_MAX,
+        description="After signalling a runner, how long to wait for its pod to end by itself before deleting it "
+                    "(0: delete at once, with its grace period).")
+    preserve_logs: bool | None = Field(
+        default=None, alias="preserveLogs",
+        description="Save the tail of each runner's log into an artifact ConfigMap before its pod is deleted. "
+                    "Absent: the operator's default.")
+
+    # the CRD's rules on mode and deadline, refused here in its words (a 422) rather than by the API
+    # server once the job was looked up
+    @field_validator("drain_deadline_seconds")
+    @classmethod
+    def _deadline_only_for_drain(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and info.data.get("mode") == "Cancel":  # no mode in data: that error is enough
+            raise PydanticCustomError("drain_deadline_without_drain", DEADLINE_ONLY_FOR_DRAIN)
+        return value
+
+    @model_validator(mode="after")
+    def _drain_needs_deadline(self) -> Self:
+        """(A missing field has no place of its own: this 422 is on the body.)"""
+        if self.mode == "Drain" and self.drain_deadline_seconds is None:
+            raise PydanticCustomError("drain_deadline_missing", DRAIN_NEEDS_DEADLINE)
+        return self
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        schema = handler.resolve_ref_schema(handler(core_schema))
+        schema["anyOf"] = DRAIN_RULES_SCHEMA
+        return schema
 
     def _spec(self, job_id: str, requested_by: str, **more: Any) -> dict[str, Any]:
         spec: dict[str, Any] = {"jobName": job_id, "force": self.force, "gracePeriodSeconds": self.grace_period_seconds,
-                                "dryRun": self.dry_run, **more}
+                                "dryRun": self.dry_run, "mode": self.mode, "cooperativeSeconds": self.cooperative_seconds,
+                                **more}
+        if self.drain_deadline_seconds is not None:
+            spec["drainDeadlineSeconds"] = self.drain_deadline_seconds
+        if self.preserve_logs is not None:
+            spec["preserveLogs"] = self.preserve_logs
         if self.reason:
             spec["reason"] = self.reason
         if self.ttl_seconds_after_finished is not None:

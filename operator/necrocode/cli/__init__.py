@@ -19,6 +19,8 @@ apart from the connection):
   views | printers | kubeconfig   the human views of a cancellation; -o table|wide|name|json|
                              yaml|jsonpath=; where the connection comes from (kubeconfig,
                              in-cluster, impersonation)
+  modes                      what a cancellation's mode adds to the views (drain and cooperative
+                             windows, kept logs, a dry run's plan by mode)
   text | connection          durations, tables, small texts; Conn: the API calls, the API's
                              answers mapped to one-line errors
   errors                     exit codes, CliError

@@ -116,6 +116,11 @@ class Duration(click.ParamType[int]):
     UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
     MAX = 2**31 - 1  # the API's integer fields are int32
 
+    def __init__(self, low: int = 0, high: int = MAX, bounds: str = ""):
+        """`bounds`: how the error names the range [low, high] (e.g. "1s to 24h"), said the way
+        the CRD states it, so a value the API server would refuse is refused here first."""
+        self.low, self.high, self.bounds = low, high, bounds
+
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int):
             return value
@@ -129,10 +134,14 @@ class Duration(click.ParamType[int]):
             self.fail(f"{value!r} is not a duration (3600, 90s, 30m, 1h, 1h30m, 2d)", param, ctx)
         if seconds > self.MAX:
             self.fail(f"{value!r} is too long (at most {self.MAX} seconds)", param, ctx)
+        if not self.low <= seconds <= self.high:
+            self.fail(f"{value!r} is out of range: from {self.bounds}", param, ctx)
         return seconds
 
 
 DURATION = Duration()
+DRAIN_DURATION = Duration(1, 86400, "1s to 24h")  # the CRD's spec.drainDeadlineSeconds
+COOPERATIVE_DURATION = Duration(0, 3600, "0s to 1h")  # the CRD's spec.cooperativeSeconds
 
 OUTPUT = click.option("-o", "--output", type=OutputFormat(), default="table", show_default=True,
                       help="Output format: table (the default view); wide (the records' table with more columns); "

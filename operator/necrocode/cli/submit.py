@@ -30,6 +30,11 @@ class Ask:
     grace_period: int | None = None
     dry_run: bool = False
     ttl: int | None = None
+    drain: int | None = None
+    """--drain: mode Drain with this deadline (seconds); None: mode Cancel (the CRD's default)."""
+    cooperative: int | None = None
+    keep_logs: bool | None = None
+    """None: spec.preserveLogs left out, so the operator's default applies."""
 
     def body(self, kind: str, job_id: str, task_id: str | None = None, *, cascade: bool = True,
              user: str | None = None) -> Obj:
@@ -47,6 +52,12 @@ class Ask:
             spec["dryRun"] = True
         if self.ttl is not None:
             spec["ttlSecondsAfterFinished"] = self.ttl
+        if self.drain is not None:
+            spec["mode"], spec["drainDeadlineSeconds"] = "Drain", self.drain
+        if self.cooperative is not None:
+            spec["cooperativeSeconds"] = self.cooperative
+        if self.keep_logs is not None:
+            spec["preserveLogs"] = self.keep_logs
         if task_id:
             spec["taskId"] = task_id
             spec["cascade"] = cascade

@@ -8,10 +8,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from necrocode import records
+from necrocode.cli import modes
 from necrocode.cli.errors import CliError
 from necrocode.cli.terminal import Painted
 from necrocode.cli.text import capped, fmt_duration, kind_ref, requester_text, runners_text, span, table
-from necrocode.model import CancellationResult, CancellationStatus, StepState
+from necrocode.model import CancellationResult, CancellationStatus, Plan, StepState
 
 Obj = dict[str, Any]
 
@@ -44,6 +45,7 @@ def progress_facts(r: CancellationResult) -> list[tuple[str, str]]:
         facts.append(("leases", f"leases released {p.leases_released}"))
     if p.resources_deleted or p.artifacts_preserved:
         facts.append(("resources", f"resources cleaned {p.resources_deleted} deleted, {p.artifacts_preserved} kept"))
+    facts += [(key, f"{label} {text}") for key, label, text in modes.facts(r)]
     for e in st.errors:
         facts.append((f"error/{e.step}/{e.object}", f"error in {e.step} on {e.object} "
                                                     f"(attempt {e.attempts}): {e.message}"))
@@ -63,6 +65,9 @@ def live_block(r: CancellationResult, obj: Obj) -> list[str]:
     what = f"job {r.job_name}" + (f" task {r.task_id}" if r.task_id else "")
     elapsed = fmt_duration(span(records.started_at(obj), st.completed_at))
     lines: list[str] = [Painted(f"{kind_ref(r)} ({what})  ", st.phase.value, f"  {elapsed}")]
+    ask = modes.ask_text(obj.get("spec") or {})
+    if ask:
+        lines.append(f"  {'mode':<19} {ask}")
     if not st.steps:
         lines.append("  waiting for the operator to pick it up ...")
     for s in st.steps:
@@ -72,6 +77,7 @@ def live_block(r: CancellationResult, obj: Obj) -> list[str]:
     lines.append(f"  tasks cancelled     {p.tasks_cancelled}" + (f" (blocked {p.tasks_blocked})" if p.tasks_blocked else ""))
     lines.append(f"  leases released     {p.leases_released}")
     lines.append(f"  resources cleaned   {p.resources_deleted} deleted, {p.artifacts_preserved} kept")
+    lines += [f"  {label:<19} {text}" for _, label, text in modes.facts(r, left=True)]
     if st.errors:
         lines.append(f"  errors              {len(st.errors)} (last: {st.errors[-1].object}: {st.errors[-1].message})")
     return lines
@@ -87,14 +93,13 @@ def summary(r: CancellationResult, obj: Obj) -> list[str]:
         lines.append(f"  {st.message}")
     if st.duplicate_of:
         lines.append(f"  duplicate of {st.duplicate_of}: that cancellation does the work")
+    ask = modes.ask_text(spec)
+    if ask:
+        lines.append(f"  mode: {ask}")
     if spec.get("dryRun"):
-        plan = st.plan
         lines.append("dry run: nothing was changed; it would act on")
-        if plan is not None:
-            lines.append(f"  runner pods   {capped(plan.runner_pods) or '-'}")
-            lines.append(f"  leases        {capped(plan.leases) or '-'}")
-            lines.append(f"  delete        {capped(plan.scratch_resources) or '-'}")
-            lines.append(f"  keep          {capped(plan.artifacts) or '-'}")
+        if st.plan is not None:
+            lines += plan_lines(st.plan, spec, indent="  ")
     if st.affected_tasks:
         lines.append(f"affected tasks ({len(st.affected_tasks)}):")
         rows = [[a.task_id, a.before, a.after, a.runner or "-", a.reason] for a in st.affected_tasks[:50]]
@@ -107,6 +112,8 @@ def summary(r: CancellationResult, obj: Obj) -> list[str]:
         outcomes = st.runner_outcomes[:50]
         if outcomes:
             lines += table(["POD", "OUTCOME"], [[o.pod, o.outcome] for o in outcomes], indent="  ")
+    lines += [f"{label}: {text}" for _, label, text in modes.facts(r)]
+    lines += modes.detail_lines(r, indent="  ")
     if st.cleanup is not None and any((st.cleanup.released, st.cleanup.deleted, st.cleanup.preserved,
                                        st.cleanup.failed)):
         lines.append("resources:")
@@ -121,6 +128,13 @@ def summary(r: CancellationResult, obj: Obj) -> list[str]:
         lines.append(f"errors ({len(st.errors)}):")
         lines += error_table(st, indent="  ")
     return lines
+
+
+def plan_lines(plan: Plan, spec: Obj, indent: str) -> list[str]:
+    """A dry run's plan: what it would act on, and what its mode would do (modes.plan_rows)."""
+    rows = [("runner pods", plan.runner_pods), ("leases", plan.leases), ("delete", plan.scratch_resources),
+            ("keep", plan.artifacts), *modes.plan_rows(plan, spec)]
+    return [f"{indent}{label:<13} {capped(items) or '-'}" for label, items in rows]
 
 
 def error_table(st: CancellationStatus, indent: str) -> list[str]:
@@ -142,6 +156,9 @@ def status_view(r: CancellationResult, obj: Obj) -> list[str]:
     who = requester_text(obj)
     if who != "-":
         lines.append(f"  requested:  by {who}")
+    ask = modes.ask_text(spec)
+    if ask:
+        lines.append(f"  mode:       {ask}")
     flags = [k for k, v in (("force", spec.get("force")), ("dry run", spec.get("dryRun"))) if v]
     started = records.started_at(obj)
     lines.append(f"  started:    {started or '-'}  (duration {fmt_duration(span(started, st.completed_at))})"
@@ -163,6 +180,11 @@ def status_view(r: CancellationResult, obj: Obj) -> list[str]:
                  + (f" (blocked {p.tasks_blocked})" if p.tasks_blocked else "")
                  + f", leases released {p.leases_released}, resources {p.resources_deleted} deleted / "
                  f"{p.artifacts_preserved} kept")
+    lines += [f"  {label + ':':<11} {text}" for _, label, text in modes.facts(r)]
+    lines += modes.detail_lines(r, indent="    ")
+    if spec.get("dryRun") and st.plan is not None:
+        lines.append("  dry run:    nothing was changed; it would act on")
+        lines += plan_lines(st.plan, spec, indent="    ")
     if st.errors:
         lines.append(f"  errors:     {len(st.errors)}")
         lines += error_table(st, indent="    ")

@@ -13,7 +13,14 @@ from necrocode.cli import options
 from necrocode.cli.connection import Conn
 from necrocode.cli.errors import EXIT_CODES_HELP, EXIT_NOT_FOUND, EXIT_OK, EXIT_UNREACHABLE, CliError
 from necrocode.cli.live import exit_code_of, follow_hint, follow_live, watch_and_report
-from necrocode.cli.options import DURATION, OUTPUT, complete_jobs, connection_options
+from necrocode.cli.options import (
+    COOPERATIVE_DURATION,
+    DRAIN_DURATION,
+    DURATION,
+    OUTPUT,
+    complete_jobs,
+    connection_options,
+)
 from necrocode.cli.printers import print_records, records_only
 from necrocode.cli.submit import Ask, submit
 from necrocode.cli.terminal import coloured, safe_block, terminal_safe
@@ -39,6 +46,17 @@ Obj = dict[str, Any]
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Follow the cancellation until it finishes.")
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), default=None, metavar="SECONDS",
               help="Stop waiting after this long (exit 6); the cancellation goes on. Default: no limit.")
+@click.option("--drain", type=DRAIN_DURATION, default=None, metavar="DURATION",
+              help="Drain instead of cancelling at once: block dispatch, cancel pending and ready tasks, let running "
+                   "tasks finish for up to DURATION (1s to 24h: 90s, 5m, 1h), then cancel what still runs. Not with "
+                   "--force.")
+@click.option("--cooperative", type=COOPERATIVE_DURATION, default=None, metavar="DURATION",
+              help="After signalling each runner, wait up to DURATION (0s to 1h) for it to stop by itself (save its "
+                   "work, exit) before its pod is deleted. Default: 0, delete at once with its grace period. Not "
+                   "with --force.")
+@click.option("--keep-logs/--no-keep-logs", "keep_logs", default=None,
+              help="Save the tail of each runner's log into an artifact ConfigMap before its pod is deleted "
+                   "(spec.preserveLogs). Default: the operator's setting.")
 @click.option("--ttl", type=DURATION, default=None, metavar="DURATION",
               help="Delete the record this long after it finished (spec.ttlSecondsAfterFinished): 3600, 90s, 30m, "
                    "1h, 1h30m, 2d.")
@@ -47,7 +65,8 @@ Obj = dict[str, Any]
 @click.pass_context
 def cancel(ctx: click.Context, job_ids: tuple[str, ...], selector: str | None, reason: str, force: bool,
            grace_period: int | None, task_id: str | None, no_cascade: bool, dry_run: bool, wait: bool,
-           timeout: float | None, ttl: int | None, output: str,
+           timeout: float | None, drain: int | None, cooperative: int | None, keep_logs: bool | None,
+           ttl: int | None, output: str,
            kubeconfig: str | None, context: str | None, namespace: str | None) -> None:
     """Cancel job JOB-ID (or, with --task, one task) and follow it live; or several jobs.
 
@@ -61,6 +80,11 @@ def cancel(ctx: click.Context, job_ids: tuple[str, ...], selector: str | None, r
     finished are skipped), create one JobCancellation per job, follow them all and end with
     a summary table (job, cancellation, phase); the exit code is the highest of theirs.
 
+    --drain lets the running tasks finish (up to DURATION) instead of stopping them;
+    --cooperative gives each signalled runner a window to save its work and exit by itself;
+    --keep-logs saves each runner's log tail before its pod goes (cancel-status names the
+    ConfigMaps). They apply to a task's cancellation (--task) alike.
+
     \b
     Examples:
       necrocode job cancel job1 --reason "budget exceeded"
@@ -68,9 +92,15 @@ def cancel(ctx: click.Context, job_ids: tuple[str, ...], selector: str | None, r
       necrocode job cancel job1 --grace-period 60 --timeout 120
       necrocode job cancel job1 --task t3 --no-cascade
       necrocode job cancel job1 --dry-run -o yaml
+      necrocode job cancel job1 --drain 10m --cooperative 30s --keep-logs
       necrocode job cancel job1 job2 job3 --reason "wrong branch"
       necrocode job cancel -l team=search --ttl 1h --no-wait -o name
     """
+    if drain is not None and force:
+        raise click.UsageError("--drain lets running tasks finish and --force stops them now: choose one", ctx)
+    if cooperative and force:
+        raise click.UsageError("--cooperative waits for runners to stop by themselves and --force deletes them now: "
+                               "choose one", ctx)
     if no_cascade and not task_id:
         raise click.UsageError("--no-cascade needs --task", ctx)
     if timeout is not None and not wait:
@@ -80,7 +110,8 @@ def cancel(ctx: click.Context, job_ids: tuple[str, ...], selector: str | None, r
     if task_id and (len(job_ids) != 1 or selector):
         raise click.UsageError("--task needs exactly one JOB-ID (and no -l)", ctx)
     conn = options.open_conn(ctx, kubeconfig, context, namespace)
-    ask = Ask(reason=reason, force=force, grace_period=grace_period, dry_run=dry_run, ttl=ttl)
+    ask = Ask(reason=reason, force=force, grace_period=grace_period, dry_run=dry_run, ttl=ttl, drain=drain,
+              cooperative=cooperative, keep_logs=keep_logs)
     if len(job_ids) != 1 or selector:
         cancel_many(conn, list(job_ids), selector, ask, wait=wait, timeout=timeout, output=output)
     [job_id] = job_ids
