@@ -59,7 +59,8 @@ CANCELLATION_STATUS = obj({
     "progress": obj({k: i(minimum=0) for k in (
         "runnersTotal", "runnersTerminated", "runnersForced", "tasksCancelled", "tasksBlocked",
         "tasksUnaffected", "leasesReleased", "resourcesDeleted", "artifactsPreserved", "resourcesToDelete",
-        "runnersCooperative", "tasksFinishedInDrain", "finishedDuringCancel", "logsKept", "logsFailed")}),
+        "runnersCooperative", "tasksFinishedInDrain", "finishedDuringCancel", "finishedBeforeCancel", "logsKept",
+        "logsFailed")}),
     "runnerSummary": s(description="terminated/total runners, and how many were forced"),
     "affectedTasks": arr(obj({
         "taskId": s(), "name": s(), "before": s(), "after": s(), "reason": s(), "runner": s(),

@@ -139,16 +139,17 @@ class ResourceCleaner:
     async def cleanup(self, selector: str, delete_artifacts: frozenset[str], only: frozenset[str] | None = None, *,
                       by_uid: str, keep: Callable[[Obj], str | None] = lambda lease: None,
                       before_delete: Callable[[int], Awaitable[None]] | None = None,
-                      job: JobInstance | None = None) -> CleanupOutcome:
+                      job: JobInstance | None = None,
+                      keep_artifact: Callable[[Obj], bool] = lambda obj: False) -> CleanupOutcome:
         """Release leases, delete scratch, keep artifacts except those of the kinds in
-        `delete_artifacts` (asked for, and the requester may delete them); `only` limits it to
-        those tasks. `before_delete(n)` is told how many resources are about to be deleted,
-        before the first is."""
+        `delete_artifacts` (asked for, and the requester may delete them) that `keep_artifact`
+        does not keep; `only` limits it to those tasks. `before_delete(n)` is told how many
+        resources are about to be deleted, before the first is."""
         out = CleanupOutcome()
         await self.release_leases(selector, out, only, by_uid=by_uid, keep=keep, job=job)
         doomed = await self.labelled(selector, LABEL_SCRATCH, only, job=job)
         for kind, obj in await self.labelled(selector, LABEL_ARTIFACT, only, job=job):
-            if kind in delete_artifacts:
+            if kind in delete_artifacts and not keep_artifact(obj):
                 doomed.append((kind, obj))
             else:
                 out.preserved.append(f"{kind.lower()}/{obj['metadata']['name']}")

@@ -245,6 +245,8 @@ class Progress(_Model):
     tasks_finished_in_drain: int = Field(default=0, alias="tasksFinishedInDrain")
     finished_during_cancel: int = Field(default=0, alias="finishedDuringCancel")
     """Affected tasks that reached Done or Failed by themselves while the cancellation ran (kept as they ended)."""
+    finished_before_cancel: int = Field(default=0, alias="finishedBeforeCancel")
+    """Tasks already Done or Failed when the cancellation classified the job's tasks."""
     logs_kept: int = Field(default=0, alias="logsKept")
     logs_failed: int = Field(default=0, alias="logsFailed")
 

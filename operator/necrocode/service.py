@@ -33,9 +33,9 @@ from necrocode.model import (
     parse_time,
     requester_of,
 )
-from necrocode.planning import cancellation_bound, final_phase, phase_conditions
+from necrocode.planning import cancellation_bound, final_phase, phase_conditions, spec_windows
 from necrocode.settings import Settings
-from necrocode.steps import STEPS, Ctx, StepDef, StepResult, restore_affected
+from necrocode.steps import Ctx, StepDef, StepResult, restore_affected, steps_for
 from necrocode.taskregistry import TaskRegistry
 from necrocode.tracker import CancellationTracker
 
@@ -127,7 +127,7 @@ class CancellationService:
 
     async def _run(self, ctx: Ctx, tracker: CancellationTracker) -> CancellationStatus:
         status = ctx.status
-        steps = STEPS[ctx.kind]
+        steps = steps_for(ctx.kind, ctx.spec.mode)
         resumed = status.phase == Phase.RUNNING
         if not status.steps:
             for d in steps:
@@ -158,7 +158,8 @@ class CancellationService:
 
         s = self.settings
         bound = cancellation_bound(ctx.grace, ctx.spec.escalate_after_seconds, s.stuck_timeout,
-                                   s.retry.budget(s.request_timeout), len(steps), ctx.is_job)
+                                   s.retry.budget(s.request_timeout), len(steps), ctx.is_job,
+                                   windows=spec_windows(ctx.spec))
         started = parse_time(status.started_at)
         left = bound - ((self.clock.now() - started).total_seconds() if started else 0.0)
         failed_critical = False

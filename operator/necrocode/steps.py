@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from necrocode import access
 from necrocode.cleaner import CleanupOutcome, ResourceCleaner
 from necrocode.clock import Clock
 from necrocode.concurrency import bounded
+from necrocode.drainer import TaskDrainer
 from necrocode.events import EventRecorder
 from necrocode.kube import ApiError, Kube, NotFound, core_path, nc_path
 from necrocode.logs import Bound
@@ -38,6 +40,7 @@ from necrocode.model import (
     CancellationSpec,
     CancellationStatus,
     CleanupReport,
+    DrainStatus,
     JobPhase,
     Phase,
     Plan,
@@ -47,15 +50,19 @@ from necrocode.model import (
     StepState,
     TaskState,
     clip,
+    iso,
+    parse_time,
 )
 from necrocode.planning import (
     Claim,
+    DrainTally,
     JobInstance,
     VerifyFindings,
     belongs_to,
     changed_by,
     claim_decision,
     classify_tasks,
+    drain_split,
     earlier_task_cancellations,
     job_affected_tasks,
     runner_clock,
@@ -69,6 +76,8 @@ from necrocode.taskregistry import TaskRegistry
 from necrocode.terminator import RunnerTerminator, Termination
 
 Obj = dict[str, Any]
+ENDED_BY_THEMSELVES = frozenset({TaskState.DONE, TaskState.FAILED})
+"""Task states a task reaches on its own (Cancelled is what a cancellation does to it)."""
 
 
 @dataclass
@@ -125,6 +134,8 @@ class Ctx:
     """The runners' total this run has written to the stored status (make_total_durable)."""
     terminator: RunnerTerminator | None = None
     """The terminator at work, while TerminateRunners runs (an escalation reaches it here)."""
+    forced_now: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when the cancellation is forced while it runs: a wait (the drain) ends at once."""
     _live: dict[str, str] | None = None
 
     @property
@@ -175,6 +186,7 @@ class Ctx:
 
     def _force_now(self, by: str, log: bool = True) -> None:
         self.escalated_by = by
+        self.forced_now.set()
         if log:
             self.log.warning("cancellation escalated to force", by=by)
         if self.terminator is not None:
@@ -398,6 +410,7 @@ async def classify_tasks_step(ctx: Ctx) -> StepResult:
     affected = job_affected_tasks(tasks, _reason(ctx))
     _set_affected(ctx, affected)
     ctx.status.progress.tasks_unaffected = len(cls.finished)
+    ctx.status.progress.finished_before_cancel = sum(1 for t in tasks if task_state(t) in ENDED_BY_THEMSELVES)
     msg = f"{len(cls.running)} running, {len(cls.pending)} pending, {len(cls.finished)} finished (left as they are)"
     if ctx.spec.dry_run:
         await _dry_run(ctx, affected)
@@ -461,21 +474,91 @@ async def _dry_run(ctx: Ctx, affected: list[AffectedTask]) -> None:
     scratch = await ctx.cleaner.labelled(sel, LABEL_SCRATCH, only, job=ctx.instance)
     every_artifact = await ctx.cleaner.labelled(sel, LABEL_ARTIFACT, only, job=ctx.instance)
     deletable = await deletable_artifacts(ctx)
-    doomed = [(k, o) for k, o in every_artifact if k in deletable]
-    artifacts = [(k, o) for k, o in every_artifact if k not in deletable]
+    kept = await _results_keeper(ctx) if deletable else _keep_none
+    doomed = [(k, o) for k, o in every_artifact if k in deletable and not kept(o)]
+    artifacts = [(k, o) for k, o in every_artifact if not (k in deletable and not kept(o))]
     plan = Plan(
         runner_pods=sorted(p["metadata"]["name"] for p in pods)[:ctx.listed],
         leases=sorted(o["metadata"]["name"] for o in leases)[:ctx.listed],
         scratch_resources=sorted(f"{k.lower()}/{o['metadata']['name']}" for k, o in scratch + doomed)[:ctx.listed],
         artifacts=sorted(f"{k.lower()}/{o['metadata']['name']}" for k, o in artifacts)[:ctx.listed],
     )
+    drain = ""
+    if ctx.spec.mode == "Drain" and not ctx.forced:
+        let_run, at_once = drain_split(affected)
+        plan.drain_tasks = sorted(a.name for a in let_run)[:ctx.listed]
+        plan.cancelled_at_once = sorted(a.name for a in at_once)[:ctx.listed]
+        drain = (f"let {len(let_run)} running task(s) finish for up to {ctx.spec.drain_deadline_seconds}s "
+                 f"({len(at_once)} changed at once), then ")
     ctx.status.plan = plan
     ctx.status.progress.runners_total = len(pods)
     ctx.status.set_condition("DryRun", True, "DryRun",
                              "dry run: status shows what would be affected; nothing was changed")
-    ctx.end(Phase.COMPLETED, f"dry run: would stop {len(pods)} runner(s), change {len(affected)} task(s), "
+    ctx.end(Phase.COMPLETED, f"dry run: would {drain}stop {len(pods)} runner(s), change {len(affected)} task(s), "
                              f"release {len(leases)} lease(s), delete {len(plan.scratch_resources)} resource(s), "
                              f"keep {len(artifacts)} artifact(s)")
+
+
+# ============================================================================ Drain (mode Drain)
+async def drain_step(ctx: Ctx) -> StepResult:
+    """mode Drain: the tasks not yet running get their new state at once; the running ones are
+    let finish until spec.drainDeadlineSeconds (from when the drain began, recorded before the
+    wait, so a resumed run keeps the deadline); then the next steps cancel what still runs,
+    exactly as mode Cancel does. Forcing the cancellation ends the drain at once."""
+    d = ctx.status.drain or DrainStatus()
+    if ctx.forced:
+        ctx.forced_now.set()  # forced at creation, or before this run: a drain under way ends now
+    if ctx.forced and d.started_at is None:
+        ctx.status.drain = d.model_copy(update={"ended_by": "Forced"})
+        return StepResult(StepState.SKIPPED, "force: nothing is let finish")
+    if d.started_at is None:
+        d = await _begin_drain(ctx)
+    started, deadline = parse_time(d.started_at), parse_time(d.deadline)
+    assert started is not None and deadline is not None
+    only = None if ctx.is_job else frozenset(a.name for a in ctx.affected())
+
+    def seen(tally: DrainTally) -> None:
+        d.still_running = len(tally.still_running)
+        d.finished_in_window = tally.finished_in_window(d.running_at_start)
+        ctx.status.progress.tasks_finished_in_drain = d.finished_in_window
+        ctx.changed()
+
+    drainer = TaskDrainer(ctx.kube, ctx.namespace, ctx.job_selector, me=ctx.me, started_at=started, only=only,
+                          belongs=ctx.mine, clock=ctx.clock, log=ctx.log, on_tally=seen)
+    ended = await drainer.wait(deadline, ctx.forced_now)
+    seen(drainer.tally)
+    d.ended_by, d.finished_at = ended, iso(ctx.clock.now())
+    words = {"AllFinished": "every running task finished", "Deadline": "the deadline passed",
+             "Forced": "the cancellation was forced"}[ended]
+    msg = (f"drain ended ({words}): {d.finished_in_window} of {d.running_at_start} running task(s) finished in "
+           f"the window, {d.still_running} still running (cancelled now)")
+    await ctx.events.emit(ctx.body, "drained", "Drained", msg)
+    return StepResult(message=msg)
+
+
+async def _begin_drain(ctx: Ctx) -> DrainStatus:
+    """Change the tasks that are not running now, then record the window (durably: the deadline
+    must survive a restart)."""
+    now = ctx.clock.now()
+    if ctx.is_job:
+        tasks = await ctx.registry.list_tasks(ctx.spec.job_name, instance=ctx.instance)
+        affected = job_affected_tasks(tasks, _reason(ctx))
+        known = {t["metadata"]["name"]: t for t in tasks}
+    else:
+        affected, known = ctx.affected(), {}
+    let_run, at_once = drain_split(affected)
+    res = await ctx.registry.apply(at_once, by=ctx.me, requester=ctx.requester, reason=_reason(ctx), known=known)
+    for a, msg, attempts in res.failed:  # UpdateTaskStates tries them again after the window
+        ctx.status.add_error("Drain", f"agenttask/{a.name}", msg, attempts)
+    assert ctx.spec.drain_deadline_seconds is not None  # the CRD requires it with mode Drain
+    d = DrainStatus(started_at=iso(now), deadline=iso(now + timedelta(seconds=ctx.spec.drain_deadline_seconds)),
+                    running_at_start=len(let_run), still_running=len(let_run))
+    ctx.status.drain = d
+    await ctx.flush()
+    await ctx.events.emit(ctx.body, "draining", "Draining",
+                          f"letting {len(let_run)} running task(s) finish until {d.deadline}; "
+                          f"{len(res.changed)} task(s) not yet running changed at once")
+    return d
 
 
 # ============================================================================ runners
@@ -611,6 +694,10 @@ async def update_task_states(ctx: Ctx) -> StepResult:
         ]
         ctx.status.progress.tasks_unaffected = sum(
             1 for t in tasks if task_state(t) in FINISHED_TASK_STATES and not changed_by(t, ctx.me))
+        # the job's tasks that reached Done or Failed since ClassifyTasks counted them (dispatch
+        # is blocked: none starts, so every one of them was running or waiting then)
+        ended = sum(1 for t in tasks if task_state(t) in ENDED_BY_THEMSELVES)
+        ctx.status.progress.finished_during_cancel = max(0, ended - ctx.status.progress.finished_before_cancel)
     else:
         targets = ctx.affected()
         tasks = []
@@ -621,6 +708,7 @@ async def update_task_states(ctx: Ctx) -> StepResult:
     p.tasks_blocked = sum(1 for a in res.changed if a.after == TaskState.BLOCKED.value)
     if not ctx.is_job:
         p.tasks_unaffected = len(res.unaffected)
+        p.finished_during_cancel = sum(1 for _, state in res.unaffected if state in ENDED_BY_THEMSELVES)
     if ctx.is_job:
         before = {a.name: a.before for a in ctx.status.affected_tasks}
         merged = [a if a.before != "Unknown" or a.name not in before else a.model_copy(update={"before": before[a.name]})
@@ -646,6 +734,8 @@ async def update_task_states(ctx: Ctx) -> StepResult:
     if p.tasks_blocked:
         msg += f", {p.tasks_blocked} blocked"
     msg += f", {p.tasks_unaffected} left as they were"
+    if p.finished_during_cancel:
+        msg += f" ({p.finished_during_cancel} finished by themselves during the cancellation: kept as they ended)"
     if res.failed:
         return StepResult(StepState.FAILED, msg + f", {len(res.failed)} failed", transient=res.transient)
     return StepResult(message=msg)
@@ -677,6 +767,24 @@ async def _task_events(ctx: Ctx, changed: list[AffectedTask]) -> None:
 
 
 # ============================================================================ cleanup
+def _keep_none(obj: Obj) -> bool:
+    return False
+
+
+async def _results_keeper(ctx: Ctx) -> Callable[[Obj], bool]:
+    """Artifacts never deleted by a cancellation, whatever preserveArtifacts says: the results of
+    tasks that ended Done or Failed by themselves (before the cancellation or while it ran: cancel
+    versus complete, docs/design.md). preserveArtifacts: false deletes the artifacts of the work
+    the cancellation stopped, and the job's own."""
+    tasks = await ctx.registry.list_tasks(ctx.spec.job_name, instance=ctx.instance)
+    ended = {task_id(t) for t in tasks if task_state(t) in ENDED_BY_THEMSELVES and not changed_by(t, ctx.me)}
+
+    def keep(obj: Obj) -> bool:
+        return ((obj.get("metadata") or {}).get("labels") or {}).get(LABEL_TASK) in ended
+
+    return keep
+
+
 async def _slot_keeper(ctx: Ctx) -> Callable[[Obj], str | None]:
     """Repo slots stay held while their runner pod exists (a stuck or undeletable runner may
     still write to the workspace): by holder name or by task."""
@@ -733,7 +841,8 @@ async def cleanup_resources(ctx: Ctx) -> StepResult:
 
     deletable = await deletable_artifacts(ctx)
     out = await ctx.cleaner.cleanup(ctx.job_selector, deletable, ctx.cancelled_task_ids(), by_uid=ctx.uid,
-                                    keep=await _slot_keeper(ctx), before_delete=before_delete, job=ctx.instance)
+                                    keep=await _slot_keeper(ctx), before_delete=before_delete, job=ctx.instance,
+                                    keep_artifact=await _results_keeper(ctx) if deletable else _keep_none)
     released = sorted(f"lease/{o['metadata']['name']}" for o in await ctx.cleaner.released_by(ctx.uid))
     prior = ctx.status.cleanup or CleanupReport()
     deleted = sorted(set(prior.deleted) | set(out.deleted))
@@ -860,3 +969,16 @@ TASK_STEPS = (
 )
 
 STEPS = {JOB_CANCELLATION: JOB_STEPS, TASK_CANCELLATION: TASK_STEPS}
+DRAIN = StepDef("Drain", drain_step)
+"""mode Drain's step: after the tasks are known, before any runner is signalled."""
+
+
+def steps_for(kind: str, mode: str = "Cancel") -> tuple[StepDef, ...]:
+    """The map of a cancellation of `kind` in `mode`: mode Cancel's steps are the kind's table;
+    mode Drain adds its Drain step after the tasks are classified (the cascade computed), so a
+    record's status lists exactly the steps its cancellation takes."""
+    steps = STEPS[kind]
+    if mode != "Drain":
+        return steps
+    at = next(i for i, d in enumerate(steps) if d.name == "SignalRunners")
+    return (*steps[:at], DRAIN, *steps[at:])
