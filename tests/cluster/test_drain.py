@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from kubernetes.client.rest import ApiException
 
-from kube_helpers import Kubectl, absent, wait_for
+from tests.support.kube import Kubectl, absent, wait_for
 
 pytestmark = pytest.mark.usefixtures("operator")
 
