@@ -473,19 +473,6 @@ def claim_decision(me: Ref, claim_name: str | None, claim_uid: str | None, claim
     return Claim.DUPLICATE
 
 
-def cancellation_bound(grace: int, escalate_after: int, stuck_timeout: float, call_budget: float,
-                       steps: int, is_job: bool) -> float:
-    """The longest a cancellation may take, from its spec and the settings, whatever the API
-    answers: the runners' grace, the escalation delay and the stuck timeout, the wait for earlier
-    TaskCancellations (a JobCancellation), and one call's full retry budget for each step (the
-    steps' calls run in parallel, so a step that is not waiting on runners is bounded by the
-    slowest of its calls, retries included, times the few rounds it makes). Past it the engine
-    ends the cancellation with what it has, and says so in status.errors."""
-    runners = grace + escalate_after + stuck_timeout
-    deferral = (stuck_timeout + escalate_after + 30.0) if is_job else 0.0
-    return runners + deferral + steps * 3 * call_budget
-
-
 def final_phase(errors: int, failed_critical: bool) -> Phase:
     if failed_critical:
         return Phase.FAILED
