@@ -21,7 +21,7 @@ from necrocode.concurrency import bounded
 from necrocode.kube import ApiError, Conflict, Gone, Kube, NotFound, TransientError, core_path
 from necrocode.logs import Bound
 from necrocode.model import ANNOTATION_CANCEL_REQUESTED, LABEL_TASK, Ref, clip, iso
-from necrocode.planning import foreign_marker, marker_is, marker_of, runner_clock
+from necrocode.planning import foreign_marker, marker_is, marker_of
 from necrocode.policies.termination import Schedule, Termination, count_away, delete_needed
 
 Obj = dict[str, Any]
@@ -324,9 +324,8 @@ class RunnerTerminator:
             else:
                 self._gone(name, remaining, state, started)
         for name, p in present.items():
-            if name in remaining:
-                if runner_clock(p, 0) is None and name not in state.forced:
-                    await self._delete(p, remaining, state)
+            if name in remaining and remaining.awaits_delete(name, state.forced):
+                await self._delete(p, remaining, state)
 
     async def _watch(self, out: asyncio.Queue[Obj], rv: list[str]) -> None:
         backoff = 0.2

@@ -116,9 +116,13 @@ class Schedule(dict[str, Pod]):
     def _live(self, version: int, name: str, skip: set[str]) -> bool:
         return name in self and self._version.get(name) == version and name not in skip
 
+    def awaits_delete(self, name: str, forced: set[str]) -> bool:
+        """A runner we have not managed to delete yet (no deletionTimestamp) and not forced: its
+        delete is tried again."""
+        return runner_clock(self[name], 0) is None and name not in forced
+
     def undeleted(self, forced: set[str]) -> list[str]:
-        """Runners we have not managed to delete yet (no deletionTimestamp) and not forced."""
-        return [n for n, p in self.items() if runner_clock(p, 0) is None and n not in forced]
+        return [n for n in self if self.awaits_delete(n, forced)]
 
     def due(self, now: datetime, mono: float, forced: set[str], escalated: bool) -> list[str]:
         """The runners to force now, each returned once per pod version: with `escalated` (a
