@@ -1,7 +1,7 @@
 """TaskDrainer: mode Drain's wait. It follows the job's AgentTasks (one label-selector list, then
 a watch from its resourceVersion) until the tasks it lets run have all finished, the window's
-deadline has passed, or the cancellation is forced; the decisions are planning.drain_tally and
-planning.drain_wait, this module only feeds them what the API says.
+deadline has passed, or the cancellation is forced; the decisions are policies.drain's drain_tally and
+drain_wait, this module only feeds them what the API says.
 
 A watch that ends (its timeout, a reset, 410 Gone) is followed by a new list: what happened in
 between is in that list, so nothing is missed; a list that fails past the client's retries is
@@ -21,7 +21,7 @@ from necrocode.clock import Clock
 from necrocode.kube import ApiError, Kube, nc_path
 from necrocode.logs import Bound
 from necrocode.model import Ref
-from necrocode.planning import DrainEnd, DrainTally, drain_tally, drain_wait
+from necrocode.policies.drain import DrainEnd, DrainTally, drain_tally, drain_wait
 
 Obj = dict[str, Any]
 RELIST_PAUSE_SECONDS = 1.0

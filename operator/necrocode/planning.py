@@ -10,8 +10,8 @@ import enum
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from datetime import datetime, timedelta
+from typing import Any
 
 from necrocode.model import (
     ANNOTATION_CANCEL_REQUESTED,
@@ -23,7 +23,6 @@ from necrocode.model import (
     TASK_CANCELLATION,
     TERMINAL_PHASES,
     AffectedTask,
-    CancellationSpec,
     ConditionStatus,
     JobPhase,
     Phase,
@@ -472,104 +471,6 @@ def claim_decision(me: Ref, claim_name: str | None, claim_uid: str | None, claim
         # unless the job ended by itself since (Succeeded or Failed): then there is nothing to do
         return Claim.TAKE if not finished or job_phase == JobPhase.CANCELLED.value else Claim.FINISHED
     return Claim.DUPLICATE
-
-
-# ----------------------------------------------------------------------------- drain (mode Drain)
-def is_running(task: Obj) -> bool:
-    """Running, or holding a runner, and not finished (classify_tasks' rule for one task)."""
-    state = task_state(task)
-    return state not in FINISHED_TASK_STATES and (state == TaskState.RUNNING or bool((task.get("status") or {}).get("runner")))
-
-
-def drain_split(affected: Iterable[AffectedTask]) -> tuple[list[AffectedTask], list[AffectedTask]]:
-    """(let run, change now) of a Drain: tasks with a runner, or Running, are let finish; the
-    others (Pending, Ready, Blocked) get their new state at once, as in mode Cancel."""
-    let_run: list[AffectedTask] = []
-    now: list[AffectedTask] = []
-    for a in affected:
-        (let_run if a.runner or a.before == TaskState.RUNNING.value else now).append(a)
-    return let_run, now
-
-
-@dataclass(frozen=True)
-class DrainTally:
-    """Where a drain stands, from the tasks as listed (and watched) now."""
-
-    still_running: tuple[str, ...] = ()
-    """Tasks still running (names), of those the drain lets run."""
-    ended_otherwise: int = 0
-    """Tasks another cancellation cancelled (or blocked) inside the window: not finished by themselves."""
-
-    def finished_in_window(self, running_at_start: int) -> int:
-        """How many of the tasks running when the drain began finished by themselves: counted
-        from what is recorded when it began and what the tasks say now, so a drain resumed after
-        a restart counts the same."""
-        return max(0, running_at_start - len(self.still_running) - self.ended_otherwise)
-
-
-def drain_tally(tasks: Iterable[Obj], me: Ref, started_at: datetime, only: frozenset[str] | None = None) -> DrainTally:
-    """`only`: the task names the drain concerns (a TaskCancellation's affected tasks); None: the
-    whole job."""
-    running: list[str] = []
-    otherwise = 0
-    for t in tasks:
-        name = t["metadata"]["name"]
-        if only is not None and name not in only:
-            continue
-        if is_running(t):
-            running.append(name)
-            continue
-        if task_state(t) in (TaskState.CANCELLED, TaskState.BLOCKED) and not changed_by(t, me):
-            when = _cancelled_at(t)
-            otherwise += when is not None and when >= started_at
-    return DrainTally(tuple(sorted(running)), otherwise)
-
-
-def _cancelled_at(task: Obj) -> datetime | None:
-    """status.cancellation.cancelledAt of a task, None when absent or not a time (written by
-    others: it can hold anything)."""
-    rec = (task.get("status") or {}).get("cancellation")
-    raw = rec.get("cancelledAt") if isinstance(rec, Mapping) else None
-    try:
-        when = parse_time(raw) if isinstance(raw, str) else None
-    except ValueError:
-        return None
-    return when.replace(tzinfo=UTC) if when is not None and when.tzinfo is None else when
-
-
-DrainEnd = Literal["AllFinished", "Deadline", "Forced"]
-
-
-def drain_wait(now: datetime, deadline: datetime, tally: DrainTally, forced: bool) -> float | DrainEnd:
-    """How long the drain may still wait for its running tasks (seconds, > 0), or why it is over:
-    forced (spec.force turned on: stop now), every task finished, or the deadline passed."""
-    if forced:
-        return "Forced"
-    if not tally.still_running:
-        return "AllFinished"
-    left = (deadline - now).total_seconds()
-    return left if left > 0 else "Deadline"
-
-
-def spec_windows(spec: CancellationSpec) -> float:
-    """The waits a spec asks for on top of stopping runners (cancellation_bound's `windows`):
-    mode Drain's deadline and the cooperative stop window."""
-    drain = (spec.drain_deadline_seconds or 0) if spec.mode == "Drain" and not spec.force else 0
-    return float(drain + (0 if spec.force else spec.cooperative_seconds))
-
-
-def cancellation_bound(grace: int, escalate_after: int, stuck_timeout: float, call_budget: float,
-                       steps: int, is_job: bool, windows: float = 0.0) -> float:
-    """The longest a cancellation may take, from its spec and the settings, whatever the API
-    answers: the runners' grace, the escalation delay and the stuck timeout, the wait for earlier
-    TaskCancellations (a JobCancellation), and one call's full retry budget for each step (the
-    steps' calls run in parallel, so a step that is not waiting on runners is bounded by the
-    slowest of its calls, retries included, times the few rounds it makes). Past it the engine
-    ends the cancellation with what it has, and says so in status.errors. `windows`: the waits
-    the spec asks for on top (mode Drain's drainDeadlineSeconds, cooperativeSeconds)."""
-    runners = grace + escalate_after + stuck_timeout
-    deferral = (stuck_timeout + escalate_after + 30.0) if is_job else 0.0
-    return runners + deferral + steps * 3 * call_budget + windows
 
 
 def final_phase(errors: int, failed_critical: bool) -> Phase:

@@ -20,7 +20,6 @@ from necrocode.kube import ApiError, Kube, NotLeader, TransientError, nc_path
 from necrocode.logs import Bound
 from necrocode.model import (
     ANNOTATION_ESCALATED_BY,
-    DONE_STEP_STATES,
     PLURAL,
     TASK_CANCELLATION,
     TERMINAL_PHASES,
@@ -33,7 +32,8 @@ from necrocode.model import (
     parse_time,
     requester_of,
 )
-from necrocode.planning import cancellation_bound, final_phase, phase_conditions, spec_windows
+from necrocode.planning import final_phase, phase_conditions
+from necrocode.policies.resume import StepAction, cancellation_bound, out_of_time, spec_windows, step_action, time_left
 from necrocode.settings import Settings
 from necrocode.steps import Ctx, StepDef, StepResult, restore_affected, steps_for
 from necrocode.taskregistry import TaskRegistry
@@ -160,27 +160,26 @@ class CancellationService:
         bound = cancellation_bound(ctx.grace, ctx.spec.escalate_after_seconds, s.stuck_timeout,
                                    s.retry.budget(s.request_timeout), len(steps), ctx.is_job,
                                    windows=spec_windows(ctx.spec))
-        started = parse_time(status.started_at)
-        left = bound - ((self.clock.now() - started).total_seconds() if started else 0.0)
         failed_critical = False
         try:
-            async with asyncio.timeout(max(0.0, left)):
+            async with asyncio.timeout(time_left(bound, status.started_at, self.clock.now())):
                 if resumed:
                     with contextlib.suppress(ApiError):
                         await restore_affected(ctx)
                 for d in steps:
                     step = status.step(d.name)
-                    if step.state in DONE_STEP_STATES:
+                    action, why = step_action(step.state, stop=ctx.stop, failed_critical=failed_critical)
+                    if action is StepAction.KEEP:
                         continue
-                    if ctx.stop or failed_critical:
-                        step.state = StepState.SKIPPED
-                        step.message = "not needed" if ctx.stop else "skipped after a failed step"
+                    if action is StepAction.SKIP:
+                        step.state, step.message = StepState.SKIPPED, why
                         continue
                     result = await self._step(ctx, tracker, d)
                     if result.state == StepState.FAILED and d.critical and not ctx.stop:
                         failed_critical = True
         except TimeoutError:
-            failed_critical = self._out_of_time(ctx, steps, bound)
+            failed_critical = out_of_time(status, [(d.name, d.critical) for d in steps], bound, self.clock.now())
+            ctx.log.error("cancellation bound ran out", bound_seconds=round(bound))
 
         if ctx.final is not None:
             status.phase, status.message = ctx.final
@@ -207,23 +206,6 @@ class CancellationService:
         ctx.log.info("cancellation finished", phase=status.phase.value, duration=elapsed,
                      message=status.message, progress=status.progress.dump(), errors=len(status.errors))
         return status
-
-    def _out_of_time(self, ctx: Ctx, steps: tuple[StepDef, ...], bound: float) -> bool:
-        """The cancellation ran past its bound (the API answered too slowly, or not, for too
-        long): the step at work fails, the rest are skipped, and it ends now, named in errors.
-        Returns whether a critical step was lost (the phase is then Failed)."""
-        critical = False
-        for d in steps:
-            step = ctx.status.step(d.name)
-            if step.state == StepState.RUNNING:
-                step.state, step.finished_at = StepState.FAILED, iso(self.clock.now())
-                step.message = f"did not finish within the cancellation's bound of {bound:.0f}s"
-                ctx.status.add_error(d.name, "-", step.message)
-                critical = critical or d.critical
-            elif step.state == StepState.PENDING:
-                step.state, step.message = StepState.SKIPPED, "skipped: the cancellation's bound ran out"
-        ctx.log.error("cancellation bound ran out", bound_seconds=round(bound))
-        return critical
 
     async def _step(self, ctx: Ctx, tracker: CancellationTracker, d: StepDef) -> StepResult:
         step = ctx.status.step(d.name)

@@ -55,25 +55,25 @@ from necrocode.model import (
 )
 from necrocode.planning import (
     Claim,
-    DrainTally,
     JobInstance,
     VerifyFindings,
     belongs_to,
     changed_by,
     claim_decision,
     classify_tasks,
-    drain_split,
     earlier_task_cancellations,
     job_affected_tasks,
-    runner_clock,
     runner_summary,
     task_affected_tasks,
     task_id,
     task_state,
 )
+from necrocode.policies.drain import DrainTally, drain_split
+from necrocode.policies.resume import deferral_limit, prior_termination
+from necrocode.policies.termination import Termination, repair_grace
 from necrocode.settings import Settings
 from necrocode.taskregistry import TaskRegistry
-from necrocode.terminator import RunnerTerminator, Termination
+from necrocode.terminator import RunnerTerminator
 
 Obj = dict[str, Any]
 ENDED_BY_THEMSELVES = frozenset({TaskState.DONE, TaskState.FAILED})
@@ -607,28 +607,10 @@ async def signal_runners(ctx: Ctx) -> StepResult:
 
 
 async def terminate_runners(ctx: Ctx) -> StepResult:
-    p = ctx.status.progress
     listed = ctx.reuse("runners")
-    # Right after a SignalRunners that wrote the total (its list handed over), the runners are
-    # counted from that list as the signals left it (a racing request's marker may have made one
-    # of them that request's meanwhile), not from the total written while they were signalled;
-    # after a restart or a retry of this step, the recorded total is the starting point.
-    fresh = listed is not None and ctx.durable_total is not None  # this run signalled and wrote the total
-    prior = Termination(total=0 if fresh else p.runners_total)
-    # resumed: what earlier runs recorded (outcomes) seeds the sets, so nothing is counted twice
-    for o in ctx.status.runner_outcomes:
-        if o.outcome in ("Terminated", "Forced", "AlreadyGone"):
-            prior.gone.add(o.pod)
-        if o.outcome == "Forced":
-            prior.forced.add(o.pod)
-        if o.outcome == "Stuck":
-            prior.stuck[o.pod] = "stuck"
-    missing = p.runners_terminated - len(prior.gone)
-    forced = p.runners_forced - len(prior.forced & prior.gone)
-    for i in range(max(0, missing)):  # counted before a restart but not listed by name
-        prior.gone.add(f"(earlier-{i})")
-        if i < forced:
-            prior.forced.add(f"(earlier-{i})")
+    # fresh: a SignalRunners of this run handed its list over and wrote the total
+    fresh = listed is not None and ctx.durable_total is not None
+    prior = prior_termination(ctx.status.progress, ctx.status.runner_outcomes, fresh=fresh)
     term = ctx.terminator = _terminator(ctx, prior)
     if ctx.escalated_by:
         term.escalate()
@@ -662,7 +644,7 @@ async def _defer_to_earlier_task_cancellations(ctx: Ctx) -> None:
     """A TaskCancellation of this job requested first keeps its tasks: wait (bounded) until those
     still in flight have finished, then cancel what they left. Each task is then cancelled, and
     counted, by exactly one record whatever the timing."""
-    limit = ctx.settings.stuck_timeout + ctx.spec.escalate_after_seconds + 30.0
+    limit = deferral_limit(ctx.settings.stuck_timeout, ctx.spec.escalate_after_seconds)
     started = ctx.clock.monotonic()
     created = (ctx.body.get("metadata") or {}).get("creationTimestamp")
     while True:
@@ -916,12 +898,12 @@ async def _repair(ctx: Ctx, f: VerifyFindings) -> None:
         pod = pods.get(name)
         if pod is None:
             continue
-        clock = runner_clock(pod, ctx.spec.escalate_after_seconds)
-        if clock is not None and clock.escalate_at > ctx.clock.now():
+        grace = repair_grace(pod, ctx.spec.escalate_after_seconds, ctx.grace, ctx.clock.now())
+        if grace is None:
             continue
         try:
             await ctx.kube.delete(core_path(ctx.namespace, "pods", name), uid=pod["metadata"].get("uid"),
-                                  grace_period_seconds=ctx.grace if clock is None else 0, meta_only=True)
+                                  grace_period_seconds=grace, meta_only=True)
         except ApiError as exc:
             ctx.log.warning("verify: runner delete failed", runner=name, error=str(exc), attempts=exc.attempts)
     if f.held_leases:

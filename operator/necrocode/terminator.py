@@ -2,20 +2,17 @@
 one label-selector watch, and force-delete those still there when the grace (plus the
 escalation delay) has run out (seed 3, 8.2, 11.2).
 
-The deadlines come from each pod's own deletionTimestamp (planning.runner_clock), so a
-terminator started again after an operator restart picks up exactly where the last one was.
+When to delete, force, call a runner stuck or wake up is decided in policies.termination, from
+each pod's own deletionTimestamp, so a terminator started again after an operator restart picks
+up exactly where the last one was.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
-import itertools
 import json
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from necrocode import metrics
@@ -24,76 +21,10 @@ from necrocode.concurrency import bounded
 from necrocode.kube import ApiError, Conflict, Gone, Kube, NotFound, TransientError, core_path
 from necrocode.logs import Bound
 from necrocode.model import ANNOTATION_CANCEL_REQUESTED, LABEL_TASK, Ref, clip, iso
-from necrocode.planning import (
-    RunnerClock,
-    escalation_delay,
-    foreign_marker,
-    marker_is,
-    marker_of,
-    next_wakeup,
-    runner_clock,
-)
+from necrocode.planning import foreign_marker, marker_is, marker_of
+from necrocode.policies.termination import Schedule, Termination, count_away, delete_needed
 
 Obj = dict[str, Any]
-
-
-@dataclass
-class Termination:
-    """What happened to the runners; kept across calls so progress only ever moves forward."""
-
-    total: int = 0
-    forced: set[str] = field(default_factory=set)
-    stuck: dict[str, str] = field(default_factory=dict)
-    gone: set[str] = field(default_factory=set)
-    errors: dict[str, str] = field(default_factory=dict)
-    """The API's last refusal of a delete of this runner (for the status, if it ends stuck)."""
-    attempts: dict[str, int] = field(default_factory=dict)
-    """Delete attempts of this runner that failed (retries of the one policy included)."""
-    transient: set[str] = field(default_factory=set)
-    """Runners whose last failure was a fault of the API, not an answer."""
-
-    @property
-    def terminated(self) -> int:
-        return len(self.gone)
-
-
-class _Remaining(dict[str, Obj]):
-    """The runners still there, by name, with a heap of their escalation deadlines, so each watch
-    event costs O(log n) instead of a scan of every pod (O(n^2) over a cancellation)."""
-
-    def __init__(self, escalate_after: int):
-        super().__init__()
-        self.escalate_after = escalate_after
-        self._heap: list[tuple[datetime, int, str]] = []
-        self._version: dict[str, int] = {}
-        self._seq = itertools.count()
-
-    def __setitem__(self, name: str, pod: Obj) -> None:
-        super().__setitem__(name, pod)
-        version = self._version[name] = next(self._seq)
-        clock = runner_clock(pod, self.escalate_after)
-        if clock is not None:
-            heapq.heappush(self._heap, (clock.escalate_at, version, name))
-
-    def _live(self, version: int, name: str, skip: set[str]) -> bool:
-        return name in self and self._version.get(name) == version and name not in skip
-
-    def due(self, now: datetime, skip: set[str]) -> list[str]:
-        """Runners whose escalation time has come (each returned once per pod version)."""
-        out: list[str] = []
-        while self._heap and self._heap[0][0] <= now:
-            _, version, name = heapq.heappop(self._heap)
-            if self._live(version, name, skip):
-                out.append(name)
-        return out
-
-    def next_delay(self, now: datetime, skip: set[str]) -> float | None:
-        while self._heap:
-            at, version, name = self._heap[0]
-            if self._live(version, name, skip):
-                return escalation_delay(RunnerClock(at, at), now)
-            heapq.heappop(self._heap)
-        return None
 
 
 class RunnerTerminator:
@@ -107,7 +38,6 @@ class RunnerTerminator:
         self.grace, self.escalate_after, self.stuck_timeout = grace, escalate_after, stuck_timeout
         self.concurrency, self.clock, self.log = concurrency, clock, log
         self.on_progress, self.on_forced, self.adopt_new = on_progress, on_forced, adopt_new
-        self._forced_at: dict[str, float] = {}
         self.owner, self.task_filter, self.belongs = owner, task_filter, belongs
         self.foreign: set[str] = set()
         self.seen: set[str] = set()
@@ -216,29 +146,16 @@ class RunnerTerminator:
         runs before the first delete (the step makes the total durable there: runners that go
         while no operator watches are counted from it after a restart)."""
         pods, rv = listed if listed is not None else await self.list_runners()
-        remaining = _Remaining(self.escalate_after)
+        remaining = Schedule(self.escalate_after, self.stuck_timeout)
         for p in pods:
             remaining[p["metadata"]["name"]] = p
         self.seen = set(remaining) | state.gone | set(state.stuck)
         self.foreign = await self.find_foreign(pods)
-        counted = len(remaining) - len(self.foreign)
-        if state.total == 0:
-            state.total = counted
-        else:  # resumed: runners of the recorded total that are gone now went while we were away
-            away = state.total - counted - state.terminated
-            for i in range(max(0, away)):
-                state.gone.add(f"(away-{i})")
-                if self.grace == 0:  # a forced request deletes with grace 0 only: they were forced
-                    state.forced.add(f"(away-{i})")
-            state.total = max(state.total, counted + state.terminated)
+        count_away(state, len(remaining) - len(self.foreign), forced_only=self.grace == 0)
         if before_delete is not None:
             await before_delete(state.total)
-        forced_at = self._forced_at = {}
         started = self.clock.monotonic()
-        # A runner whose graceful delete never went through (refused, failing) is forced when
-        # the grace and the escalation delay have run out since we first tried, like any other:
-        # every runner's end is bounded by grace + escalation + stuck timeout (+ retries).
-        undeleted_deadline = started + self.grace + self.escalate_after
+        remaining.undeleted_deadline = started + self.grace + self.escalate_after
         self.on_progress(state)
 
         events: asyncio.Queue[Obj] = asyncio.Queue()
@@ -252,35 +169,22 @@ class RunnerTerminator:
             self._settle(remaining, state, started)
             while remaining:
                 now = self.clock.now()
-                if self._escalated:
-                    due = [n for n in remaining if n not in state.forced]
-                else:
-                    due = remaining.due(now, state.forced)
-                    if self.clock.monotonic() >= undeleted_deadline:
-                        due += [n for n in self._undeleted(remaining, state) if n not in due]
+                due = remaining.due(now, self.clock.monotonic(), state.forced, self._escalated)
                 if due:
-                    await bounded(due, lambda n: self._force(n, remaining, state, forced_at), self.concurrency)
+                    await bounded(due, lambda n: self._force(n, remaining, state), self.concurrency)
                     self._settle(remaining, state, started)
                     continue
-                for name in [n for n, t in forced_at.items() if n in remaining]:
-                    if self.clock.monotonic() - forced_at[name] >= self.stuck_timeout:
-                        await self._check_stuck(name, remaining, state, started)
+                for name in remaining.stuck(self.clock.monotonic()):
+                    await self._check_stuck(name, remaining, state, started)
                 if not remaining:
                     break
-                undeleted = self._undeleted(remaining, state)
-                wait = next_wakeup(
-                    [remaining.next_delay(now, state.forced),
-                     max(0.0, undeleted_deadline - self.clock.monotonic()) if undeleted else None]
-                    + [max(0.0, self.stuck_timeout - (self.clock.monotonic() - t))
-                       for n, t in forced_at.items() if n in remaining],
-                    ceiling=5.0,
-                )
+                wake = remaining.wake(now, self.clock.monotonic(), state.forced)
                 try:
-                    ev = await asyncio.wait_for(events.get(), timeout=max(wait, 0.01))
+                    ev = await asyncio.wait_for(events.get(), timeout=wake.seconds)
                 except TimeoutError:
                     # no news: make sure pods we think are there really are (a missed event),
                     # and try again the deletes that did not go through
-                    if wait >= 5.0 or undeleted:
+                    if wake.resync:
                         await self._resync(remaining, state, started)
                     continue
                 await self._apply(ev, remaining, state, started)
@@ -295,11 +199,7 @@ class RunnerTerminator:
                 await watcher
         return state
 
-    def _undeleted(self, remaining: dict[str, Obj], state: Termination) -> list[str]:
-        """Runners we have not managed to delete yet (no deletionTimestamp) and not forced."""
-        return [n for n, p in remaining.items() if runner_clock(p, 0) is None and n not in state.forced]
-
-    async def _check_stuck(self, name: str, remaining: dict[str, Obj], state: Termination, started: float) -> None:
+    async def _check_stuck(self, name: str, remaining: Schedule, state: Termination, started: float) -> None:
         """A runner still listed stuck_timeout after its force delete: ask the API server, not
         the watch (under load the watch can lag behind, and a pod it has not reported gone may be
         gone already); still there means stuck, named in the status with the API's last answer."""
@@ -322,15 +222,12 @@ class RunnerTerminator:
                        attempts=state.attempts.get(name, 0))
         self.on_progress(state)
 
-    async def _delete(self, pod: Obj, remaining: dict[str, Obj], state: Termination) -> None:
+    async def _delete(self, pod: Obj, remaining: Schedule, state: Termination) -> None:
         meta = pod["metadata"]
         name = meta["name"]
         grace = self.grace  # as sent: an escalation may set self.grace to 0 while this DELETE is on the wire
-        clock = runner_clock(pod, 0)
-        if clock is not None:
-            left = (clock.grace_end - self.clock.now()).total_seconds()
-            if left <= grace:  # already deleting with no more grace than ours
-                return
+        if not delete_needed(pod, grace, self.clock.now()):
+            return
         try:
             out = await self.kube.delete(core_path(self.namespace, "pods", name),
                                          grace_period_seconds=grace, uid=meta.get("uid"), meta_only=True)
@@ -340,7 +237,7 @@ class RunnerTerminator:
         state.errors.pop(name, None)
         if grace == 0 and name not in state.forced:  # force: true, no grace at all
             state.forced.add(name)
-            self._forced_at[name] = self.clock.monotonic()
+            remaining.forced_at[name] = self.clock.monotonic()
             await self.on_forced(name)
         self.log.info("runner deleted", runner=name, task=_task(pod), grace_period_seconds=grace,
                       answer="gone" if out is None else "terminating")
@@ -349,8 +246,7 @@ class RunnerTerminator:
         elif (out.get("metadata") or {}).get("name") == name and name in remaining:
             remaining[name] = out  # the pod (its metadata) as it is now: terminating
 
-    async def _force(self, name: str, remaining: dict[str, Obj], state: Termination,
-                     forced_at: dict[str, float]) -> None:
+    async def _force(self, name: str, remaining: Schedule, state: Termination) -> None:
         """Delete with grace 0. Only called once the runner's grace and the escalation delay have
         run out (from its deletionTimestamp, or since our first delete for one never deleted), or
         when a forced request escalated this one: a runner never loses grace it is owed."""
@@ -358,7 +254,7 @@ class RunnerTerminator:
         if pod is None:
             return
         state.forced.add(name)
-        forced_at[name] = self.clock.monotonic()
+        remaining.forced_at[name] = self.clock.monotonic()
         await self.on_forced(name)
         try:
             out = await self.kube.delete(core_path(self.namespace, "pods", name), grace_period_seconds=0,
@@ -380,7 +276,7 @@ class RunnerTerminator:
         state.attempts[name] = state.attempts.get(name, 0) + exc.attempts
         self.log.warning(what, runner=name, task=_task(pod), error=str(exc), attempts=state.attempts[name])
 
-    def _gone(self, name: str, remaining: dict[str, Obj], state: Termination, started: float | None) -> None:
+    def _gone(self, name: str, remaining: Schedule, state: Termination, started: float | None) -> None:
         pod = remaining.pop(name, None)
         state.stuck.pop(name, None)  # reported stuck by an earlier attempt, gone now
         if name in state.gone or name in self.foreign:
@@ -391,10 +287,10 @@ class RunnerTerminator:
         self.log.info("runner gone", runner=name, task=_task(pod) if pod else None, mode=mode,
                       duration=None if started is None else round(self.clock.monotonic() - started, 3))
 
-    def _settle(self, remaining: dict[str, Obj], state: Termination, started: float) -> None:
+    def _settle(self, remaining: Schedule, state: Termination, started: float) -> None:
         self.on_progress(state)
 
-    async def _apply(self, ev: Obj, remaining: dict[str, Obj], state: Termination, started: float) -> None:
+    async def _apply(self, ev: Obj, remaining: Schedule, state: Termination, started: float) -> None:
         kind, obj = ev.get("type"), ev.get("object") or {}
         if kind == "ESCALATE":
             return  # the loop forces what is left at its next turn
@@ -419,7 +315,7 @@ class RunnerTerminator:
                 self.log.warning("late runner found", runner=name, task=_task(obj))
                 await self._delete(obj, remaining, state)
 
-    async def _resync(self, remaining: dict[str, Obj], state: Termination, started: float) -> None:
+    async def _resync(self, remaining: Schedule, state: Termination, started: float) -> None:
         pods, _ = await self.list_runners()
         present = {p["metadata"]["name"]: p for p in pods}
         for name in list(remaining):
@@ -428,9 +324,8 @@ class RunnerTerminator:
             else:
                 self._gone(name, remaining, state, started)
         for name, p in present.items():
-            if name in remaining:
-                if runner_clock(p, 0) is None and name not in state.forced:
-                    await self._delete(p, remaining, state)
+            if name in remaining and remaining.awaits_delete(name, state.forced):
+                await self._delete(p, remaining, state)
 
     async def _watch(self, out: asyncio.Queue[Obj], rv: list[str]) -> None:
         backoff = 0.2

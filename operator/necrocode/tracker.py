@@ -15,6 +15,7 @@ from necrocode.clock import Clock
 from necrocode.kube import ApiError, Kube, NotFound, nc_path
 from necrocode.logs import Bound
 from necrocode.model import PLURAL, CancellationStatus
+from necrocode.policies.status_writes import WriteSchedule
 
 
 class CancellationTracker:
@@ -22,48 +23,40 @@ class CancellationTracker:
                  *, interval: float, clock: Clock, log: Bound):
         self.kube, self.kind, self.namespace, self.name = kube, kind, namespace, name
         self.status = status
-        self.interval, self.clock, self.log = interval, clock, log
-        self._last_write = -1e9
+        self.clock, self.log = clock, log
+        self.schedule = WriteSchedule(interval)
         self._pending: asyncio.Task[None] | None = None
-        self._dirty = False
         self._lock = asyncio.Lock()
-        self.writes = 0
         self.gone = False
-        self._in_write = False
 
     @property
     def path(self) -> str:
         return nc_path(self.namespace, PLURAL[self.kind], self.name, "status")
 
     def changed(self) -> None:
-        """Something in the status moved; write it soon (at most one write per interval).
-
-        A change that arrives while a write is in flight marks the status dirty again, so the
-        writer goes round once more: no update is lost, and bursts collapse into one write."""
-        self._dirty = True
+        """Something in the status moved; write it soon (policies.status_writes: at most one
+        write per interval, bursts collapsed, no update lost)."""
+        self.schedule.changed()
         if self._pending is None or self._pending.done():
             self._pending = asyncio.create_task(self._writer())
 
     async def _writer(self) -> None:
-        while self._dirty:
-            await self.clock.sleep(max(0.0, self._last_write + self.interval - self.clock.monotonic()))
-            self._dirty = False
-            self._in_write = True
+        while self.schedule.dirty:
+            await self.clock.sleep(self.schedule.delay(self.clock.monotonic()))
+            self.schedule.begin()
             try:
                 with contextlib.suppress(ApiError):
                     await self._write()
             finally:
-                self._in_write = False
+                self.schedule.end()
 
     async def flush(self) -> None:
-        """Write now (the start and the end of a cancellation).
-
-        A background write already on the wire is awaited, never aborted: an aborted request
-        may still be applied by the server after ours, and put an older status back."""
-        self._dirty = False
+        """Write now (the start and the end of a cancellation), after a background write
+        already on the wire (never aborted: policies.status_writes.WriteSchedule.flush)."""
+        cancellable = self.schedule.flush()
         pending = self._pending
         if pending is not None and not pending.done():
-            if not self._in_write:
+            if cancellable:
                 pending.cancel()
             with contextlib.suppress(asyncio.CancelledError, ApiError):
                 await pending
@@ -71,17 +64,19 @@ class CancellationTracker:
 
     async def _write(self) -> None:
         async with self._lock:
-            self._last_write = self.clock.monotonic()
-            if self.gone:
-                return
-            try:
-                await self.kube.merge_patch(self.path, {"status": self.status.dump()})
-                self.writes += 1
-            except NotFound:
-                self.gone = True
-                self.log.warning("cancellation resource deleted; status not written")
-            except ApiError as exc:
-                self.log.warning("status write failed", error=str(exc))
-                if exc.status in (400, 422):
-                    logging.getLogger("necrocode").debug("rejected status: %s", self.status.dump())
-                raise
+            self.schedule.wrote(self.clock.monotonic())
+            if not self.gone:
+                await self._patch()
+
+    async def _patch(self) -> None:
+        """The one request: the whole status, merged into the status subresource."""
+        try:
+            await self.kube.merge_patch(self.path, {"status": self.status.dump()})
+        except NotFound:
+            self.gone = True
+            self.log.warning("cancellation resource deleted; status not written")
+        except ApiError as exc:
+            self.log.warning("status write failed", error=str(exc))
+            if exc.status in (400, 422):
+                logging.getLogger("necrocode").debug("rejected status: %s", self.status.dump())
+            raise

@@ -1,4 +1,4 @@
-"""Mode Drain's pure rules (planning): what is let run, when the window is over, what is counted."""
+"""Mode Drain's pure rules (policies.drain; the bound in policies.resume): what is let run, when it is over."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from necrocode.model import AffectedTask, CancellationSpec, Ref
-from necrocode.planning import DrainTally, drain_split, drain_tally, drain_wait, spec_windows
+from necrocode.policies.drain import DrainTally, drain_split, drain_tally, drain_wait
+from necrocode.policies.resume import spec_windows
 from necrocode.steps import steps_for
 
 ME = Ref("JobCancellation", "stop", "uid-me")

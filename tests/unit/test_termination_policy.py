@@ -1,0 +1,161 @@
+"""When the terminator deletes, forces, calls a runner stuck and wakes up (policies.termination):
+table tests over plain pods and a ManualClock, boundaries included (exactly at a deadline, one
+tick before). The cluster tests (test_jobcancellation, test_reliability, test_crash_recovery)
+prove the terminator carries these decisions out against a real API server."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from necrocode.clock import ManualClock
+from necrocode.model import iso
+from necrocode.policies.termination import CEILING, Schedule, Termination, Wake, count_away, delete_needed, repair_grace
+
+T0 = datetime(2026, 12, 2, 4, 0, 0, tzinfo=UTC)
+TICK = 0.001
+GRACE, ESCALATE, STUCK = 30, 10, 20.0
+
+
+def pod(name: str = "r", grace_end: float | None = None) -> dict[str, Any]:
+    """A runner; with `grace_end` (seconds after T0) deleted, its grace ending then."""
+    meta: dict[str, Any] = {"name": name}
+    if grace_end is not None:
+        meta["deletionTimestamp"] = iso(T0 + timedelta(seconds=grace_end))
+    return {"metadata": meta}
+
+
+def at(seconds: float) -> ManualClock:
+    clock = ManualClock(T0)
+    clock.advance(seconds)
+    return clock
+
+
+def schedule(*pods: dict[str, Any], undeleted_deadline: float = math.inf) -> Schedule:
+    s = Schedule(ESCALATE, STUCK)
+    for p in pods:
+        s[p["metadata"]["name"]] = p
+    s.undeleted_deadline = undeleted_deadline
+    return s
+
+
+# ----------------------------------------------------------------------------- forcing
+# "a" was deleted with 30 s of grace at T0 (forced at T0+40); "b" was never deleted (forced once
+# the undeleted deadline, 45 s on the monotonic clock, has passed)
+@pytest.mark.parametrize(("seconds", "forced", "escalated", "due"), [
+    (0, set(), False, []),
+    (40 - TICK, set(), False, []),                 # one tick before a's deadline
+    (40, set(), False, ["a"]),                     # exactly at it
+    (45 - TICK, set(), False, ["a"]),
+    (45, set(), False, ["a", "b"]),                # exactly at the undeleted deadline
+    (45, {"a"}, False, ["b"]),                     # forced already: never twice
+    (45, {"a", "b"}, False, []),
+    (0, set(), True, ["a", "b"]),                  # escalated: everything, whatever the grace
+    (0, {"b"}, True, ["a"]),
+])
+def test_a_runner_is_forced_when_its_grace_and_escalation_ran_out(seconds: float, forced: set[str], escalated: bool,
+                                                                  due: list[str]) -> None:
+    clock = at(seconds)
+    s = schedule(pod("a", grace_end=GRACE), pod("b"), undeleted_deadline=45)
+    assert s.due(clock.now(), clock.monotonic(), forced, escalated) == due
+
+
+def test_a_runner_is_due_once_per_pod_version() -> None:
+    clock = at(40)
+    s = schedule(pod("a", grace_end=GRACE))
+    assert s.due(clock.now(), clock.monotonic(), set(), False) == ["a"]
+    assert s.due(clock.now(), clock.monotonic(), set(), False) == []  # returned once
+    s["a"] = pod("a", grace_end=GRACE + 20)  # a newer version of the pod, deleted later
+    assert s.due(clock.now(), clock.monotonic(), set(), False) == []  # the old deadline is stale
+    clock.advance(20)
+    assert s.due(clock.now(), clock.monotonic(), set(), False) == ["a"]
+
+
+def test_a_runner_that_went_is_never_due() -> None:
+    clock = at(100)
+    s = schedule(pod("a", grace_end=GRACE), pod("b"), undeleted_deadline=0)
+    del s["a"], s["b"]
+    assert s.due(clock.now(), clock.monotonic(), set(), False) == []
+    assert s.due(clock.now(), clock.monotonic(), set(), True) == []
+
+
+# ----------------------------------------------------------------------------- stuck
+@pytest.mark.parametrize(("seconds", "stuck"), [
+    (10 + STUCK - TICK, []),   # one tick before its stuck timeout
+    (10 + STUCK, ["a"]),       # exactly at it
+    (1000, ["a"]),
+])
+def test_a_forced_runner_still_there_after_the_stuck_timeout_is_checked(seconds: float, stuck: list[str]) -> None:
+    s = schedule(pod("a", grace_end=0), pod("b", grace_end=0))
+    s.forced_at = {"a": 10.0, "gone": 0.0}  # "gone" is no longer in the schedule
+    assert s.stuck(at(seconds).monotonic()) == stuck
+
+
+# ----------------------------------------------------------------------------- waking up
+@pytest.mark.parametrize(("seconds", "pods", "undeleted_deadline", "forced_at", "wake"), [
+    (0, [], math.inf, {}, Wake(CEILING, resync=True)),                              # nothing due: look again
+    (0, [pod("a", GRACE)], math.inf, {}, Wake(CEILING, resync=True)),               # due after the ceiling
+    (37, [pod("a", GRACE)], math.inf, {}, Wake(3.0, resync=False)),                 # a's escalation first
+    (40, [pod("a", GRACE)], math.inf, {}, Wake(0.01, resync=False)),                # due now: never a busy loop
+    (33, [pod("a", GRACE), pod("b")], 35, {}, Wake(2.0, resync=True)),              # b: deletes to try again
+    (38, [pod("a", 0)], math.inf, {"a": 20.0}, Wake(2.0, resync=False)),           # a's stuck timeout
+    (38, [pod("a", 0)], math.inf, {"a": 20.0, "gone": 0.0}, Wake(2.0, resync=False)),
+])
+def test_the_terminator_wakes_for_the_nearest_deadline(seconds: float, pods: list[dict[str, Any]],
+                                                       undeleted_deadline: float, forced_at: dict[str, float],
+                                                       wake: Wake) -> None:
+    clock = at(seconds)
+    s = schedule(*pods, undeleted_deadline=undeleted_deadline)
+    s.forced_at = forced_at
+    forced = set(forced_at)
+    assert s.wake(clock.now(), clock.monotonic(), forced) == wake
+
+
+# ----------------------------------------------------------------------------- deleting
+@pytest.mark.parametrize(("grace_end", "grace", "needed"), [
+    (None, 30, True),     # never deleted
+    (10, 30, False),      # deleting with less grace left than ours: a delete would add none
+    (30, 30, False),      # exactly ours
+    (31, 30, True),       # one second more than ours: ours shortens it
+    (1, 0, True),         # a force delete shortens any grace
+    (-5, 0, False),       # its grace ran out already
+])
+def test_a_runner_is_deleted_unless_it_has_no_more_grace_than_ours(grace_end: float | None, grace: int,
+                                                                    needed: bool) -> None:
+    assert delete_needed(pod(grace_end=grace_end), grace, T0) is needed
+
+
+@pytest.mark.parametrize(("grace_end", "seconds", "grace", "repair"), [
+    (None, 0, GRACE, GRACE),          # never deleted: deleted with the request's grace
+    (None, 0, 0, 0),                  # ... a forced request's: none
+    (GRACE, 0, GRACE, None),          # inside its grace: left alone
+    (GRACE, 40 - 1, GRACE, None),     # one second before grace + escalation ran out
+    (GRACE, 40, GRACE, 0),            # exactly then: forced
+    (GRACE, 400, GRACE, 0),
+])
+def test_verify_repairs_a_runner_without_taking_grace_away(grace_end: float | None, seconds: float, grace: int,
+                                                           repair: int | None) -> None:
+    assert repair_grace(pod(grace_end=grace_end), ESCALATE, grace, at(seconds).now()) == repair
+
+
+# ----------------------------------------------------------------------------- resuming
+@pytest.mark.parametrize(("total", "gone", "present", "forced_only", "want_total", "away", "away_forced"), [
+    (0, set(), 3, False, 3, 0, 0),            # new: the runners present now
+    (5, set(), 3, False, 5, 2, 0),            # resumed: 2 went while no operator watched
+    (5, set(), 3, True, 5, 2, 2),             # ... a forced request deletes with grace 0 only
+    (5, {"x", "y"}, 3, False, 5, 0, 0),       # 2 counted gone before the restart, 3 left: none away
+    (5, {"x"}, 1, False, 5, 3, 0),
+    (3, {"x"}, 4, False, 5, 0, 0),            # more present than recorded (a late runner): the total grows
+])
+def test_runners_that_went_while_no_operator_watched_are_counted_once(
+        total: int, gone: set[str], present: int, forced_only: bool, want_total: int, away: int,
+        away_forced: int) -> None:
+    state = Termination(total=total, gone=set(gone))
+    count_away(state, present, forced_only)
+    assert state.total == want_total
+    assert len(state.gone - gone) == away
+    assert len(state.forced) == away_forced
+    assert state.terminated + present >= state.total  # every runner of the total is accounted for
