@@ -14,6 +14,7 @@ from necrocode import metrics
 from necrocode.concurrency import bounded
 from necrocode.kube import ApiError, Kube, NotFound, TransientError, core_path, lease_path
 from necrocode.logs import Bound
+from necrocode.logtail import is_kept_log
 from necrocode.model import (
     LABEL_ARTIFACT,
     LABEL_JOB,
@@ -141,14 +142,15 @@ class ResourceCleaner:
                       before_delete: Callable[[int], Awaitable[None]] | None = None,
                       job: JobInstance | None = None) -> CleanupOutcome:
         """Release leases, delete scratch, keep artifacts except those of the kinds in
-        `delete_artifacts` (asked for, and the requester may delete them); `only` limits it to
+        `delete_artifacts` (asked for, and the requester may delete them), and always the runner
+        logs a cancellation kept (necrocode.io/kept-log); `only` limits it to
         those tasks. `before_delete(n)` is told how many resources are about to be deleted,
         before the first is."""
         out = CleanupOutcome()
         await self.release_leases(selector, out, only, by_uid=by_uid, keep=keep, job=job)
         doomed = await self.labelled(selector, LABEL_SCRATCH, only, job=job)
         for kind, obj in await self.labelled(selector, LABEL_ARTIFACT, only, job=job):
-            if kind in delete_artifacts:
+            if kind in delete_artifacts and not is_kept_log(obj):  # a kept runner log stays, whatever was asked
                 doomed.append((kind, obj))
             else:
                 out.preserved.append(f"{kind.lower()}/{obj['metadata']['name']}")

@@ -474,16 +474,27 @@ def claim_decision(me: Ref, claim_name: str | None, claim_uid: str | None, claim
 
 
 def cancellation_bound(grace: int, escalate_after: int, stuck_timeout: float, call_budget: float,
-                       steps: int, is_job: bool) -> float:
+                       steps: int, is_job: bool, keep_logs: float = 0.0) -> float:
     """The longest a cancellation may take, from its spec and the settings, whatever the API
     answers: the runners' grace, the escalation delay and the stuck timeout, the wait for earlier
     TaskCancellations (a JobCancellation), and one call's full retry budget for each step (the
     steps' calls run in parallel, so a step that is not waiting on runners is bounded by the
-    slowest of its calls, retries included, times the few rounds it makes). Past it the engine
-    ends the cancellation with what it has, and says so in status.errors."""
+    slowest of its calls, retries included, times the few rounds it makes), and `keep_logs`, the
+    time the runners' logs may take to be kept (`log_keeping_bound` for each keeping: 0 without
+    preserveLogs). Past it the engine ends the cancellation with what it has, and says so in
+    status.errors."""
     runners = grace + escalate_after + stuck_timeout
     deferral = (stuck_timeout + escalate_after + 30.0) if is_job else 0.0
-    return runners + deferral + steps * 3 * call_budget
+    return runners + deferral + steps * 3 * call_budget + keep_logs
+
+
+def log_keeping_bound(read_timeout: float, call_budget: float) -> float:
+    """The longest one keeping of the runners' logs takes (necrocode.logkeeper enforces it):
+    one read (bounded by its timeout, retries included) and one write (its retry budget). The
+    reads and writes of many runners run in parallel, a bounded number at a time; a runner not
+    done within the bound (many runners on lost nodes, each read waiting out its timeout) is
+    reported as not kept, never waited for."""
+    return read_timeout + call_budget
 
 
 def final_phase(errors: int, failed_critical: bool) -> Phase:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from necrocode.logtail import TAIL_KIB_MAX, TAIL_KIB_MIN
 from necrocode.planning import RetryPolicy
 
 
@@ -20,6 +21,32 @@ def _ttl(value: str) -> int | None:
     if ttl < 0:
         raise ValueError(f"NECROCODE_DEFAULT_TTL_SECONDS={value!r}: expected seconds >= 0, or empty for none")
     return ttl
+
+
+def _tail_kib(value: str) -> int:
+    """NECROCODE_LOG_TAIL_KIB: whole KiB within 1..512 (a ConfigMap holds at most 1 MiB)."""
+    try:
+        kib = int(value)
+    except ValueError:
+        kib = 0
+    if not TAIL_KIB_MIN <= kib <= TAIL_KIB_MAX:
+        raise ValueError(f"NECROCODE_LOG_TAIL_KIB={value!r}: expected {TAIL_KIB_MIN} to {TAIL_KIB_MAX} KiB "
+                         "(a ConfigMap holds at most 1 MiB)")
+    return kib
+
+
+def _read_timeout(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds <= 300:  # also refuses nan
+        raise ValueError(f"NECROCODE_LOG_READ_TIMEOUT_SECONDS={value!r}: expected seconds above 0, at most 300")
+    return seconds
+
+
+def _flag(name: str, default: str) -> bool:
+    return _env(name, default).lower() in ("1", "true", "yes")
 
 
 @dataclass(frozen=True)
@@ -55,6 +82,12 @@ class Settings:
     namespaces: tuple[str, ...] = ()
     """Namespaces to serve; empty means the whole cluster."""
     metrics_port: int = 8080
+    preserve_logs: bool = False
+    """Keep each runner's log tail when a cancellation's spec.preserveLogs is not set."""
+    log_tail_kib: int = 64
+    """How much of the end of each runner's log is kept (KiB, 1..512)."""
+    log_read_timeout: float = 10.0
+    """The longest one runner's log is waited for (retries included): a lost node's is not kept."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -73,9 +106,12 @@ class Settings:
             request_timeout=float(_env("NECROCODE_REQUEST_TIMEOUT_SECONDS", "30")),
             status_list_limit=max(1, int(_env("NECROCODE_STATUS_LIST_LIMIT", "100"))),
             task_events_limit=max(0, int(_env("NECROCODE_TASK_EVENTS_LIMIT", "100"))),
-            include_secrets=_env("NECROCODE_INCLUDE_SECRETS", "false").lower() in ("1", "true", "yes"),
-            requester_policy=_env("NECROCODE_REQUESTER_POLICY", "false").lower() in ("1", "true", "yes"),
+            include_secrets=_flag("NECROCODE_INCLUDE_SECRETS", "false"),
+            requester_policy=_flag("NECROCODE_REQUESTER_POLICY", "false"),
             default_ttl_seconds=_ttl(_env("NECROCODE_DEFAULT_TTL_SECONDS", "")),
             namespaces=ns,
             metrics_port=int(_env("NECROCODE_METRICS_PORT", "8080")),
+            preserve_logs=_flag("NECROCODE_PRESERVE_LOGS", "false"),
+            log_tail_kib=_tail_kib(_env("NECROCODE_LOG_TAIL_KIB", "64")),
+            log_read_timeout=_read_timeout(_env("NECROCODE_LOG_READ_TIMEOUT_SECONDS", "10")),
         )
