@@ -36,7 +36,8 @@ async def keep_logs(kube: Kube, namespace: str, pods: Iterable[Obj | str], *, jo
     naming.kept_log_name (labelled necrocode.io/artifact, job, task, job-uid and kept-log; owned
     by `owner` if given, e.g. the cancellation record). One entry per pod, `already_kept` merged
     in (logtail.merge_kept: a failed re-reading keeps the earlier kept one). Never raises for one
-    pod: a log that cannot be read or saved is an entry with `error`.
+    pod: a log that cannot be read or saved is an entry with `error`. An empty log (a container
+    that wrote nothing, a pod never scheduled) is kept as empty text.
 
     `pods`: pod objects (their first container's log, or the one named by the
     kubectl.kubernetes.io/default-container annotation), or names of pods that may be gone.
@@ -78,7 +79,8 @@ async def _keep_one(kube: Kube, namespace: str, pod: str, container: str | None,
             tail = await kube.read_tail(core_path(namespace, "pods", pod, "log"), limit,
                                         params={"container": container, "tailLines": tail_lines(limit)})
     except TimeoutError:
-        return KeptLog(pod=pod, task=task, error=f"log not read within {read_timeout:g}s (its node does not answer)")
+        return KeptLog(pod=pod, task=task, error=f"log not read within {read_timeout:g}s: the API server did not "
+                                                 "get it from the pod's node (a lost node, or its kubelet is down)")
     except ApiError as exc:
         return KeptLog(pod=pod, task=task, error=clip(f"log not read: {exc}"))
     kept = tail.kept()

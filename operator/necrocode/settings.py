@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from necrocode.logtail import TAIL_KIB_MAX, TAIL_KIB_MIN
 from necrocode.planning import RetryPolicy
+
+T = TypeVar("T")
 
 
 def _env(name: str, default: str) -> str:
@@ -23,26 +27,17 @@ def _ttl(value: str) -> int | None:
     return ttl
 
 
-def _tail_kib(value: str) -> int:
-    """NECROCODE_LOG_TAIL_KIB: whole KiB within 1..512 (a ConfigMap holds at most 1 MiB)."""
+def _checked(name: str, default: str, parse: Callable[[str], T], ok: Callable[[T], bool], expected: str) -> T:
+    """A setting parsed and checked against its range: anything else refused at start, saying
+    what is expected."""
+    value = _env(name, default)
     try:
-        kib = int(value)
+        parsed = parse(value)
     except ValueError:
-        kib = 0
-    if not TAIL_KIB_MIN <= kib <= TAIL_KIB_MAX:
-        raise ValueError(f"NECROCODE_LOG_TAIL_KIB={value!r}: expected {TAIL_KIB_MIN} to {TAIL_KIB_MAX} KiB "
-                         "(a ConfigMap holds at most 1 MiB)")
-    return kib
-
-
-def _read_timeout(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = 0.0
-    if not 0 < seconds <= 300:  # also refuses nan
-        raise ValueError(f"NECROCODE_LOG_READ_TIMEOUT_SECONDS={value!r}: expected seconds above 0, at most 300")
-    return seconds
+        raise ValueError(f"{name}={value!r}: expected {expected}") from None
+    if not ok(parsed):
+        raise ValueError(f"{name}={value!r}: expected {expected}")
+    return parsed
 
 
 def _flag(name: str, default: str) -> bool:
@@ -112,6 +107,8 @@ class Settings:
             namespaces=ns,
             metrics_port=int(_env("NECROCODE_METRICS_PORT", "8080")),
             preserve_logs=_flag("NECROCODE_PRESERVE_LOGS", "false"),
-            log_tail_kib=_tail_kib(_env("NECROCODE_LOG_TAIL_KIB", "64")),
-            log_read_timeout=_read_timeout(_env("NECROCODE_LOG_READ_TIMEOUT_SECONDS", "10")),
+            log_tail_kib=_checked("NECROCODE_LOG_TAIL_KIB", "64", int, lambda n: TAIL_KIB_MIN <= n <= TAIL_KIB_MAX,
+                                  f"{TAIL_KIB_MIN} to {TAIL_KIB_MAX} KiB (a ConfigMap holds at most 1 MiB)"),
+            log_read_timeout=_checked("NECROCODE_LOG_READ_TIMEOUT_SECONDS", "10", float, lambda s: 0 < s <= 300,
+                                      "seconds above 0, at most 300"),  # nan is neither
         )

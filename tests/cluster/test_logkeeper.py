@@ -93,7 +93,8 @@ async def test_a_runner_log_tail_is_kept_in_one_labelled_artifact_configmap(kube
         assert full == runner_log_text()  # the generated log, much longer than any tail
     assert len(full.encode()) > 8 * 1024
 
-    [kept] = await keep_logs(api, namespace, [pod], job="job1", job_uid=JOB_UID, tail_kib=4, read_timeout=10,
+    assert full.encode()[-2048] & 0xC0 == 0x80  # a 2 KiB tail of this log starts inside a character
+    [kept] = await keep_logs(api, namespace, [pod], job="job1", job_uid=JOB_UID, tail_kib=2, read_timeout=10,
                              concurrency=4, log=Bound(test="logkeeper"))
     name = kept_log_name("job1-build-api-runner", JOB_UID)
     assert (kept.pod, kept.task, kept.config_map, kept.error, kept.truncated) == (
@@ -105,8 +106,8 @@ async def test_a_runner_log_tail_is_kept_in_one_labelled_artifact_configmap(kube
     assert cm.metadata.annotations["necrocode.io/log-of"] == "job1-build-api-runner"
     assert cm.metadata.annotations["necrocode.io/log-truncated"] == "true"
     text = cm.data["log"]
-    assert text == last_bytes(full, 4096)  # exactly the end: the last 4 KiB, a cut character left out
-    assert kept.bytes == len(text.encode()) > 4096 - 4
+    assert text == last_bytes(full, 2048)  # exactly the end: the last 2 KiB, the cut character left out
+    assert 2048 - 4 < kept.bytes == len(text.encode()) < 2048
     assert text.endswith("the end of the log\n")
 
     # a second reading (during the grace, or after an operator restart) updates the same ConfigMap
@@ -115,6 +116,11 @@ async def test_a_runner_log_tail_is_kept_in_one_labelled_artifact_configmap(kube
     assert again.config_map == name and again.bytes > kept.bytes
     assert [c.metadata.name for c in kept_logs(kube, namespace)] == [name]
     assert kube.core.read_namespaced_config_map(name, namespace).data["log"] == last_bytes(full, 8192)
+
+    # the largest tail the settings allow fits in a ConfigMap (the generated log is longer still)
+    [largest] = await keep_logs(api, namespace, [pod], job="job1", job_uid=JOB_UID, tail_kib=512, read_timeout=10)
+    assert largest.truncated == (len(full.encode()) > 512 * 1024)
+    assert kube.core.read_namespaced_config_map(name, namespace).data["log"] == last_bytes(full, 512 * 1024)
 
 
 async def test_lost_node_and_missing_pod_are_reported_not_waited_for(kube: Kubectl, namespace: str, api: Kube,
