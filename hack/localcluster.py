@@ -475,8 +475,8 @@ class LocalCluster:
         raise RuntimeError("kwok nodes did not become Ready:\n" + _tail(self.logs / "kwok.log"))
 
 
-RUNNER_LOG_LINES = 9000
-"""Lines of the generated runner log (~700 KiB: longer than the largest tail kept, 512 KiB)."""
+RUNNER_LOG_LINES = 10000
+"""Lines of the generated runner log (~590 KiB: longer than the largest tail kept, 512 KiB)."""
 
 
 def write_runner_log(path: Path, lines: int = RUNNER_LOG_LINES) -> None:

@@ -436,7 +436,9 @@ class Kube:
 async def _answer_error(resp: aiohttp.ClientResponse) -> ApiError:
     """The error of a non-2xx answer read as a stream (a watch, a log): its Status, if JSON, else
     the start of whatever page a proxy sent. Reads at most 64 KiB of it."""
-    raw = await resp.content.read(64 * 1024)
+    raw = b""
+    while len(raw) < 64 * 1024 and (chunk := await resp.content.read(64 * 1024 - len(raw))):
+        raw += chunk
     try:
         body = orjson.loads(raw or b"{}")
     except json.JSONDecodeError:

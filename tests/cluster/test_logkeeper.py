@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from kube_helpers import ClusterInfo, Kubectl, create_unreachable_node, kubectl, wait_for
+from localcluster import runner_log_text
 from necrocode.cleaner import ResourceCleaner
 from necrocode.kube import Kube, load_credentials
 from necrocode.logkeeper import keep_logs
@@ -23,6 +24,14 @@ from necrocode.naming import kept_log_name
 from necrocode.planning import RetryPolicy
 
 JOB_UID = "0c0ffee0-1111-2222-3333-444455556666"
+
+
+@pytest.fixture(autouse=True)
+def kwok_serves_logs(cluster: ClusterInfo) -> None:
+    """Runner logs are served by the local control plane's kwok (hack/localcluster.py's
+    ClusterLogs); another cluster ($KUBECONFIG) need not serve any."""
+    if not cluster.local:
+        pytest.skip("needs the local control plane's kwok, which serves the runners' logs")
 
 
 @pytest.fixture
@@ -65,8 +74,6 @@ def unreachable_node(kube: Kubectl) -> Iterator[str]:
 def test_kwok_nodes_are_reached_on_loopback_only(kube: Kubectl, cluster: ClusterInfo) -> None:
     """The API server reaches kwok's kubelet server at 127.0.0.1 and kwok's port: never at a
     made-up node address (no traffic leaves loopback)."""
-    if not cluster.local:
-        pytest.skip("the local control plane's kwok")
     assert cluster.state_dir is not None
     port = json.loads((cluster.state_dir / "ports.json").read_text())["kwok"]
     for node in kube.core.list_node(label_selector="type=kwok").items:
@@ -83,18 +90,15 @@ def test_kubectl_logs_reads_a_kwok_runner_through_the_api_server(kube: Kubectl, 
     assert len(lines) == 2 and lines[-1].endswith("the end of the log"), lines
 
 
-async def test_a_runner_log_tail_is_kept_in_one_labelled_artifact_configmap(kube: Kubectl, cluster: ClusterInfo,
-                                                                             namespace: str, api: Kube) -> None:
+async def test_a_runner_log_tail_is_kept_in_one_labelled_artifact_configmap(kube: Kubectl, namespace: str,
+                                                                             api: Kube) -> None:
     pod = running_runner(kube, namespace, "job1", "build-api")
     full = served_log(kube, namespace, "job1-build-api-runner")
-    if cluster.local:
-        from localcluster import runner_log_text
+    assert full == runner_log_text()  # the generated log, longer than any tail
 
-        assert full == runner_log_text()  # the generated log, much longer than any tail
-    assert len(full.encode()) > 8 * 1024
-
-    assert full.encode()[-2048] & 0xC0 == 0x80  # a 2 KiB tail of this log starts inside a character
-    [kept] = await keep_logs(api, namespace, [pod], job="job1", job_uid=JOB_UID, tail_kib=2, read_timeout=10,
+    data = full.encode()
+    kib = next(k for k in range(1, 65) if data[-k * 1024] & 0xC0 == 0x80)  # a tail that starts inside a character
+    [kept] = await keep_logs(api, namespace, [pod], job="job1", job_uid=JOB_UID, tail_kib=kib, read_timeout=10,
                              concurrency=4, log=Bound(test="logkeeper"))
     name = kept_log_name("job1-build-api-runner", JOB_UID)
     assert (kept.pod, kept.task, kept.config_map, kept.error, kept.truncated) == (
@@ -106,20 +110,20 @@ async def test_a_runner_log_tail_is_kept_in_one_labelled_artifact_configmap(kube
     assert cm.metadata.annotations["necrocode.io/log-of"] == "job1-build-api-runner"
     assert cm.metadata.annotations["necrocode.io/log-truncated"] == "true"
     text = cm.data["log"]
-    assert text == last_bytes(full, 2048)  # exactly the end: the last 2 KiB, the cut character left out
-    assert 2048 - 4 < kept.bytes == len(text.encode()) < 2048
+    assert text == last_bytes(full, kib * 1024)  # exactly the end: the last N KiB, the cut character left out
+    assert kib * 1024 - 4 < kept.bytes == len(text.encode()) < kib * 1024
     assert text.endswith("the end of the log\n")
 
     # a second reading (during the grace, or after an operator restart) updates the same ConfigMap
-    [again] = await keep_logs(api, namespace, [pod], job="job1", job_uid=JOB_UID, tail_kib=8, read_timeout=10,
+    [again] = await keep_logs(api, namespace, [pod], job="job1", job_uid=JOB_UID, tail_kib=kib + 1, read_timeout=10,
                               already_kept=[kept])
     assert again.config_map == name and again.bytes > kept.bytes
     assert [c.metadata.name for c in kept_logs(kube, namespace)] == [name]
-    assert kube.core.read_namespaced_config_map(name, namespace).data["log"] == last_bytes(full, 8192)
+    assert kube.core.read_namespaced_config_map(name, namespace).data["log"] == last_bytes(full, (kib + 1) * 1024)
 
     # the largest tail the settings allow fits in a ConfigMap (the generated log is longer still)
     [largest] = await keep_logs(api, namespace, [pod], job="job1", job_uid=JOB_UID, tail_kib=512, read_timeout=10)
-    assert largest.truncated == (len(full.encode()) > 512 * 1024)
+    assert largest.truncated and len(data) > 512 * 1024
     assert kube.core.read_namespaced_config_map(name, namespace).data["log"] == last_bytes(full, 512 * 1024)
 
 
