@@ -215,6 +215,9 @@ class LocalCluster:
         # the API server's identity towards kubelets (logs, exec, port-forward on the real node),
         # bound to system:kubelet-api-admin once the API server runs
         self._leaf("apiserver-kubelet-client", f"/CN={KUBELET_CLIENT}", ext=None)
+        # kwok's kubelet server (pod logs), on loopback only: the API server verifies it as it
+        # verifies the real node's kubelet, against this CA
+        self._leaf("kwok-serving", "/CN=kwok-kubelet", ext="subjectAltName=IP:127.0.0.1,DNS:localhost")
         openssl("genrsa", "-out", "sa.key", "2048", cwd=p)
         openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=p)
         for name, user in (("kubeconfig", "admin"), ("kcm.kubeconfig", "kcm"),
@@ -314,6 +317,7 @@ class LocalCluster:
             f"--profiling={'true' if self.profiling else 'false'}",
             "--max-requests-inflight=800", "--max-mutating-requests-inflight=400",
             "--kubelet-preferred-address-types=InternalIP,Hostname",
+            f"--kubelet-certificate-authority={p / 'ca.crt'}",
             "--v=1",
         ])
 
@@ -343,16 +347,43 @@ class LocalCluster:
             "--kube-api-qps=100", "--kube-api-burst=200", "--v=1",
         ]
 
+    @property
+    def runner_log(self) -> Path:
+        """The log kwok serves for every pod it runs (kubectl logs, the pods/log subresource)."""
+        return self.dir / "kwok" / "runner.log"
+
     def _kwok_args(self) -> list[str]:
+        """kwok's nodes are at 127.0.0.1 with kwok's own server as their kubelet port: the API
+        server reaches it there (pods/log), on loopback only, never at a made-up node address."""
+        port, p = self.ports["kwok"], self.pki
         return [
             f"--kubeconfig={self.kubeconfig}",
             f"--config={HACK / 'kwok' / 'stages.yaml'}",
+            f"--config={self._kwok_logs()}",
             "--manage-all-nodes=false",
             f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
             "--node-lease-duration-seconds=40",
-            f"--server-address=127.0.0.1:{self.ports['kwok']}",
-            "--cidr=10.244.0.0/16", "--node-ip=10.96.0.1",
+            f"--server-address=127.0.0.1:{port}", f"--node-port={port}", "--node-ip=127.0.0.1",
+            f"--tls-cert-file={p / 'kwok-serving.crt'}", f"--tls-private-key-file={p / 'kwok-serving.key'}",
+            "--cidr=10.244.0.0/16",
         ]
+
+    def _kwok_logs(self) -> Path:
+        """kwok's ClusterLogs: every pod it runs serves `runner_log` (kwok v0.8 selects pods by
+        namespace and name only, not by label, so runner pods are not singled out). The log is
+        generated once per cluster: numbered lines with multi-byte characters, longer than any
+        tail the operator keeps (NECROCODE_LOG_TAIL_KIB is at most 512), its last line saying so."""
+        config = self.dir / "kwok" / "logs.yaml"
+        if config.exists():
+            return config
+        config.parent.mkdir(parents=True, exist_ok=True)
+        write_runner_log(self.runner_log)
+        config.write_text(
+            "apiVersion: kwok.x-k8s.io/v1alpha1\nkind: ClusterLogs\n"
+            "metadata:\n  name: necrocode-runner-log\n"
+            f"spec:\n  selector: {{}}\n  logs:\n  - logsFile: {json.dumps(str(self.runner_log))}\n"
+            "    follow: false\n")
+        return config
 
     # ---------------------------------------------------------------- API access (stdlib only)
     def _ssl(self) -> ssl.SSLContext:
@@ -442,6 +473,30 @@ class LocalCluster:
                 return
             time.sleep(0.3)
         raise RuntimeError("kwok nodes did not become Ready:\n" + _tail(self.logs / "kwok.log"))
+
+
+RUNNER_LOG_LINES = 10000
+"""Lines of the generated runner log (~590 KiB: longer than the largest tail kept, 512 KiB)."""
+
+
+def write_runner_log(path: Path, lines: int = RUNNER_LOG_LINES) -> None:
+    """A runner's log as kwok reads it: the CRI format the kubelet writes (`<time> stdout F <line>`),
+    which kwok decodes into the plain lines a client of pods/log gets (`runner_log_text`)."""
+    with path.open("w", encoding="utf-8") as f:
+        for i, line in enumerate(runner_log_lines(lines)):
+            f.write(f"2026-01-01T{i // 3600:02d}:{i // 60 % 60:02d}:{i % 60:02d}.000000000Z stdout F {line}\n")
+
+
+def runner_log_lines(lines: int = RUNNER_LOG_LINES) -> list[str]:
+    """Numbered lines, each with two- and three-byte UTF-8 characters, so that a tail cut at a
+    byte count lands inside a character for some counts; the last says it is the end."""
+    out = [f"runner line {i:06d}/{lines:06d}: édition ✓ {'.' * (i % 37)}" for i in range(1, lines)]
+    return [*out, f"runner line {lines:06d}/{lines:06d}: the end of the log"]
+
+
+def runner_log_text(lines: int = RUNNER_LOG_LINES) -> str:
+    """What GET pods/<name>/log answers for a pod on a kwok node."""
+    return "".join(line + "\n" for line in runner_log_lines(lines))
 
 
 def _alive(pid: int) -> bool:

@@ -14,6 +14,7 @@ from necrocode import metrics
 from necrocode.concurrency import bounded
 from necrocode.kube import ApiError, Kube, NotFound, TransientError, core_path, lease_path
 from necrocode.logs import Bound
+from necrocode.logtail import is_kept_log
 from necrocode.model import (
     LABEL_ARTIFACT,
     LABEL_JOB,
@@ -143,13 +144,15 @@ class ResourceCleaner:
                       keep_artifact: Callable[[Obj], bool] = lambda obj: False) -> CleanupOutcome:
         """Release leases, delete scratch, keep artifacts except those of the kinds in
         `delete_artifacts` (asked for, and the requester may delete them) that `keep_artifact`
-        does not keep; `only` limits it to those tasks. `before_delete(n)` is told how many
-        resources are about to be deleted, before the first is."""
+        does not keep, and always the runner logs a cancellation kept (necrocode.io/kept-log);
+        `only` limits it to those tasks. `before_delete(n)` is told how many resources are about
+        to be deleted, before the first is."""
         out = CleanupOutcome()
         await self.release_leases(selector, out, only, by_uid=by_uid, keep=keep, job=job)
         doomed = await self.labelled(selector, LABEL_SCRATCH, only, job=job)
         for kind, obj in await self.labelled(selector, LABEL_ARTIFACT, only, job=job):
-            if kind in delete_artifacts and not keep_artifact(obj):
+            # a kept runner log stays, whatever was asked
+            if kind in delete_artifacts and not keep_artifact(obj) and not is_kept_log(obj):
                 doomed.append((kind, obj))
             else:
                 out.preserved.append(f"{kind.lower()}/{obj['metadata']['name']}")

@@ -23,6 +23,7 @@ import orjson
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
+from necrocode.logtail import TailBuffer
 from necrocode.model import FIELD_MANAGER, GROUP, VERSION
 from necrocode.planning import RetryPolicy
 
@@ -250,21 +251,51 @@ class Kube:
         if body is not None:
             headers["Content-Type"] = content_type
             data = orjson.dumps(body)
-        q = {k: _param(v) for k, v in (params or {}).items() if v is not None}
+        q = _query(params)
+        # Every verb is retried: our writes are safe to repeat (PUTs and guarded PATCHes carry a
+        # resourceVersion, deletes a uid precondition and 404 is done, creates answer 409
+        # AlreadyExists, merge patches and server-side applies converge), so an answer lost on
+        # the way back costs one more request, never a second effect.
+        return await self._retrying(lambda: self._once(method, path, q, data, headers))
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+        """`call` again after a TransientError, as the retry policy says (the one retry loop)."""
         policy = self.retry
         for attempt in range(1, policy.attempts + 1):
             try:
-                return await self._once(method, path, q, data, headers)
+                return await call()
             except TransientError as exc:
-                # Every verb is retried: our writes are safe to repeat (PUTs and guarded PATCHes
-                # carry a resourceVersion, deletes a uid precondition and 404 is done, creates
-                # answer 409 AlreadyExists, merge patches converge), so an answer lost on the way
-                # back costs one more request, never a second effect.
                 exc.attempts = attempt
                 if attempt == policy.attempts:
                     raise
                 await self._sleep(policy.delay(attempt, self._jitter(), exc.retry_after))
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def read_tail(self, path: str, limit: int, *, params: Mapping[str, Any] | None = None) -> TailBuffer:
+        """GET a body that is not JSON (a pod's log) and keep only its last `limit` bytes, read
+        chunk by chunk: whatever the body's size, no more than `limit` plus one chunk is held.
+        Retried as every request is (each attempt starts a new buffer); the caller bounds the
+        whole read in time (a log can stream for as long as its kubelet sends it)."""
+        headers = {"Accept": "*/*", **self.creds.headers(), **self.extra_headers}
+        q = _query(params)
+
+        async def once() -> TailBuffer:
+            self._count("GET")
+            tail = TailBuffer(limit)
+            try:
+                async with self.session.get(
+                    self.creds.host + path, params=q, headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=self.timeout),
+                ) as resp:
+                    if resp.status >= 400:
+                        raise await _answer_error(resp)
+                    async for chunk in resp.content.iter_chunked(64 * 1024):
+                        tail.feed(chunk)
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                raise TransientError(0, "ConnectionError", f"{type(exc).__name__}: {exc}") from exc
+            return tail
+
+        return await self._retrying(once)
 
     async def conflict_retry(self, round_: Callable[[], Awaitable[T]]) -> T:
         """Run a read-decide-write round again while it ends in 409 Conflict (the object changed
@@ -384,17 +415,11 @@ class Kube:
         self._count("WATCH")
         try:
             async with self._watch_session.get(
-                self.creds.host + path, params={k: _param(v) for k, v in params.items() if v is not None},
+                self.creds.host + path, params=_query(params),
                 headers=headers, timeout=aiohttp.ClientTimeout(total=None, sock_read=timeout_seconds + 30),
             ) as resp:
                 if resp.status >= 400:
-                    raw = await resp.read()
-                    try:
-                        body = orjson.loads(raw or b"{}")
-                    except json.JSONDecodeError:
-                        body = {"message": raw[:512].decode(errors="replace")}
-                    raise map_error(resp.status, body if isinstance(body, dict) else {},
-                                    resp.headers.get("Retry-After"))
+                    raise await _answer_error(resp)
                 async for line in resp.content:
                     if not line.strip():
                         continue
@@ -406,6 +431,23 @@ class Kube:
         except (aiohttp.ClientError, TimeoutError, ConnectionError, asyncio.IncompleteReadError,
                 json.JSONDecodeError) as exc:
             raise TransientError(0, "WatchBroken", str(exc)) from exc
+
+
+async def _answer_error(resp: aiohttp.ClientResponse) -> ApiError:
+    """The error of a non-2xx answer read as a stream (a watch, a log): its Status, if JSON, else
+    the start of whatever page a proxy sent. Reads at most 64 KiB of it."""
+    raw = b""
+    while len(raw) < 64 * 1024 and (chunk := await resp.content.read(64 * 1024 - len(raw))):
+        raw += chunk
+    try:
+        body = orjson.loads(raw or b"{}")
+    except json.JSONDecodeError:
+        body = {"message": raw[:512].decode(errors="replace")}
+    return map_error(resp.status, body if isinstance(body, dict) else {}, resp.headers.get("Retry-After"))
+
+
+def _query(params: Mapping[str, Any] | None) -> dict[str, str]:
+    return {k: _param(v) for k, v in (params or {}).items() if v is not None}
 
 
 def _param(v: Any) -> str:

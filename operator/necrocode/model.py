@@ -46,6 +46,12 @@ ANNOTATION_REQUESTER_GROUPS = "necrocode.io/requester-groups"
 ANNOTATION_FORCE_REQUESTER = "necrocode.io/force-requester"
 """On a cancellation whose spec.force was changed from false to true (an escalation): the user
 who changed it, written by the API server at admission (deploy/requester-policy.yaml)."""
+LABEL_KEPT_LOG = "necrocode.io/kept-log"
+"""On an artifact ConfigMap that holds a runner's log tail (value "true"): kept by a cancellation
+with preserveLogs, and never deleted by a cleanup, even with preserveArtifacts: false."""
+ANNOTATION_LOG_OF = "necrocode.io/log-of"
+"""On a kept log: the runner pod it was read from (an annotation: a pod name may be longer than
+a label value)."""
 LABEL_JOB_UID = "necrocode.io/job-uid"
 """Optional, on a job's pods, scratch and artifacts: the uid of the AgentJob they belong to, so
 a job recreated under an old name never reaches the older job's objects (planning.belongs_to)."""

@@ -6,6 +6,7 @@ DNS-1123 subdomain of at most 253 characters for any job and task id, sortable b
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 from datetime import UTC, datetime
@@ -45,3 +46,14 @@ def cancellation_labels(job: str, task: str | None = None) -> dict[str, str]:
     """necrocode.io/job (and necrocode.io/task), for the values that may be label values."""
     pairs = ((LABEL_JOB, job), (LABEL_TASK, task))
     return {k: v for k, v in pairs if v and label_ok(v)}
+
+
+def kept_log_name(pod: str, job_uid: str = "") -> str:
+    """The artifact ConfigMap that keeps `pod`'s log: `<pod>-log-<8 hex>`, the same for the same
+    pod of the same job instance (a re-run, an operator restart, a second read during the grace
+    update it, never add another), a valid DNS-1123 subdomain for any pod name. The hash is of
+    the job's uid and the pod's name, so a job recreated under its old name with the same pod
+    names never overwrites the older job's kept logs, and two names cut alike stay apart."""
+    digest = hashlib.sha256(f"{job_uid}/{pod}".encode()).hexdigest()[:8]
+    suffix = f"-log-{digest}"
+    return (dns_part(pod)[:NAME_MAX - len(suffix)].rstrip("-.") or "runner") + suffix

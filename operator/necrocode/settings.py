@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
+from necrocode.logtail import TAIL_KIB_MAX, TAIL_KIB_MIN
 from necrocode.planning import RetryPolicy
+
+T = TypeVar("T")
 
 
 def _env(name: str, default: str) -> str:
@@ -20,6 +25,23 @@ def _ttl(value: str) -> int | None:
     if ttl < 0:
         raise ValueError(f"NECROCODE_DEFAULT_TTL_SECONDS={value!r}: expected seconds >= 0, or empty for none")
     return ttl
+
+
+def _checked(name: str, default: str, parse: Callable[[str], T], ok: Callable[[T], bool], expected: str) -> T:
+    """A setting parsed and checked against its range: anything else refused at start, saying
+    what is expected."""
+    value = _env(name, default)
+    try:
+        parsed = parse(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r}: expected {expected}") from None
+    if not ok(parsed):
+        raise ValueError(f"{name}={value!r}: expected {expected}")
+    return parsed
+
+
+def _flag(name: str, default: str) -> bool:
+    return _env(name, default).lower() in ("1", "true", "yes")
 
 
 @dataclass(frozen=True)
@@ -55,6 +77,12 @@ class Settings:
     namespaces: tuple[str, ...] = ()
     """Namespaces to serve; empty means the whole cluster."""
     metrics_port: int = 8080
+    preserve_logs: bool = False
+    """Keep each runner's log tail when a cancellation's spec.preserveLogs is not set."""
+    log_tail_kib: int = 64
+    """How much of the end of each runner's log is kept (KiB, 1..512)."""
+    log_read_timeout: float = 10.0
+    """The longest one runner's log is waited for (retries included): a lost node's is not kept."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -73,9 +101,14 @@ class Settings:
             request_timeout=float(_env("NECROCODE_REQUEST_TIMEOUT_SECONDS", "30")),
             status_list_limit=max(1, int(_env("NECROCODE_STATUS_LIST_LIMIT", "100"))),
             task_events_limit=max(0, int(_env("NECROCODE_TASK_EVENTS_LIMIT", "100"))),
-            include_secrets=_env("NECROCODE_INCLUDE_SECRETS", "false").lower() in ("1", "true", "yes"),
-            requester_policy=_env("NECROCODE_REQUESTER_POLICY", "false").lower() in ("1", "true", "yes"),
+            include_secrets=_flag("NECROCODE_INCLUDE_SECRETS", "false"),
+            requester_policy=_flag("NECROCODE_REQUESTER_POLICY", "false"),
             default_ttl_seconds=_ttl(_env("NECROCODE_DEFAULT_TTL_SECONDS", "")),
             namespaces=ns,
             metrics_port=int(_env("NECROCODE_METRICS_PORT", "8080")),
+            preserve_logs=_flag("NECROCODE_PRESERVE_LOGS", "false"),
+            log_tail_kib=_checked("NECROCODE_LOG_TAIL_KIB", "64", int, lambda n: TAIL_KIB_MIN <= n <= TAIL_KIB_MAX,
+                                  f"{TAIL_KIB_MIN} to {TAIL_KIB_MAX} KiB (a ConfigMap holds at most 1 MiB)"),
+            log_read_timeout=_checked("NECROCODE_LOG_READ_TIMEOUT_SECONDS", "10", float, lambda s: 0 < s <= 300,
+                                      "seconds above 0, at most 300"),  # nan is neither
         )

@@ -88,8 +88,10 @@ def test_operator_rules_are_the_least_that_works(mode: str) -> None:
             assert "*" not in rule["resources"] and "*" not in rule["apiGroups"], rule
             assert not {"pods/exec", "pods/attach", "pods/portforward", "pods/eviction", "nodes",
                         "serviceaccounts/token"} & set(rule["resources"]), rule
-            if "create" in rule["verbs"]:  # creates only Events, reviews and the leader Lease
-                assert set(rule["resources"]) <= {"events", "localsubjectaccessreviews", "leases"}, rule
+            if "create" in rule["verbs"]:  # creates only Events, reviews, the leader Lease and kept logs
+                assert set(rule["resources"]) <= {"events", "localsubjectaccessreviews", "leases", "configmaps"}, rule
+            if "pods/log" in rule["resources"]:  # kept logs: read, nothing else on a pod's subresources
+                assert rule["verbs"] == ["get"], rule
                 assert "leases" not in rule["resources"] or role["metadata"]["name"] == f"{OPERATOR}-leader"
     # leases are created only in the release namespace (the leader Lease); renewed only by name
     [leader] = [d for d in roles if d["metadata"]["name"] == f"{OPERATOR}-leader"]

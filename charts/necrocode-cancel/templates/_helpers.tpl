@@ -103,6 +103,18 @@ is create on pods, pods/exec, impersonate, escalate, bind, or any "*". */}}
   resources: [secrets]
   verbs: [list, delete]
 {{- end }}
+# Kept runner logs (preserveLogs): the end of a runner's log, read through the API server (the
+# operator never talks to a kubelet itself). Only get: no follow-up on exec, attach or proxy.
+- apiGroups: [""]
+  resources: [pods/log]
+  verbs: [get]
+# ...saved into one artifact ConfigMap per runner by a server-side apply: patch, and create (the
+# API server asks for both when the apply creates it). RBAC cannot narrow these to our own
+# ConfigMaps (names are generated, no label condition), so they reach every ConfigMap where
+# the operator serves; it writes only those named <runner>-log-<hash>, labelled kept-log.
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [create, patch]
 # The operator's own Events (created once under a deterministic name; never patched).
 - apiGroups: [""]
   resources: [events]

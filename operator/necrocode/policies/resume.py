@@ -71,6 +71,15 @@ def cancellation_bound(grace: int, escalate_after: int, stuck_timeout: float, ca
     return runners + deferral + steps * 3 * call_budget + windows
 
 
+def log_keeping_bound(read_timeout: float, call_budget: float) -> float:
+    """The longest one keeping of the runners' logs takes (necrocode.logkeeper enforces it):
+    one read (bounded by its timeout, retries included) and one write (its retry budget). The
+    reads and writes of many runners run in parallel, a bounded number at a time; a runner not
+    done within the bound (many runners on lost nodes, each read waiting out its timeout) is
+    reported as not kept, never waited for."""
+    return read_timeout + call_budget
+
+
 def time_left(bound: float, started_at: str | None, now: datetime) -> float:
     """Seconds the cancellation has left of its bound, counted from its recorded start (so a
     restart does not give it a new bound); 0 when it ran out."""

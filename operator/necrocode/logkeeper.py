@@ -1,0 +1,117 @@
+"""Keep the end of each runner's log before its pod goes (spec.preserveLogs): read through the
+pods/log subresource, saved into one artifact ConfigMap per runner.
+
+Why through the API server: it is the one way to a pod's log that works on any node (the
+operator never talks to kubelets, and needs no more RBAC than `get pods/log`). Why a bound on
+every read: a runner on a lost node has a kubelet nobody can reach, and a cancellation must end
+within a bound computable from its spec (policies.resume.log_keeping_bound); such a runner is reported
+with an error, never waited for. The decisions (the tail, the body, the name, the merge with an
+earlier reading) are pure, in necrocode.logtail and necrocode.naming.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from necrocode.concurrency import bounded
+from necrocode.kube import ApiError, Kube, core_path
+from necrocode.logs import Bound
+from necrocode.logtail import kept_log_labels, log_configmap, merge_kept, tail_lines
+from necrocode.model import FIELD_MANAGER, LABEL_TASK, KeptLog, clip
+from necrocode.naming import kept_log_name
+from necrocode.policies.resume import log_keeping_bound
+
+Obj = dict[str, Any]
+APPLY = "application/apply-patch+yaml"
+
+
+async def keep_logs(kube: Kube, namespace: str, pods: Iterable[Obj | str], *, job: str, job_uid: str = "",
+                    tasks_by_pod: Mapping[str, str] | None = None, owner: Mapping[str, Any] | None = None,
+                    tail_kib: int = 64, read_timeout: float = 10.0, concurrency: int = 10,
+                    already_kept: Iterable[KeptLog] = (), log: Bound | None = None,
+                    bound: float | None = None) -> list[KeptLog]:
+    """Read the last `tail_kib` KiB of each pod's log and write it into the ConfigMap named by
+    naming.kept_log_name (labelled necrocode.io/artifact, job, task, job-uid and kept-log; owned
+    by `owner` if given, e.g. the cancellation record). One entry per pod, `already_kept` merged
+    in (logtail.merge_kept: a failed re-reading keeps the earlier kept one). Never raises for one
+    pod: a log that cannot be read or saved is an entry with `error`. An empty log (a container
+    that wrote nothing, a pod never scheduled) is kept as empty text.
+
+    `pods`: pod objects (their first container's log, or the one named by the
+    kubectl.kubernetes.io/default-container annotation), or names of pods that may be gone.
+    `tasks_by_pod`: the task of each pod, where its necrocode.io/task label does not say it.
+    Each read is bounded by `read_timeout`, retries included; the whole call by `bound`
+    (default policies.resume.log_keeping_bound)."""
+    limit = tail_kib * 1024
+    tasks = dict(tasks_by_pod or {})
+    budget = bound if bound is not None else log_keeping_bound(read_timeout, kube.retry.budget(kube.timeout))
+    deadline = asyncio.get_running_loop().time() + budget
+    results: dict[str, KeptLog] = {}
+
+    async def one(pod: Obj | str) -> None:
+        name, container, task = _identify(pod, tasks)
+        try:
+            async with asyncio.timeout_at(deadline):
+                results[name] = await _keep_one(kube, namespace, name, container, task, job=job, job_uid=job_uid,
+                                                owner=owner, limit=limit, read_timeout=read_timeout)
+        except TimeoutError:
+            results[name] = KeptLog(pod=name, task=task,
+                                    error=f"not kept: the keeping of the runners' logs took its bound ({budget:g}s)")
+        entry = results[name]
+        if log is not None:
+            if entry.error:
+                log.warning("runner log not kept", pod=name, error=entry.error)
+            else:
+                log.info("runner log kept", pod=name, configmap=entry.config_map, bytes=entry.bytes,
+                         truncated=entry.truncated)
+
+    items = list(pods)
+    await bounded(items, one, max(1, concurrency))
+    return merge_kept(already_kept, (results[_identify(p, tasks)[0]] for p in items))
+
+
+async def _keep_one(kube: Kube, namespace: str, pod: str, container: str | None, task: str | None, *, job: str,
+                    job_uid: str, owner: Mapping[str, Any] | None, limit: int, read_timeout: float) -> KeptLog:
+    try:
+        async with asyncio.timeout(read_timeout):
+            tail = await kube.read_tail(core_path(namespace, "pods", pod, "log"), limit,
+                                        params={"container": container, "tailLines": tail_lines(limit)})
+    except TimeoutError:
+        return KeptLog(pod=pod, task=task, error=f"log not read within {read_timeout:g}s: the API server did not "
+                                                 "get it from the pod's node (a lost node, or its kubelet is down)")
+    except ApiError as exc:
+        return KeptLog(pod=pod, task=task, error=clip(f"log not read: {exc}"))
+    kept = tail.kept()
+    name = kept_log_name(pod, job_uid)
+    body = log_configmap(name, namespace, pod=pod, container=container or "", kept=kept,
+                         labels=kept_log_labels(job, task, job_uid), owner=owner)
+    try:
+        # server-side apply: creates the ConfigMap or replaces what we wrote before, in one call
+        await kube.request("PATCH", core_path(namespace, "configmaps", name), body=body, content_type=APPLY,
+                           params={"fieldManager": FIELD_MANAGER, "force": True}, meta_only=True)
+    except ApiError as exc:
+        return KeptLog(pod=pod, task=task, error=clip(f"log read but not saved in configmap/{name}: {exc}"))
+    return KeptLog(pod=pod, task=task, config_map=name, bytes=kept.bytes, truncated=kept.truncated)
+
+
+def _identify(pod: Obj | str, tasks: Mapping[str, str]) -> tuple[str, str | None, str | None]:
+    """(name, container, task) of a pod object or name."""
+    if isinstance(pod, str):
+        return pod, None, tasks.get(pod)
+    meta = pod.get("metadata") or {}
+    name = str(meta.get("name"))
+    task = tasks.get(name) or (meta.get("labels") or {}).get(LABEL_TASK)
+    return name, _container(meta, (pod.get("spec") or {}).get("containers") or []), task
+
+
+def _container(meta: Mapping[str, Any], containers: Sequence[Mapping[str, Any]]) -> str | None:
+    """The container whose log is kept: the pod's default container (the annotation kubectl
+    reads), else its first; None when the pod object does not say (the API server then picks
+    the only one, or answers that a name is needed)."""
+    default = (meta.get("annotations") or {}).get("kubectl.kubernetes.io/default-container")
+    names = [str(c.get("name")) for c in containers if c.get("name")]
+    if default in names:
+        return str(default)
+    return names[0] if names else None
