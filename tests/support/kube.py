@@ -357,7 +357,7 @@ def create_unreachable_node(kube: Kubectl, name: str) -> int:
     moment ago (a lost node, as the API server sees it when it reads a pod's log there: the
     connection is refused, on loopback). No kwok annotation, so kwok leaves it alone; a pod bound
     to it by spec.nodeName stays Pending and must be force-deleted. Returns the port."""
-    from localcluster import free_port
+    from hack.localcluster import free_port
 
     port = free_port()
     kube.core.create_node({"metadata": {"name": name, "labels": {"necrocode.io/test": "unreachable"}}})
