@@ -165,7 +165,7 @@ def test_missing_job_is_rejected_with_a_clear_message(kube: Kubectl, namespace: 
                     and not o["metadata"].get("finalizers") and o, what="kopf's finalizer removed")
     time.sleep(3)  # no retry loop: nothing writes to it again
     again = kube.get("jobcancellations", namespace, "stop-ghost")
-    assert again["metadata"]["resourceVersion"] == done["metadata"]["resourceVersion"]
+    assert again["metadata"]["resourceVersion"] == done["metadata"]["resourceVersion"], (done, again)
 
 
 def test_finished_job_is_rejected(kube: Kubectl, namespace: str) -> None:
