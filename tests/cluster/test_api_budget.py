@@ -15,9 +15,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from necrocode.budget import CURRENT, Budget
 from necrocode.kube import Kube, core_path, load_credentials
-from tests.cluster.test_faults import JOB, alive, evidence, populate, run_operator
 from tests.support.kube import ClusterInfo, Kubectl, wait_for
+from tests.support.operators import alive, evidence, populate, run_operator
 
+JOB = "job"
 QPS, BURST = 20, 5
 RUNNERS = 30
 
