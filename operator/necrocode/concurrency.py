@@ -1,4 +1,6 @@
-"""Bounded parallelism for API calls: never more than `limit` in flight for one operation."""
+"""Bounded parallelism for API calls: never more than `limit` in flight for one operation, nor
+more than the current cancellation's own in-flight budget (necrocode.budget): workers beyond it
+would only wait in the client for a slot, each holding its task and item meanwhile."""
 
 from __future__ import annotations
 
@@ -6,9 +8,14 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from necrocode.budget import CURRENT
+
 
 async def bounded(items: Iterable[Any], fn: Callable[[Any], Awaitable[object]], limit: int) -> None:
-    """Run fn over items with at most `limit` at once."""
+    """Run fn over items with at most `limit` at once (capped by the cancellation's budget)."""
+    own = CURRENT.get()
+    if own is not None and own.concurrency > 0:
+        limit = min(limit, own.concurrency)
     sem = asyncio.Semaphore(limit)
 
     async def one(item: Any) -> None:

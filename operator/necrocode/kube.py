@@ -3,7 +3,9 @@
 Why not the official client: it is synchronous (it would block kopf's event loop or need a
 thread pool) and it turns every pod into a model object, which is slow for thousands of pods.
 This client speaks JSON dicts over one aiohttp connection pool, sized to the operator's
-concurrency; credentials come from the official client's kubeconfig/in-cluster loader.
+concurrency; credentials come from the official client's kubeconfig/in-cluster loader. Every
+request passes the operator's API budget first (necrocode.budget): the client's own, and the
+budget of the cancellation it is made for, if any.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import orjson
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
+from necrocode.budget import CURRENT, Budget
 from necrocode.logtail import TailBuffer
 from necrocode.model import FIELD_MANAGER, GROUP, VERSION
 from necrocode.planning import RetryPolicy
@@ -191,7 +194,8 @@ def load_credentials(kubeconfig: str | None = None, context: str | None = None) 
 
 # ----------------------------------------------------------------------------- client
 class Kube:
-    """JSON over HTTP to the API server, with at most `concurrency` requests in flight."""
+    """JSON over HTTP to the API server, with at most `concurrency` requests in flight and, if
+    `qps` is above 0, at most `qps` sent per second (bursts of `burst`)."""
 
     guard: ClassVar[Callable[[], None] | None] = None
     """Called before every request that writes (not GET); raises NotLeader to refuse it. Set by
@@ -204,9 +208,11 @@ class Kube:
     def __init__(self, creds: Credentials, concurrency: int = 50, timeout: float = 30.0,
                  extra_headers: Mapping[str, str] | None = None, retry: RetryPolicy | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 jitter: Callable[[], float] = random.random):
+                 jitter: Callable[[], float] = random.random, qps: float = 0.0, burst: int = 0):
         self.creds = creds
         self.concurrency = concurrency
+        self.budget = Budget("global", qps=qps, burst=burst, concurrency=concurrency)
+        """The whole client's budget (the pool holds as many connections as it has slots)."""
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self._sleep, self._jitter = sleep, jitter
@@ -234,6 +240,28 @@ class Kube:
         for s in (self._session, self._watch_session):
             if s is not None and not s.closed:
                 await s.close()
+
+    async def _admit(self, hold: bool = True) -> Budget | None:
+        """Wait for the budgets one request must pass before it is sent: the cancellation's
+        first (its slot, then its rate), then the client's, so a cancellation waiting on its
+        own rate holds none of the slots the others share. Every attempt passes them (a retry
+        is a request too); `hold`: keep in-flight slots until _leave (a watch holds none: it
+        counts once, when opened). Returns the cancellation's budget, for _leave."""
+        own = CURRENT.get()
+        if own is not None:
+            await own.acquire(hold)
+        try:
+            await self.budget.acquire(hold)
+        except BaseException:
+            if own is not None and hold:
+                own.release()
+            raise
+        return own
+
+    def _leave(self, own: Budget | None) -> None:
+        self.budget.release()
+        if own is not None:
+            own.release()
 
     def _count(self, verb: str) -> None:
         self.calls[verb] = self.calls.get(verb, 0) + 1
@@ -280,6 +308,7 @@ class Kube:
         q = _query(params)
 
         async def once() -> TailBuffer:
+            own = await self._admit()
             self._count("GET")
             tail = TailBuffer(limit)
             try:
@@ -293,6 +322,8 @@ class Kube:
                         tail.feed(chunk)
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 raise TransientError(0, "ConnectionError", f"{type(exc).__name__}: {exc}") from exc
+            finally:
+                self._leave(own)
             return tail
 
         return await self._retrying(once)
@@ -316,6 +347,15 @@ class Kube:
 
     async def _once(self, method: str, path: str, q: Mapping[str, str], data: bytes | None,
                     headers: Mapping[str, str]) -> Obj:
+        own = await self._admit()
+        try:
+            return await self._send(method, path, q, data, headers)
+        finally:
+            self._leave(own)
+
+    async def _send(self, method: str, path: str, q: Mapping[str, str], data: bytes | None,
+                    headers: Mapping[str, str]) -> Obj:
+        # the fence is checked after the wait for the budget, right before the request goes
         if method != "GET" and self.fenced and Kube.guard is not None:
             Kube.guard()
         self._count(method)
@@ -412,6 +452,7 @@ class Kube:
                   "allowWatchBookmarks": "true", "timeoutSeconds": timeout_seconds}
         headers = {"Accept": META_ONLY if meta_only else "application/json", **self.creds.headers(),
                    **self.extra_headers}
+        await self._admit(hold=False)  # a token of each rate, no slot (nothing to give back)
         self._count("WATCH")
         try:
             async with self._watch_session.get(

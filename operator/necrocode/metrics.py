@@ -39,6 +39,10 @@ STEP_DURATION = Histogram(
 API_REQUESTS = Counter("necrocode_api_requests_total",
                        "Kubernetes API requests the operator's own client made (kopf's are not counted), by verb.",
                        ["verb"])
+API_BUDGET_WAIT = Counter("necrocode_api_budget_wait_seconds_total",
+                          "Seconds the operator's requests waited for the API budget (an in-flight slot or a "
+                          "token of the rate), by scope: global (all cancellations together) or cancellation "
+                          "(each one's own).", ["scope"])
 LEADER = Gauge("necrocode_leader", "1 while this replica holds the leader Lease and acts, 0 while it stands by "
                "(without leader election: 1 while the operator runs).")
 

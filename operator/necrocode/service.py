@@ -13,6 +13,7 @@ import random
 from typing import Any
 
 from necrocode import metrics
+from necrocode.budget import CURRENT, Budget
 from necrocode.cleaner import ResourceCleaner
 from necrocode.clock import Clock, SystemClock
 from necrocode.events import EventRecorder
@@ -119,11 +120,22 @@ class CancellationService:
         metrics.IN_PROGRESS.labels(kind=ctx.kind).inc()
         ctx.in_progress = True
         self.running[ctx.uid] = ctx
+        # this cancellation's own API budget, seen by every request made inside the run (tasks
+        # created in it copy the context): see necrocode.budget
+        budget = CURRENT.set(self.budget_for())
         try:
             return await self._run(ctx, tracker)
         finally:
+            CURRENT.reset(budget)
             self.running.pop(ctx.uid, None)
             _leave(ctx)
+
+    def budget_for(self) -> Budget | None:
+        """A new cancellation budget per run, or None when the settings set none."""
+        s = self.settings
+        if not s.cancellation_concurrency and not s.cancellation_qps:
+            return None
+        return Budget("cancellation", qps=s.cancellation_qps, concurrency=s.cancellation_concurrency)
 
     async def _run(self, ctx: Ctx, tracker: CancellationTracker) -> CancellationStatus:
         status = ctx.status

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +41,16 @@ def _checked(name: str, default: str, parse: Callable[[str], T], ok: Callable[[T
     return parsed
 
 
+def _rate(name: str, default: str) -> float:
+    """A requests-per-second setting: a finite number >= 0, 0 for no limit."""
+    return _checked(name, default, float, lambda q: math.isfinite(q) and 0 <= q <= 100_000,
+                    "requests per second >= 0 (0: no limit), at most 100000")
+
+
+def _count(name: str, default: str, low: int, meaning: str) -> int:
+    return _checked(name, default, int, lambda n: low <= n <= 10_000, f"{meaning}, {low} to 10000")
+
+
 def _flag(name: str, default: str) -> bool:
     return _env(name, default).lower() in ("1", "true", "yes")
 
@@ -47,7 +58,18 @@ def _flag(name: str, default: str) -> bool:
 @dataclass(frozen=True)
 class Settings:
     concurrency: int = 50
-    """API requests in flight at once (also the connection pool size)."""
+    """API requests in flight at once, all cancellations together (also the connection pool
+    size). With the four settings below, the operator's API budget (docs/operations.md)."""
+    api_qps: float = 0.0
+    """API requests sent per second, all cancellations together, retries included, a watch
+    counted when opened; 0: no limit (only `concurrency` bounds the rate)."""
+    api_burst: int = 0
+    """How many requests may go at once above api_qps after a quiet spell; 0: one second's worth."""
+    cancellation_concurrency: int = 0
+    """API requests in flight for one cancellation; 0: no limit of its own (`concurrency` bounds
+    it). It also caps each step's parallel workers (concurrency.bounded)."""
+    cancellation_qps: float = 0.0
+    """API requests sent per second for one cancellation (burst: one second's worth); 0: no limit."""
     status_write_interval: float = 0.5
     """At most one status write per this many seconds per cancellation while work goes on."""
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -88,7 +110,12 @@ class Settings:
     def from_env(cls) -> Settings:
         ns = tuple(n.strip() for n in _env("NECROCODE_NAMESPACES", "").split(",") if n.strip())
         return cls(
-            concurrency=int(_env("NECROCODE_CONCURRENCY", "50")),
+            concurrency=_count("NECROCODE_CONCURRENCY", "50", 1, "requests in flight"),
+            api_qps=_rate("NECROCODE_API_QPS", "0"),
+            api_burst=_count("NECROCODE_API_BURST", "0", 0, "requests (0: one second's worth of NECROCODE_API_QPS)"),
+            cancellation_concurrency=_count("NECROCODE_CANCELLATION_CONCURRENCY", "0", 0,
+                                            "requests in flight per cancellation (0: no own limit)"),
+            cancellation_qps=_rate("NECROCODE_CANCELLATION_QPS", "0"),
             status_write_interval=float(_env("NECROCODE_STATUS_WRITE_INTERVAL", "0.5")),
             retry=RetryPolicy(
                 attempts=max(1, int(_env("NECROCODE_RETRY_ATTEMPTS", "5"))),

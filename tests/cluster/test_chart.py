@@ -29,7 +29,8 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "necrocode-cancel"
 LOCATION = "/{{ .ResourceKind }}{{ .KindSuffix }}.json"
 GROUP_VERSIONS = ["api/v1", "apis/apps/v1", "apis/batch/v1", "apis/rbac.authorization.k8s.io/v1", "apis/policy/v1",
-                  "apis/admissionregistration.k8s.io/v1", "apis/necrocode.io/v1alpha1"]
+                  "apis/admissionregistration.k8s.io/v1", "apis/flowcontrol.apiserver.k8s.io/v1",
+                  "apis/necrocode.io/v1alpha1"]
 FINALIZER = "necrocode.io/operator"
 KUBELET = "test.necrocode.io/process"
 """Our finalizer on the kwok pod of the operator: the pod goes only once the test has stopped the
@@ -85,8 +86,10 @@ def render(cluster: ClusterInfo, *sets: str) -> str:
 
 
 @pytest.mark.parametrize("values", [[], ["replicaCount=2"], ["watchNamespaces={team-a,team-b}", "dashboard.enabled=true"],
-                                    ["api.tls.secretName=api-tls", "api.audiences={necrocode-api,console}"]],
-                         ids=["default", "ha", "namespaced", "api-tls"])
+                                    ["api.tls.secretName=api-tls", "api.audiences={necrocode-api,console}"],
+                                    ["flowControl.enabled=true", "operator.apiBudget.qps=100",
+                                     "operator.apiBudget.perCancellation.concurrency=10"]],
+                         ids=["default", "ha", "namespaced", "api-tls", "budget-flow-control"])
 def test_rendered_chart_passes_kubeconform_strict(kube: Kubectl, cluster: ClusterInfo, tmp_path: Path,
                                                   values: list[str]) -> None:
     schemas = kubeconform_schemas(kube, tmp_path / "schemas")

@@ -29,29 +29,25 @@ only the operator's own identity or connections, so they run on the session clus
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
-from kubernetes.client import rest
 from kubernetes.client.rest import ApiException
 
 from hack.localcluster import LocalCluster
 from tests.support.faultproxy import FaultProxy, proxy_kubeconfig
-from tests.support.kube import ClusterInfo, Kubectl, operator_env, sa_kubeconfig, wait_for
+from tests.support.kube import ClusterInfo, Kubectl, sa_kubeconfig, wait_for
+from tests.support.operators import alive, evidence, populate, run_operator
 
 N = 200
 JOB = "job"
@@ -59,72 +55,11 @@ GRACE = 20
 """Each runner's grace; the runners stop well within it (kwok `slow`, 1-8 s after deletion),
 so without a fault every runner ends gracefully and the step lasts several seconds."""
 ESCALATE = 5
-PRODUCTION_RETRY = {"NECROCODE_RETRY_ATTEMPTS": "5", "NECROCODE_RETRY_BASE_SECONDS": "0.5"}
-"""The documented defaults (docs/operations.md), not the suite's 3 attempts from 0.2 s: that
-budget (~0.6 s of pauses) is for tests that want failures fast; these faults last seconds, and
-the question is whether the operator as shipped rides them out."""
 
 
 # ----------------------------------------------------------------------------- helpers
-def pooled(kubeconfig: Path) -> Kubectl:
-    """A Kubectl whose pool really has 32 connections: Kubectl sets the size after the client
-    made its pool (of 10), so 22 of 32 threads would open a new TLS connection per request."""
-    k = Kubectl(kubeconfig)
-    k.api.rest_client = rest.RESTClientObject(k.api.configuration)
-    return k
-
-
-def populate(kube: Kubectl, ns: str, n: int = N) -> None:
-    """A running job with n tasks, each with a runner pod (kwok, stops 1-8 s after its
-    deletion) and a held repo slot, created from 32 threads."""
-    started = time.monotonic()
-    kube.create_job(ns, JOB)
-    bulk = pooled(kube.kubeconfig)
-
-    def one(i: int) -> None:
-        task = f"t{i:03d}"
-        runner = f"{JOB}-{task}-runner"
-        bulk.create_runner(ns, JOB, task, stop="slow", after=1 + i % 8, grace=GRACE)
-        bulk.create_task(ns, JOB, task, "Running", runner=runner, slot=f"slot-{task}")
-        bulk.create_lease(ns, f"slot-{task}", job=JOB, task_id=task, holder=runner)
-
-    try:
-        with ThreadPoolExecutor(32) as pool:
-            list(pool.map(one, range(n)))
-    finally:
-        bulk.api.close()
-    # every runner Running (kwok gave it an IP) before the cancellation, as in production
-    wait_for(lambda: sum(1 for p in kube.pods(ns, f"necrocode.io/job={JOB}") if p.status.pod_ip) == n,
-             timeout=60, what=f"{n} runners Running")
-    print(f"\n{n} runners, tasks and leases in {time.monotonic() - started:.1f}s", file=sys.stderr)
-
-
-@contextmanager
-def run_operator(cluster: ClusterInfo, ns: str, log: Path, **env: str) -> Iterator[subprocess.Popen[bytes]]:
-    """The operator as a subprocess serving `ns`, stopped (SIGTERM, then SIGKILL) on exit."""
-    full = {**os.environ, **operator_env(cluster), **PRODUCTION_RETRY,
-            "PYTHONFAULTHANDLER": "1", **env}  # a crash in native code still leaves a traceback
-    proc = subprocess.Popen([sys.executable, "-m", "necrocode.main", "--namespace", ns, "--liveness", ""],
-                            env=full, stdout=log.open("ab"), stderr=subprocess.STDOUT)
-    try:
-        yield proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
 def status(kube: Kubectl, ns: str) -> dict[str, Any]:
     return dict(kube.get("jobcancellations", ns, "stop").get("status") or {})
-
-
-def alive(proc: subprocess.Popen[bytes], log: Path) -> None:
-    """Fail at once, with the evidence, when the operator process has exited."""
-    if proc.poll() is not None:
-        raise AssertionError(f"the operator exited (code {proc.returncode})\n{evidence(log)}")
 
 
 def wait_terminating(kube: Kubectl, ns: str, proc: subprocess.Popen[bytes], log: Path) -> dict[str, Any]:
@@ -155,24 +90,6 @@ def hold(seconds: float, effect: Callable[[], bool], what: str, proc: subprocess
     left = seconds - (time.monotonic() - started)
     if left > 0:
         time.sleep(left)  # the fault's duration, not a wait for correctness
-
-
-def evidence(log: Path, lines: int = 40) -> str:
-    """The operator's warnings and errors (JSON lines), then the tail of its log."""
-    text = log.read_text(errors="replace") if log.exists() else ""
-    bad = []
-    for line in text.splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            if "Traceback" in line or "Error" in line:
-                bad.append(line)
-            continue
-        if str(rec.get("level", "")).upper() in ("WARNING", "ERROR", "CRITICAL"):
-            bad.append(line)
-    tail = text.splitlines()[-lines:]
-    return (f"operator warnings/errors (first 60 of {len(bad)}):\n" + "\n".join(bad[:60])
-            + "\n--- operator log tail:\n" + "\n".join(tail))
 
 
 def finish_and_check(kube: Kubectl, ns: str, proc: subprocess.Popen[bytes], log: Path,
@@ -248,7 +165,7 @@ def test_component_restarted_during_terminate_runners(dedicated: Dedicated, comp
     kube, ns, log = dedicated.kube, f"solo-{uuid.uuid4().hex[:8]}", tmp_path / "operator.log"
     kube.create_namespace(ns)
     wait_for(lambda: admission_ready(kube, ns), timeout=120, what="runner pods admitted")
-    populate(kube, ns)
+    populate(kube, ns, N, JOB, GRACE)
     with run_operator(dedicated.info, ns, log) as op:
         kube.cancel_job(ns, "stop", JOB, gracePeriodSeconds=GRACE, escalateAfterSeconds=ESCALATE)
         before = wait_terminating(kube, ns, op, log)["progress"]["runnersTerminated"]
@@ -318,7 +235,7 @@ def test_priority_and_fairness_rejects_the_operator_with_429(kube: Kubectl, clus
     try:
         # RBAC's informer needs a moment to see the new binding
         wait_for(lambda: matched_flow_schema(probe, ns), timeout=30, what="the operator's identity authorized")
-        populate(kube, ns)
+        populate(kube, ns, N, JOB, GRACE)
         with run_operator(cluster, ns, log, NECROCODE_KUBECONFIG=str(kc), KUBECONFIG=str(kc)) as op:
             kube.cancel_job(ns, "stop", JOB, gracePeriodSeconds=GRACE, escalateAfterSeconds=ESCALATE)
             wait_terminating(kube, ns, op, log)
@@ -351,7 +268,7 @@ def test_proxy_delays_resets_and_drops_connections(kube: Kubectl, cluster: Clust
                                                    tmp_path: Path) -> None:
     ns, log = solo_namespace, tmp_path / "operator.log"
     host, port = kube.api.configuration.host.removeprefix("https://").rsplit(":", 1)
-    populate(kube, ns)
+    populate(kube, ns, N, JOB, GRACE)
     with FaultProxy(host, int(port)) as proxy:
         kc = proxy_kubeconfig(cluster.kubeconfig, tmp_path / "proxied.kubeconfig", proxy)
         # a black-holed request ends only by the client's timeout; 5 s instead of 30 s keeps
@@ -379,7 +296,7 @@ def test_a_fault_longer_than_one_calls_retries_is_ridden_out(kube: Kubectl, clus
     cancellation's bound, and the end is the same as without the fault."""
     ns, log = solo_namespace, tmp_path / "operator.log"
     host, port = kube.api.configuration.host.removeprefix("https://").rsplit(":", 1)
-    populate(kube, ns)
+    populate(kube, ns, N, JOB, GRACE)
     with FaultProxy(host, int(port)) as proxy:
         kc = proxy_kubeconfig(cluster.kubeconfig, tmp_path / "proxied.kubeconfig", proxy)
         with run_operator(cluster, ns, log, NECROCODE_KUBECONFIG=str(kc), KUBECONFIG=str(kc),

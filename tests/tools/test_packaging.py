@@ -295,3 +295,68 @@ def test_global_values_are_accepted_alone_and_as_a_subchart(tmp_path: Path) -> N
     out = subprocess.run([helm(), "template", "p", str(parent), "--kube-version", "1.36.3",
                           "--set", "necrocode-cancel.replicaCount=0"], capture_output=True, text=True)
     assert out.returncode != 0 and "replicaCount" in out.stderr
+
+
+def test_api_budget_is_rendered_into_the_operators_environment() -> None:
+    """operator.apiBudget: the settings of docs/operations.md "The API budget", defaults as the
+    operator's own (no rate limit, 50 in flight, nothing per cancellation)."""
+    budget = ("NECROCODE_CONCURRENCY", "NECROCODE_API_QPS", "NECROCODE_API_BURST", "NECROCODE_CANCELLATION_QPS",
+              "NECROCODE_CANCELLATION_CONCURRENCY")
+    env = _operator_env(template())
+    assert [env[k] for k in budget] == ["50", "0", "0", "0", "0"]
+    env = _operator_env(template("operator.concurrency=20"))  # the older value still works...
+    assert env["NECROCODE_CONCURRENCY"] == "20"
+    env = _operator_env(template("operator.concurrency=20", "operator.apiBudget.concurrency=30",  # ...the budget's wins
+                                 "operator.apiBudget.qps=100", "operator.apiBudget.burst=250",
+                                 "operator.apiBudget.perCancellation.qps=15",
+                                 "operator.apiBudget.perCancellation.concurrency=5"))
+    assert [env[k] for k in budget] == ["30", "100", "250", "15", "5"]
+
+
+def test_api_budget_values_are_checked_by_the_schema() -> None:
+    for bad in ("operator.apiBudget.qps=-1", "operator.apiBudget.burst=1.5", "operator.apiBudget.concurrency=0",
+                "operator.apiBudget.perCancellation.concurrency=-1", "operator.apiBudget.perCancellation.qps=x",
+                "operator.apiBudget.perCancellation.burst=3", "flowControl.lendablePercent=101",
+                "flowControl.matchingPrecedence=10001", "flowControl.queuing.queues=0", "flowControl.bogus=1"):
+        out = subprocess.run([helm(), "template", "rel", str(CHART), "--kube-version", "1.36.3", "--set", bad],
+                             capture_output=True, text=True)
+        assert out.returncode != 0, bad
+        assert bad.split("=")[0].split(".")[-1] in out.stderr, (bad, out.stderr)
+
+
+def _flow_control(docs: list[dict]) -> tuple[dict, dict[str, dict]]:
+    [level] = [d for d in docs if d["kind"] == "PriorityLevelConfiguration"]
+    return level, {d["metadata"]["name"]: d for d in docs if d["kind"] == "FlowSchema"}
+
+
+def test_flow_control_is_off_by_default() -> None:
+    assert not [d for d in template() if d["apiVersion"].startswith("flowcontrol.")]
+
+
+def test_flow_control_puts_the_operators_service_account_in_a_level_of_its_own() -> None:
+    """flowControl.enabled: every request of the operator's ServiceAccount (the chart's name for
+    it, in the release namespace) is classified into the chart's priority level, except its leader
+    Lease's renewals, which keep the built-in leader-election level ahead of it."""
+    level, schemas = _flow_control(template("flowControl.enabled=true", "flowControl.nominalConcurrencyShares=12",
+                                            "flowControl.lendablePercent=0", "flowControl.matchingPrecedence=800"))
+    assert level["metadata"]["name"] == "rel-necrocode-cancel-ops"
+    assert level["spec"] == {"type": "Limited", "limited": {
+        "nominalConcurrencyShares": 12, "lendablePercent": 0,
+        "limitResponse": {"type": "Queue", "queuing": {"queues": 16, "handSize": 4, "queueLengthLimit": 50}}}}
+    main, leases = schemas["rel-necrocode-cancel-ops"], schemas["rel-necrocode-cancel-ops-leader-election"]
+    sa = {"kind": "ServiceAccount", "serviceAccount": {"name": "rel-necrocode-cancel", "namespace": "ops"}}
+    assert main["spec"]["priorityLevelConfiguration"] == {"name": "rel-necrocode-cancel-ops"}
+    assert main["spec"]["matchingPrecedence"] == 800
+    [rule] = main["spec"]["rules"]
+    assert rule["subjects"] == [sa]
+    assert rule["resourceRules"] == [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"], "clusterScope": True,
+                                      "namespaces": ["*"]}]
+    assert leases["spec"]["priorityLevelConfiguration"] == {"name": "leader-election"}
+    assert leases["spec"]["matchingPrecedence"] == 799
+    assert leases["spec"]["rules"][0]["subjects"] == [sa]
+    assert leases["spec"]["rules"][0]["resourceRules"][0]["namespaces"] == ["ops"]
+    # another ServiceAccount name, no leader election: one schema, for that account
+    _, schemas = _flow_control(template("flowControl.enabled=true", "serviceAccount.name=cancel-bot",
+                                        "leaderElection.enabled=false"))
+    [only] = schemas.values()
+    assert only["spec"]["rules"][0]["subjects"][0]["serviceAccount"] == {"name": "cancel-bot", "namespace": "ops"}

@@ -23,6 +23,7 @@ import kopf
 from prometheus_client import start_http_server
 
 from necrocode import metrics
+from necrocode.budget import Budget
 from necrocode.kube import Kube, load_credentials
 from necrocode.logs import log
 from necrocode.model import FINALIZER, parse_time
@@ -90,13 +91,16 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 async def startup(memo: kopf.Memo, **_: Any) -> None:
     conf: Settings = memo.conf
     Kube.on_request = lambda verb: metrics.API_REQUESTS.labels(verb=verb).inc()
+    Budget.on_wait = lambda scope, seconds: metrics.API_BUDGET_WAIT.labels(scope=scope).inc(seconds)
     kube = Kube(load_credentials(os.environ.get("NECROCODE_KUBECONFIG") or None), concurrency=conf.concurrency,
-                timeout=conf.request_timeout, retry=conf.retry)
+                timeout=conf.request_timeout, retry=conf.retry, qps=conf.api_qps, burst=conf.api_burst)
     service = memo.service = CancellationService(kube, conf)
     metrics.OLDEST_RUNNING.source = lambda: running_ages(service)
     metrics.LEADER.set(1)  # without leader election this process acts (with it, the elector's gauge wins)
     serve_metrics(conf.metrics_port)
-    log("operator started", concurrency=conf.concurrency, namespaces=list(conf.namespaces) or "all",
+    log("operator started", concurrency=conf.concurrency, api_qps=conf.api_qps or "unlimited",
+        cancellation_concurrency=conf.cancellation_concurrency or "shared",
+        cancellation_qps=conf.cancellation_qps or "unlimited", namespaces=list(conf.namespaces) or "all",
         default_ttl_seconds=conf.default_ttl_seconds)
 
 

@@ -1,0 +1,125 @@
+"""The operator's API budget, respected against the real API server (docs/operations.md, "The
+API budget"): a cancellation run by an operator with NECROCODE_API_QPS=20 never makes more than
+qps * T + burst requests in any T seconds, by its own necrocode_api_requests_total; and the
+client alone, under a burst of requests, keeps a cancellation's in-flight and rate budgets.
+Upper bounds, not timing goals: a slow machine only makes the counts smaller."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.request
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from necrocode.budget import CURRENT, Budget
+from necrocode.kube import Kube, core_path, load_credentials
+from tests.support.kube import ClusterInfo, Kubectl, wait_for
+from tests.support.operators import alive, evidence, populate, run_operator
+
+JOB = "job"
+QPS, BURST = 20, 5
+RUNNERS = 30
+
+
+def requests_and_waits(port: int) -> tuple[float, dict[str, float]]:
+    """necrocode_api_requests_total (all verbs) and necrocode_api_budget_wait_seconds_total by scope."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    total, waits = 0.0, {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == "necrocode_api_requests_total":
+                total += s.value
+            elif s.name == "necrocode_api_budget_wait_seconds_total":
+                waits[s.labels["scope"]] = s.value
+    return total, waits
+
+
+def assert_within_rate(samples: list[tuple[float, float, float]], qps: float, burst: int) -> None:
+    """samples: (time before the read, count, time after the read). Requests counted between two
+    reads were sent between the first's start and the second's end: no more than the bucket
+    allows in that span."""
+    worst = 0.0
+    for i, (start, before, _) in enumerate(samples):
+        for _, after, end in samples[i + 1:]:
+            allowed = burst + qps * (end - start)
+            worst = max(worst, (after - before) / allowed)
+            assert after - before <= allowed, (
+                f"{after - before:.0f} requests in {end - start:.2f}s: more than {burst} + {qps}/s allow")
+    print(f"\nbusiest span used {worst:.0%} of the budget")
+
+
+def test_a_cancellation_keeps_to_the_operators_request_budget(kube: Kubectl, cluster: ClusterInfo,
+                                                              solo_namespace: str, tmp_path: Path) -> None:
+    from hack.localcluster import free_port
+
+    ns, log, port = solo_namespace, tmp_path / "operator.log", free_port()
+    populate(kube, ns, RUNNERS)
+    with run_operator(cluster, ns, log, NECROCODE_METRICS_PORT=str(port), NECROCODE_API_QPS=str(QPS),
+                      NECROCODE_API_BURST=str(BURST), NECROCODE_CANCELLATION_CONCURRENCY="3") as op:
+        def serving() -> bool:
+            alive(op, log)
+            try:
+                return bool(requests_and_waits(port))
+            except OSError:  # not listening yet
+                return False
+
+        wait_for(serving, timeout=30, what="the operator's metrics")
+        kube.cancel_job(ns, "stop", JOB, gracePeriodSeconds=20, escalateAfterSeconds=5)
+        samples: list[tuple[float, float, float]] = []
+
+        def finished() -> bool:
+            alive(op, log)
+            start = time.monotonic()
+            count, _ = requests_and_waits(port)
+            samples.append((start, count, time.monotonic()))
+            st = kube.get("jobcancellations", ns, "stop").get("status") or {}
+            return st.get("phase") in ("Completed", "PartiallyCompleted", "Failed")
+
+        try:
+            wait_for(finished, timeout=120, interval=0.1, what="the cancellation to finish")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{evidence(log)}") from None
+        st = kube.get("jobcancellations", ns, "stop")["status"]
+        assert st["phase"] == "Completed", evidence(log)
+        assert st["progress"]["runnersTerminated"] == RUNNERS
+        _, waits = requests_and_waits(port)
+    made = samples[-1][1] - samples[0][1]
+    assert made >= 3 * (QPS + BURST), f"only {made} requests: the budget was never put to the test"
+    assert_within_rate(samples, QPS, BURST)
+    # both budgets made requests wait, and said so: the rate (global), and the cancellation's
+    # three slots (its context reached the requests of its steps)
+    assert waits.get("global", 0) > 0 and waits.get("cancellation", 0) > 0, waits
+
+
+async def test_the_client_keeps_a_cancellations_in_flight_and_rate_budgets(cluster: ClusterInfo,
+                                                                           solo_namespace: str) -> None:
+    """A burst of 60 requests from one cancellation's context (as its steps make them):
+    never more than 4 in flight, never more than 10/s + 10 over any span, where the client
+    alone would send them all at once."""
+    sent: list[float] = []
+    in_flight = peak = 0
+
+    class Counting(Kube):
+        async def _send(self, *args: object, **kwargs: object) -> dict:  # type: ignore[override]
+            nonlocal in_flight, peak
+            sent.append(time.monotonic())
+            in_flight += 1
+            peak = max(peak, in_flight)
+            try:
+                return await super()._send(*args, **kwargs)  # type: ignore[arg-type]
+            finally:
+                in_flight -= 1
+
+    kube = Counting(load_credentials(str(cluster.kubeconfig)), concurrency=50)
+    token = CURRENT.set(Budget("cancellation", qps=10, concurrency=4))
+    try:
+        path = core_path(solo_namespace, "configmaps")
+        await asyncio.gather(*(kube.list_page(path, limit=1) for _ in range(60)))
+    finally:
+        CURRENT.reset(token)
+        await kube.close()
+    assert len(sent) == 60 and peak <= 4
+    assert_within_rate([(t, i, t) for i, t in enumerate(sent)], qps=10, burst=10)
