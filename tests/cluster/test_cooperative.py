@@ -136,18 +136,24 @@ def test_the_reference_runner_saves_its_work_and_exits_when_signalled(
     kube.core.read_namespaced_config_map(f"{pod}-work", ns)  # an artifact: kept by the cancellation
 
 
+def lost_runner_whose_task_finishes(kube: Kubectl, ns: str, job: str) -> str:
+    """A runner on a lost node (it never goes by itself), cancelled with grace 3s and escalation
+    2s; its task is reported Done while the pod is in its grace period. Returns the pod's name."""
+    kube.create_job(ns, job)
+    pod = running_task(kube, ns, job, "t", "never", grace=3)
+    kube.cancel_job(ns, f"stop-{job}", job, gracePeriodSeconds=3, escalateAfterSeconds=2)
+    wait_for(lambda: kube.core.read_namespaced_pod(pod, ns).metadata.deletion_timestamp,
+             what="the runner in its grace period")
+    kube.patch_status("agenttasks", ns, kube.task(ns, job, "t")["metadata"]["name"], {"state": "Done"})
+    return pod
+
+
 def test_a_runner_whose_task_finished_is_not_forced(kube: Kubectl, namespace: str) -> None:
     """Cancel versus complete: a runner on a lost node (it never goes by itself) whose task is
     reported Done while its pod is in its grace period is let go, never force-deleted; still there
     at the stuck timeout, it is reported Stuck (the cancellation does not wait for it longer)."""
     ns = namespace
-    kube.create_job(ns, "cn")
-    pod = running_task(kube, ns, "cn", "t", "never", grace=3)
-    kube.cancel_job(ns, "stop-cn", "cn", gracePeriodSeconds=3, escalateAfterSeconds=2)
-    wait_for(lambda: kube.core.read_namespaced_pod(pod, ns).metadata.deletion_timestamp,
-             what="the runner in its grace period")
-    name = kube.task(ns, "cn", "t")["metadata"]["name"]
-    kube.patch_status("agenttasks", ns, name, {"state": "Done"})  # what its runner reports
+    pod = lost_runner_whose_task_finishes(kube, ns, "cn")
     try:
         st = kube.wait_phase("jobcancellations", ns, "stop-cn", timeout=90)["status"]
         assert outcomes(st) == {pod: "Stuck"}, st
@@ -157,3 +163,18 @@ def test_a_runner_whose_task_finished_is_not_forced(kube: Kubectl, namespace: st
         assert kube.task(ns, "cn", "t")["status"]["state"] == "Done"
     finally:
         kube.core.delete_namespaced_pod(pod, ns, grace_period_seconds=0)
+
+
+def test_a_runner_let_go_that_then_goes_is_counted_task_finished(
+        kube: Kubectl, namespace: str, operator_log: Path) -> None:
+    """The same, but the lost node comes back once the runner was let go (the test plays its
+    kubelet): the runner goes without ever being forced, outcome TaskFinished."""
+    ns = namespace
+    pod = lost_runner_whose_task_finishes(kube, ns, "cg")
+    wait_for(lambda: any("let go with its grace" in line and pod in line
+                         for line in operator_log.read_text().splitlines()), interval=0.05, what="the runner let go")
+    kube.core.delete_namespaced_pod(pod, ns, grace_period_seconds=0)
+    st = kube.wait_phase("jobcancellations", ns, "stop-cg", timeout=60)["status"]
+    assert st["phase"] == "Completed", st
+    assert outcomes(st) == {pod: "TaskFinished"} and st["progress"]["runnersForced"] == 0
+    assert st["progress"]["runnersTerminated"] == 1
