@@ -139,7 +139,7 @@ class CancellationService:
 
     async def _run(self, ctx: Ctx, tracker: CancellationTracker) -> CancellationStatus:
         status = ctx.status
-        steps = steps_for(ctx.kind, ctx.spec.mode)
+        steps = steps_for(ctx.kind, ctx.spec.mode, ctx.spec.cooperative_seconds)
         resumed = status.phase == Phase.RUNNING
         if not status.steps:
             for d in steps:

@@ -17,11 +17,13 @@ from necrocode import access
 from necrocode.cleaner import CleanupOutcome, ResourceCleaner
 from necrocode.clock import Clock
 from necrocode.concurrency import bounded
+from necrocode.cooperation import CooperativeWindow
 from necrocode.drainer import TaskDrainer
 from necrocode.events import EventRecorder
 from necrocode.kube import ApiError, Kube, NotFound, core_path, nc_path
 from necrocode.logs import Bound
 from necrocode.model import (
+    ANNOTATION_CANCEL_REQUESTED,
     ANNOTATION_CANCELLED_BY,
     ANNOTATION_CANCELLED_BY_UID,
     ANNOTATION_ESCALATED_BY,
@@ -40,6 +42,7 @@ from necrocode.model import (
     CancellationSpec,
     CancellationStatus,
     CleanupReport,
+    CooperativeStatus,
     DrainStatus,
     JobPhase,
     Phase,
@@ -68,6 +71,7 @@ from necrocode.planning import (
     task_id,
     task_state,
 )
+from necrocode.policies.cooperative import CooperativeTally, outcome_of, window_deadline
 from necrocode.policies.drain import DrainTally, drain_split
 from necrocode.policies.resume import deferral_limit, prior_termination
 from necrocode.policies.termination import Termination, repair_grace
@@ -135,7 +139,10 @@ class Ctx:
     terminator: RunnerTerminator | None = None
     """The terminator at work, while TerminateRunners runs (an escalation reaches it here)."""
     forced_now: asyncio.Event = field(default_factory=asyncio.Event)
-    """Set when the cancellation is forced while it runs: a wait (the drain) ends at once."""
+    """Set when the cancellation is forced while it runs: a wait (the drain, the cooperative
+    window) ends at once."""
+    cooperative: frozenset[str] | None = None
+    """The runners that ended by themselves inside the cooperative window (this run's)."""
     _live: dict[str, str] | None = None
 
     @property
@@ -494,6 +501,8 @@ async def _dry_run(ctx: Ctx, affected: list[AffectedTask]) -> None:
     ctx.status.progress.runners_total = len(pods)
     ctx.status.set_condition("DryRun", True, "DryRun",
                              "dry run: status shows what would be affected; nothing was changed")
+    if ctx.spec.cooperative_seconds and not ctx.forced:
+        drain += f"give each runner up to {ctx.spec.cooperative_seconds}s to stop by itself, then "
     ctx.end(Phase.COMPLETED, f"dry run: would {drain}stop {len(pods)} runner(s), change {len(affected)} task(s), "
                              f"release {len(leases)} lease(s), delete {len(plan.scratch_resources)} resource(s), "
                              f"keep {len(artifacts)} artifact(s)")
@@ -562,6 +571,13 @@ async def _begin_drain(ctx: Ctx) -> DrainStatus:
 
 
 # ============================================================================ runners
+async def _finished_task_ids(ctx: Ctx) -> frozenset[str]:
+    """The ids of the job's tasks that reached Done or Failed by themselves: their runners are
+    never forced (one label-selector list)."""
+    tasks = await ctx.registry.list_tasks(ctx.spec.job_name, instance=ctx.instance)
+    return frozenset(task_id(t) for t in tasks if task_state(t) in ENDED_BY_THEMSELVES)
+
+
 def _terminator(ctx: Ctx, state: Termination) -> RunnerTerminator:
     async def forced(name: str) -> None:
         # like the task Events: one per runner up to the limit (the count is in status and
@@ -587,7 +603,7 @@ def _terminator(ctx: Ctx, state: Termination) -> RunnerTerminator:
         escalate_after=ctx.spec.escalate_after_seconds, stuck_timeout=ctx.settings.stuck_timeout,
         concurrency=ctx.settings.concurrency, clock=ctx.clock, log=ctx.log, on_progress=progress,
         on_forced=forced, adopt_new=ctx.is_job, owner=ctx.me, task_filter=ctx.cancelled_task_ids(),
-        live_requests=ctx.live_requests, belongs=ctx.mine,
+        live_requests=ctx.live_requests, belongs=ctx.mine, finished_tasks=lambda: _finished_task_ids(ctx),
     )
 
 
@@ -606,6 +622,82 @@ async def signal_runners(ctx: Ctx) -> StepResult:
     return StepResult(message=f"{n} runner(s) annotated necrocode.io/cancel-requested")
 
 
+async def cooperative_step(ctx: Ctx) -> StepResult:
+    """spec.cooperativeSeconds > 0: the signalled runners get that long to end by themselves
+    (their pod's phase Succeeded or Failed, or their pod gone) before TerminateRunners deletes
+    what is left with its grace, then forces. The window (start, deadline) is recorded durably
+    before the wait, so a resumed run keeps the deadline; it ends early when every runner has
+    ended, and at once when the cancellation is forced. The runners that ended are counted
+    (progress.runnersCooperative) and get the outcome Cooperative once their pod is gone."""
+    c = ctx.status.cooperative or CooperativeStatus()
+    if ctx.forced:
+        ctx.forced_now.set()  # forced at creation, or before this run: a window under way ends now
+    if ctx.forced and c.started_at is None:
+        return StepResult(StepState.SKIPPED, "force: no cooperative window")
+    ctx.listed_once.pop("runners", None)  # stale after the window: TerminateRunners lists again
+    term = _terminator(ctx, Termination())
+    pods, _ = await term.list_runners()
+    signalled = frozenset(p["metadata"]["name"] for p in pods) - await term.find_foreign(pods)
+    if c.started_at is None:
+        c = await _begin_window(ctx, pods, signalled)
+    deadline = parse_time(c.deadline)
+    assert deadline is not None
+    earlier = {o.pod for o in ctx.status.runner_outcomes if o.outcome == "Cooperative"}
+
+    def seen(tally: CooperativeTally) -> None:
+        ctx.cooperative = frozenset(earlier | set(tally.ended))
+        c.stopped = ctx.status.progress.runners_cooperative = max(c.stopped, len(ctx.cooperative))
+        ctx.changed()
+
+    window = CooperativeWindow(ctx.kube, ctx.namespace, ctx.runner_selector, signalled=signalled,
+                               wanted=term.wanted, clock=ctx.clock, log=ctx.log, on_tally=seen)
+    ended = await window.wait(deadline, ctx.forced_now)
+    seen(window.tally)
+    c.finished_at = iso(ctx.clock.now())
+    ctx.status.cooperative = c
+    assert ctx.cooperative is not None
+    kept = [o for o in ctx.status.runner_outcomes if o.pod not in ctx.cooperative]
+    ctx.status.runner_outcomes = ([RunnerOutcome(pod=n, outcome="Cooperative") for n in sorted(ctx.cooperative)]
+                                  + kept)[:ctx.listed]
+    words = {"AllEnded": "every runner ended by itself", "Deadline": "the deadline passed",
+             "Forced": "the cancellation was forced"}[ended]
+    msg = (f"cooperative window ended ({words}): {c.stopped} runner(s) stopped by themselves, "
+           f"{len(window.tally.waiting)} still running (deleted now)")
+    await ctx.events.emit(ctx.body, "cooperative-ended", "CooperativeStopEnded", msg)
+    return StepResult(message=msg)
+
+
+async def _begin_window(ctx: Ctx, pods: list[Obj], signalled: frozenset[str]) -> CooperativeStatus:
+    """Signal the runners' AgentTasks too (for runners that read their task rather than their
+    pod: the same annotation, necrocode.io/cancel-requested, with the pod's value; the task's
+    state is left as it is), then record the window, durably."""
+    now = ctx.clock.now()
+    value = {p["metadata"]["name"]: ((p["metadata"].get("annotations") or {}).get(ANNOTATION_CANCEL_REQUESTED))
+             for p in pods if p["metadata"]["name"] in signalled}
+    by_task = {str(t): v for p in pods if (v := value.get(p["metadata"]["name"]))
+               and (t := (p["metadata"].get("labels") or {}).get(LABEL_TASK))}
+    if by_task:
+        tasks = await ctx.registry.list_tasks(ctx.spec.job_name, instance=ctx.instance)
+
+        async def one(t: Obj) -> None:
+            try:
+                await ctx.kube.merge_patch(nc_path(ctx.namespace, "agenttasks", t["metadata"]["name"]),
+                                           {"metadata": {"annotations": {ANNOTATION_CANCEL_REQUESTED:
+                                                                         by_task[task_id(t)]}}})
+            except ApiError as exc:  # the pod's annotation is the signal; the task's is a courtesy
+                ctx.log.warning("signalling a runner's task failed", task=task_id(t), error=str(exc))
+
+        todo = [t for t in tasks if task_id(t) in by_task and
+                ((t["metadata"].get("annotations") or {}).get(ANNOTATION_CANCEL_REQUESTED) != by_task[task_id(t)])]
+        await bounded(todo, one, ctx.settings.concurrency)
+    c = CooperativeStatus(started_at=iso(now), deadline=iso(window_deadline(now, ctx.spec.cooperative_seconds)))
+    ctx.status.cooperative = c
+    await ctx.flush()
+    await ctx.events.emit(ctx.body, "cooperative", "CooperativeStop",
+                          f"{len(signalled)} runner(s) may stop by themselves until {c.deadline}")
+    return c
+
+
 async def terminate_runners(ctx: Ctx) -> StepResult:
     listed = ctx.reuse("runners")
     # fresh: a SignalRunners of this run handed its list over and wrote the total
@@ -618,16 +710,24 @@ async def terminate_runners(ctx: Ctx) -> StepResult:
         out = await term.terminate(prior, listed=listed, before_delete=ctx.make_total_durable)
     finally:
         ctx.terminator = None
-    outcomes = [RunnerOutcome(pod=n, outcome="Forced") for n in sorted(out.forced & out.gone)]
+    cooperative = ctx.cooperative if ctx.cooperative is not None else frozenset(
+        o.pod for o in ctx.status.runner_outcomes if o.outcome == "Cooperative")
+    # a cooperative runner whose pod went during the window is counted gone (from the durable
+    # total) without a name: it is named here
+    gone = out.gone | (cooperative - set(out.stuck))
+    outcomes = [RunnerOutcome(pod=n, outcome=outcome_of(n, forced=n in out.forced, let_go=n in out.let_go,
+                                                           cooperative=n in cooperative))
+                for n in sorted(gone) if not n.startswith("(")]
     outcomes += [RunnerOutcome(pod=n, outcome="Stuck") for n in sorted(out.stuck)]
-    outcomes += [RunnerOutcome(pod=n, outcome="Terminated") for n in sorted(out.gone - out.forced)
-                 if not n.startswith("(")]
+    outcomes.sort(key=lambda o: (o.outcome != "Forced", o.outcome != "Stuck", o.pod))
     ctx.status.runner_outcomes = outcomes[:ctx.listed]
     for name, why in out.stuck.items():
         ctx.status.add_error("TerminateRunners", f"pod/{name}", why, max(1, out.attempts.get(name, 1)))
     for name, why in sorted(out.stuck.items())[:ctx.settings.task_events_limit]:
         await ctx.events.emit(ctx.body, f"stuck-{name}", "RunnerStuck", f"runner pod {name}: {why}", "Warning")
     msg = f"{out.terminated}/{out.total} runner(s) gone, {len(out.forced & out.gone)} forced"
+    if out.let_go:
+        msg += f", {len(out.let_go)} let go with their grace (their task finished)"
     more = len(out.forced) - ctx.settings.task_events_limit
     if more > 0:
         await ctx.events.emit(ctx.body, "forced-more", "RunnersForced",
@@ -894,10 +994,11 @@ async def _repair(ctx: Ctx, f: VerifyFindings) -> None:
     escalation delay ran out is forced; one still inside its grace is left alone (Verify
     never takes grace away). Slots go back only when their runner is gone."""
     pods = {p["metadata"]["name"]: p for p in (await _terminator(ctx, Termination()).list_runners())[0]}
+    finished = await _finished_task_ids(ctx) if pods else frozenset()
     for name in f.runner_pods:
         pod = pods.get(name)
-        if pod is None:
-            continue
+        if pod is None or (pod["metadata"].get("labels") or {}).get(LABEL_TASK) in finished:
+            continue  # gone; or its task finished by itself: let go, never forced (cancel versus complete)
         grace = repair_grace(pod, ctx.spec.escalate_after_seconds, ctx.grace, ctx.clock.now())
         if grace is None:
             continue
@@ -953,14 +1054,20 @@ TASK_STEPS = (
 STEPS = {JOB_CANCELLATION: JOB_STEPS, TASK_CANCELLATION: TASK_STEPS}
 DRAIN = StepDef("Drain", drain_step)
 """mode Drain's step: after the tasks are known, before any runner is signalled."""
+COOPERATIVE = StepDef("CooperativeStop", cooperative_step)
+"""spec.cooperativeSeconds > 0: the window after the runners are signalled, before they are deleted."""
 
 
-def steps_for(kind: str, mode: str = "Cancel") -> tuple[StepDef, ...]:
+def steps_for(kind: str, mode: str = "Cancel", cooperative_seconds: int = 0) -> tuple[StepDef, ...]:
     """The map of a cancellation of `kind` in `mode`: mode Cancel's steps are the kind's table;
-    mode Drain adds its Drain step after the tasks are classified (the cascade computed), so a
-    record's status lists exactly the steps its cancellation takes."""
+    mode Drain adds its Drain step after the tasks are classified (the cascade computed), and a
+    cooperative window (cooperativeSeconds > 0) its CooperativeStop step after SignalRunners, so
+    a record's status lists exactly the steps its cancellation takes."""
     steps = STEPS[kind]
-    if mode != "Drain":
-        return steps
-    at = next(i for i, d in enumerate(steps) if d.name == "SignalRunners")
-    return (*steps[:at], DRAIN, *steps[at:])
+    if mode == "Drain":
+        at = next(i for i, d in enumerate(steps) if d.name == "SignalRunners")
+        steps = (*steps[:at], DRAIN, *steps[at:])
+    if cooperative_seconds > 0:
+        at = next(i for i, d in enumerate(steps) if d.name == "SignalRunners") + 1
+        steps = (*steps[:at], COOPERATIVE, *steps[at:])
+    return steps

@@ -33,7 +33,8 @@ class RunnerTerminator:
                  on_progress: Callable[[Termination], None], on_forced: Callable[[str], Awaitable[None]],
                  adopt_new: bool, owner: Ref, task_filter: frozenset[str] | None = None,
                  live_requests: Callable[[], Awaitable[Mapping[str, str]]] | None = None,
-                 belongs: Callable[[Obj], bool] = lambda pod: True):
+                 belongs: Callable[[Obj], bool] = lambda pod: True,
+                 finished_tasks: Callable[[], Awaitable[frozenset[str]]] | None = None):
         self.kube, self.namespace, self.selector = kube, namespace, selector
         self.grace, self.escalate_after, self.stuck_timeout = grace, escalate_after, stuck_timeout
         self.concurrency, self.clock, self.log = concurrency, clock, log
@@ -48,6 +49,9 @@ class RunnerTerminator:
         self._attempts: dict[str, int] = {}
         self._escalated = False
         self._events: asyncio.Queue[Obj] | None = None
+        self._finished_tasks = finished_tasks
+        """The ids of the tasks that reached Done or Failed by themselves, asked once per round of
+        forcing (one label-selector list of the job's tasks, not one per runner)."""
 
     @property
     def pods_path(self) -> str:
@@ -169,8 +173,9 @@ class RunnerTerminator:
             self._settle(remaining, state, started)
             while remaining:
                 now = self.clock.now()
-                due = remaining.due(now, self.clock.monotonic(), state.forced, self._escalated)
+                due = remaining.due(now, self.clock.monotonic(), state.not_forceable, self._escalated)
                 if due:
+                    due = await self._spare_finished(due, remaining, state)
                     await bounded(due, lambda n: self._force(n, remaining, state), self.concurrency)
                     self._settle(remaining, state, started)
                     continue
@@ -178,7 +183,7 @@ class RunnerTerminator:
                     await self._check_stuck(name, remaining, state, started)
                 if not remaining:
                     break
-                wake = remaining.wake(now, self.clock.monotonic(), state.forced)
+                wake = remaining.wake(now, self.clock.monotonic(), state.not_forceable)
                 try:
                     ev = await asyncio.wait_for(events.get(), timeout=wake.seconds)
                 except TimeoutError:
@@ -216,7 +221,8 @@ class RunnerTerminator:
             self._gone(name, remaining, state, started)  # a new pod took the name
             return
         remaining.pop(name)
-        state.stuck[name] = stuck_reason(pod, state.errors.get(name), state.attempts.get(name, 0))
+        state.stuck[name] = stuck_reason(pod, state.errors.get(name), state.attempts.get(name, 0),
+                                         let_go=name in state.let_go)
         metrics.TERMINATION_TIMEOUTS.inc()
         self.log.error("runner stuck", runner=name, task=_task(pod), reason=state.stuck[name],
                        attempts=state.attempts.get(name, 0))
@@ -245,6 +251,27 @@ class RunnerTerminator:
             self._gone(name, remaining, state, None)
         elif (out.get("metadata") or {}).get("name") == name and name in remaining:
             remaining[name] = out  # the pod (its metadata) as it is now: terminating
+
+    async def _spare_finished(self, due: list[str], remaining: Schedule, state: Termination) -> list[str]:
+        """Of the runners due to be forced, those whose task finished by itself (Done or Failed)
+        are let go instead: deleted with their grace already (or tried again, if that delete has
+        not gone through), never forced; the stuck timeout still bounds them. Returns the rest.
+        The tasks are listed once for the whole round; if that list fails, everyone due is forced
+        as without the rule (the cancellation's bound comes first)."""
+        if self._finished_tasks is None:
+            return due
+        try:
+            finished = await self._finished_tasks()
+        except ApiError as exc:
+            self.log.warning("listing the tasks before forcing failed; forcing as due", error=str(exc))
+            return due
+        spare = [n for n in due if _task(remaining.get(n)) in finished]
+        for name in spare:
+            state.let_go.add(name)
+            remaining.forced_at[name] = self.clock.monotonic()  # from now on, the stuck timeout applies
+            self.log.info("runner's task finished: let go with its grace, not forced", runner=name,
+                          task=_task(remaining.get(name)))
+        return [n for n in due if n not in state.let_go]
 
     async def _force(self, name: str, remaining: Schedule, state: Termination) -> None:
         """Delete with grace 0. Only called once the runner's grace and the escalation delay have
@@ -349,13 +376,14 @@ class RunnerTerminator:
                 await out.put({"type": "RESYNC"})
 
 
-def stuck_reason(pod: Obj, error: str | None, attempts: int) -> str:
+def stuck_reason(pod: Obj, error: str | None, attempts: int, let_go: bool = False) -> str:
     """Why a runner is still there, short whatever the pod holds (a long finalizer list must not
     make the status too large to write)."""
     if error:
         return clip(f"not deleted: {error} ({attempts} attempt(s))", 512)
     finalizers = [str(f) for f in ((pod.get("metadata") or {}).get("finalizers") or [])]
-    why = "still present after force deletion"
+    why = ("its task finished: let go with its grace, never forced; still present after the stuck timeout"
+           if let_go else "still present after force deletion")
     if finalizers:
         shown = ", ".join(f[:100] for f in finalizers[:3])
         more = f" and {len(finalizers) - 3} more" if len(finalizers) > 3 else ""

@@ -67,10 +67,11 @@ is create on pods, pods/exec, impersonate, escalate, bind, or any "*". */}}
 - apiGroups: [necrocode.io]
   resources: [agentjobs]
   verbs: [get, patch]
-# Its tasks: list (classify them by the job's label), get (a re-read after a conflict).
+# Its tasks: list (classify them by the job's label), get (a re-read after a conflict), patch
+# (the cancel-requested annotation on a runner's task, with a cooperative window).
 - apiGroups: [necrocode.io]
   resources: [agenttasks]
-  verbs: [get, list]
+  verbs: [get, list, patch]
 # The job's phase and Cancelled condition (a merge patch guarded by resourceVersion).
 - apiGroups: [necrocode.io]
   resources: [agentjobs/status]

@@ -39,6 +39,14 @@ class Termination:
     """Delete attempts of this runner that failed (retries of the one policy included)."""
     transient: set[str] = field(default_factory=set)
     """Runners whose last failure was a fault of the API, not an answer."""
+    let_go: set[str] = field(default_factory=set)
+    """Runners whose task reached Done or Failed by itself: deleted with their grace, never forced
+    (cancel versus complete); still there at the stuck timeout, they are reported stuck."""
+
+    @property
+    def not_forceable(self) -> set[str]:
+        """Runners the terminator must not force (again): forced already, or let go."""
+        return self.forced | self.let_go
 
     @property
     def terminated(self) -> int:
