@@ -2,8 +2,10 @@
 
 Starts etcd + kube-apiserver + kwok (hack/localcluster.py), installs the CRDs and the admission
 policy, runs the operator, creates a NecroCode job (a dozen tasks with dependencies, four
-runners of which one is slow to stop and one is on a lost node, repo-slot leases, scratch
-resources and artifacts), applies a JobCancellation, shows its progress live, and ends with
+runners of which one is slow to stop, one is on a lost node, and one is an agent that saves its
+work when asked (examples/runner/cooperative_runner.py, run here as a real process watching its
+pod), repo-slot leases, scratch resources and artifacts), applies a JobCancellation that gives
+runners a cooperative window and keeps their logs, shows its progress live, and ends with
 `kubectl get jobcancellations` and a summary. Everything it started is stopped at the end
 (`--keep` leaves the control plane and the operator running to look around).
 """
@@ -32,6 +34,8 @@ spec:
   gracePeriodSeconds: 6
   escalateAfterSeconds: 2
   preserveArtifacts: true
+  cooperativeSeconds: 8
+  preserveLogs: true
 """
 
 # taskId -> (state, dependsOn, runner behaviour or None)
@@ -42,6 +46,7 @@ TASKS = {
     "ui": ("Running", ["schema"], "immediate"),
     "migrate": ("Running", ["schema"], "slow"),
     "docs": ("Running", ["plan"], "never"),
+    "notes": ("Running", ["plan"], "cooperative"),
     "tests-api": ("Ready", ["api"], None),
     "tests-ui": ("Pending", ["ui"], None),
     "e2e": ("Pending", ["tests-api", "tests-ui"], None),
@@ -67,6 +72,7 @@ def main() -> int:
     say(f"control plane ready in {time.monotonic() - t0:.1f}s; KUBECONFIG={kubeconfig}")
     kubectl = [str(bins / "kubectl"), f"--kubeconfig={kubeconfig}"]
     operator = None
+    agent: subprocess.Popen[bytes] | None = None
     try:
         from tests.support.kube import Kubectl
 
@@ -85,15 +91,17 @@ def main() -> int:
             [sys.executable, "-m", "necrocode.main", "--log-format", "json", "--liveness", "",
              "--namespace", NS], env=env, stdout=(CACHE / "demo-operator.log").open("w"), stderr=subprocess.STDOUT)
 
-        say(f"creating job {JOB}: {len(TASKS)} tasks, 4 runners (1 slow to stop, 1 on a lost node), "
-            "leases, scratch and artifacts")
+        say(f"creating job {JOB}: {len(TASKS)} tasks, 5 runners (1 slow to stop, 1 on a lost node, 1 agent that "
+            "saves its work when asked), leases, scratch and artifacts")
         _create_job(kube)
+        agent = _start_agent(kubeconfig)
         subprocess.run([*kubectl, "-n", NS, "get", "agenttasks,pods,leases,configmaps,pvc"], check=True)
 
         say("applying the JobCancellation:")
         print(CANCELLATION)
         subprocess.run([*kubectl, "apply", "-f", "-"], input=CANCELLATION, text=True, check=True)
         _follow(kube)
+        _agent_done(agent)
 
         say("kubectl get jobcancellations")
         subprocess.run([*kubectl, "-n", NS, "get", "jobcancellations", "-o", "wide"], check=True)
@@ -105,6 +113,8 @@ def main() -> int:
             operator = None
         return 0
     finally:
+        if agent is not None and agent.poll() is None:
+            agent.kill()
         if operator is not None:
             operator.terminate()
             try:
@@ -142,7 +152,7 @@ def _create_job(kube: object) -> None:
         runner = None
         if stop:
             runner = f"{JOB}-{tid}-runner"
-            kube.create_runner(NS, JOB, tid, stop=stop, after=4 if stop == "slow" else None, name=runner,
+            kube.create_runner(NS, JOB, tid, stop=stop, after={"slow": 4, "cooperative": 2}.get(stop), name=runner,
                                node=f"kwok-node-{i % 3}")
             kube.create_lease(NS, f"slot-{i:02d}", pool="repos-main", job=JOB, task_id=tid, holder=runner)
         kube.create_task(NS, JOB, tid, state, depends_on=deps, runner=runner,
@@ -154,6 +164,30 @@ def _create_job(kube: object) -> None:
     kube.create_pvc(NS, f"{JOB}-test-results", JOB, "artifact")
     wait_for(lambda: all(p.status.phase == "Running" for p in kube.pods(NS, "necrocode.io/role=runner")),
              what="runners Running")
+
+
+AGENT_TASK = "notes"
+AGENT_LOG = CACHE / "demo-agent.log"
+
+
+def _start_agent(kubeconfig: object) -> subprocess.Popen[bytes]:
+    """The agent of task `notes`: the reference runner as a real process, watching its own pod
+    through the API (kwok plays the pod's kubelet: the pod ends 2 s after the signal)."""
+    pod = f"{JOB}-{AGENT_TASK}-runner"
+    say(f"starting the agent of task {AGENT_TASK} (examples/runner/cooperative_runner.py, watching pod {pod})")
+    env = {**os.environ, "POD_NAME": pod, "POD_NAMESPACE": NS, "KUBECONFIG": str(kubeconfig)}
+    return subprocess.Popen([sys.executable, "examples/runner/cooperative_runner.py"], env=env,
+                            stdout=AGENT_LOG.open("wb"), stderr=subprocess.STDOUT)
+
+
+def _agent_done(agent: subprocess.Popen[bytes]) -> None:
+    try:
+        code = agent.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        agent.kill()
+        code = agent.wait()
+    last = AGENT_LOG.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+    say(f"the agent of task {AGENT_TASK} exited with code {code}: {last[0]}")
 
 
 def _follow(kube: object) -> None:
@@ -198,6 +232,12 @@ def _summary(kube: object) -> None:
     print(f"  leases released:    {p['leasesReleased']} {st.get('cleanup', {}).get('released', [])}")
     print(f"  resources deleted:  {p['resourcesDeleted']} {st.get('cleanup', {}).get('deleted', [])}")
     print(f"  artifacts kept:     {p['artifactsPreserved']} {st.get('cleanup', {}).get('preserved', [])}")
+    cooperative = [o["pod"] for o in st.get("runnerOutcomes", []) if o["outcome"] == "Cooperative"]
+    print(f"  stopped by itself:  {p.get('runnersCooperative', 0)} {cooperative} "
+          f"(cooperative window: {(st.get('cooperative') or {}).get('stopped', 0)} inside it)")
+    logs = [f"{k['pod']} -> configmap/{k['configMap']}" if k.get("configMap") else f"{k['pod']}: {k.get('error')}"
+            for k in st.get("logs", [])]
+    print(f"  runner logs kept:   {p.get('logsKept', 0)} (not kept: {p.get('logsFailed', 0)}) {logs}")
     if st.get("errors"):
         print(f"  errors:             {st['errors']}")
 
