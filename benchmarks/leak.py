@@ -29,9 +29,8 @@ async def run(kube: Kube, world: World, kubeconfig: Path, out: Path, cancellatio
     """`cancellations` JobCancellations of `runners` runners each, one at a time (each Completed
     before the next is created), their worlds built `batch` jobs at a time so that the reading
     before and the one after see the same state: no live job in the namespace."""
+    ns = await world.namespace("leak")  # before the operator: it finds it in its first listing
     op = Operator(kubeconfig, out, tag="operator-leak")
-    op.start()
-    ns = await world.namespace("leak")
     made = 0
 
     async def cancel_all(count: int) -> None:
@@ -50,6 +49,7 @@ async def run(kube: Kube, world: World, kubeconfig: Path, out: Path, cancellatio
             assert left == 0, left
 
     try:
+        op.start()
         await cancel_all(WARMUP)
         before = await _snapshot(op)
         t0 = time.perf_counter()

@@ -57,6 +57,8 @@ def goals(results: Obj) -> Obj:
             b["within_1.3x_floor"] = floor is not None and secs is not None and secs <= FLOOR_GOAL * floor
             b["met"] = b["p99_within_2x_idle"] and b["within_1.3x_floor"]
             g[f"neighbour_{label}"] = b
+    if "leak_failed" in results:
+        g["leak_growth_under_10pct"] = {"failed": results["leak_failed"], "met": False}
     lk = results.get("leak")
     if lk:
         b, a = lk["before"], lk["after"]

@@ -97,7 +97,11 @@ async def run(a: argparse.Namespace, out: Path, cluster: LocalCluster, kubeconfi
         report.write(results, out)
     if "leak" in a.scenarios and a.leak_cancellations:
         say(f"leak check: a fresh operator, {a.leak_cancellations} sequential cancellations of {a.leak_runners} runners")
-        results["leak"] = await leak.run(kube, world, kubeconfig, out, a.leak_cancellations, a.leak_runners)
+        try:
+            results["leak"] = await leak.run(kube, world, kubeconfig, out, a.leak_cancellations, a.leak_runners)
+        except Exception as exc:  # recorded and reported, and the run goes on
+            results["leak_failed"] = repr(exc)[:1000]
+            say(f"leak check FAILED: {exc!r}"[:400])
         report.write(results, out)
     if "neighbour" in a.scenarios and a.neighbour_reps:
         say(f"good neighbour: {a.neighbour_write_rate}/s pod writes, {a.neighbour_read_rate}/s reads beside "
