@@ -5,7 +5,7 @@ CACHE ?= $(HOME)/.cache/necrocode
 CLUSTER_DIR ?= $(CACHE)/cluster
 export NECROCODE_CACHE := $(CACHE)
 
-.PHONY: help system-deps venv tools chart-sync lock kind-check kind-e2e kind-down cluster-up cluster-down cluster-status test unit lint crds crds-apply demo run clean bench soak dist
+.PHONY: help system-deps venv tools chart-sync lock kind-check kind-e2e kind-down cluster-up cluster-down cluster-status test unit lint crds crds-apply demo run clean bench bench-scale soak dist
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -127,9 +127,13 @@ kind-down: ## delete make kind-e2e's kind cluster
 	$(KIND) delete cluster --name $(KIND_CLUSTER)
 	rm -f $(KIND_KUBECONFIG)
 
-bench: venv tools ## benchmarks (not part of the tests; installs the bench extras): make bench [BENCH_ARGS="--sizes 100,1000"]
+bench: venv tools ## benchmarks (not part of the tests; installs the bench extras): make bench [BENCH_ARGS="--scenario sizes --sizes 100,1000"]
 	@hack/venv.sh bench
 	$(PY) -m benchmarks $(BENCH_ARGS)
+
+bench-scale: venv tools ## issue 19's benchmarks: many at once, the good neighbour (ours under --budgets), the leak check: make bench-scale [BENCH_ARGS=...]
+	@hack/venv.sh bench
+	$(PY) -m benchmarks --scenario many,neighbour,leak $(BENCH_ARGS)
 
 soak: venv tools ## soak: 500 cancellations under random faults, each checked: make soak [SOAK_ARGS="--cancellations 40 --seed 7"]
 	$(PY) -m benchmarks.soak $(SOAK_ARGS)

@@ -19,13 +19,16 @@ Approaches, each timed from the request to the moment the work is observably don
   job-controller  a batch/v1 Job with N pods, patched to `suspend: true`, until its pods are gone
 
 plus the reaction latency of a TaskCancellation (creation -> first pod deletion seen by a
-watch), 100 concurrent JobCancellations of 50 runners each, and the operator's peak RSS with
-10,000 unrelated pods in the cluster.
+watch), many JobCancellations at once (100 of 50 runners, 1,000 of 5) against the floor over the
+same jobs, the operator's peak RSS with 10,000 unrelated pods in the cluster, a leak check (RSS
+and connections before and after 500 sequential cancellations) and the good neighbour (a steady
+load's latency in another namespace, idle and during each approach, ours under several API
+budgets). --scenario picks among them.
 
 Runner pods carry `necrocode.io/kwok-stop=immediate`: kwok removes them as soon as they are
 deleted, so the figures measure the control path, not container shutdown. Results go to
-benchmarks/results/<timestamp>/ (results.json, cancel-time.png, table.md, operator logs);
-`--publish` also copies results.json and the plot to docs/benchmarks/.
+benchmarks/results/<timestamp>/ (results.json, cancel-time.png, neighbour.png, table.md, operator
+logs); `--publish` also copies results.json and the plots to docs/benchmarks/.
 
 Not part of the test suite: nothing here asserts; the goals are reported, not enforced.
 """

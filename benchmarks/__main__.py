@@ -14,11 +14,14 @@ import time
 from pathlib import Path
 
 import benchmarks
-from benchmarks import report, suite
+from benchmarks import many, neighbour, report, scalereport, suite
 from benchmarks.approaches import APPROACHES
 from benchmarks.cluster import control_plane, install_crds
 from benchmarks.common import NODES, REPO, say
 from hack.localcluster import CACHE
+
+SCENARIOS = ("sizes", "costs", "reaction", "many", "rss", "leak", "neighbour")
+"""--scenario: what a run measures (by default all), in the order suite.run makes them."""
 
 
 def main() -> int:
@@ -28,9 +31,28 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3, help="repetitions of each approach at each size (median)")
     ap.add_argument("--approaches", default=",".join(APPROACHES), help=f"subset of {','.join(APPROACHES)}")
     ap.add_argument("--reaction-reps", type=int, default=30, help="TaskCancellations for reaction latency (0: skip)")
-    ap.add_argument("--concurrent-reps", type=int, default=3, help="repetitions of the many-at-once run (0: skip)")
-    ap.add_argument("--concurrent-jobs", type=int, default=100)
-    ap.add_argument("--concurrent-runners", type=int, default=50)
+    ap.add_argument("--scenario", "--scenarios", dest="scenarios", default=",".join(SCENARIOS),
+                    help=f"which measurements to make, a subset of {','.join(SCENARIOS)} (the counts below still "
+                         "apply: 0 skips one)")
+    ap.add_argument("--many-reps", "--concurrent-reps", dest="many_reps", type=int, default=3,
+                    help="repetitions of each many-at-once shape, ours and the floor (0: skip)")
+    ap.add_argument("--many-shapes", default="100x50,1000x5",
+                    help="many at once: JOBSxRUNNERS, comma-separated (JobCancellations of RUNNERS runners each)")
+    ap.add_argument("--many-create-concurrency", type=int, default=50,
+                    help="clients creating the many JobCancellations at once (the spread is recorded)")
+    ap.add_argument("--neighbour-reps", type=int, default=3, help="repetitions of the good-neighbour run (0: skip)")
+    ap.add_argument("--neighbour-runners", type=int, default=5000, help="runners cancelled beside the neighbour load")
+    ap.add_argument("--neighbour-approaches", default="ours,floor,job-controller,kubectl",
+                    help="approaches run beside the load (kubectl at 5,000: ~17 min a repetition)")
+    ap.add_argument("--budgets", default="unlimited;qps=200,burst=400;qps=50,burst=100",
+                    help="the operator's API budgets ours runs under beside the load, ';'-separated: 'unlimited' "
+                         "or KEY=VALUE,... with KEY one of qps, burst, concurrency, cancellation_concurrency, "
+                         "cancellation_qps (NECROCODE_API_QPS ...) or a NECROCODE_* name")
+    ap.add_argument("--neighbour-idle-seconds", type=float, default=30, help="the load alone, before each repetition")
+    ap.add_argument("--neighbour-write-rate", type=float, default=10, help="neighbour pods created (and deleted) a second")
+    ap.add_argument("--neighbour-read-rate", type=float, default=40, help="neighbour reads a second")
+    ap.add_argument("--leak-cancellations", type=int, default=500, help="sequential cancellations of the leak check (0: skip)")
+    ap.add_argument("--leak-runners", type=int, default=2, help="runners per job in the leak check")
     ap.add_argument("--rss-pods", type=int, default=10_000, help="unrelated pods for the RSS run (0: skip)")
     ap.add_argument("--kubectl-max-n", type=int, default=1000,
                     help="run kubectl only up to this N (it deletes and waits one pod at a time: ~0.2 s a pod here)")
@@ -51,9 +73,18 @@ def main() -> int:
     a = ap.parse_args()
     a.sizes = [int(s) for s in a.sizes.split(",") if s]
     a.approaches = [s for s in a.approaches.split(",") if s]
-    unknown = set(a.approaches) - set(APPROACHES)
+    a.scenarios = [s for s in a.scenarios.split(",") if s]
+    a.neighbour_approaches = [s for s in a.neighbour_approaches.split(",") if s]
+    unknown = set(a.approaches + a.neighbour_approaches) - set(APPROACHES)
     if unknown:
         ap.error(f"unknown approaches: {', '.join(sorted(unknown))}")
+    if set(a.scenarios) - set(SCENARIOS):
+        ap.error(f"unknown scenarios: {', '.join(sorted(set(a.scenarios) - set(SCENARIOS)))}")
+    try:
+        many.parse_shapes(a.many_shapes)
+        neighbour.parse_budgets(a.budgets)
+    except ValueError as exc:
+        ap.error(f"--many-shapes or --budgets: {exc}")
     if a.cluster_dir.resolve() == (CACHE / "cluster").resolve():
         ap.error("refusing to use the shared development cluster; pick another --cluster-dir")
     try:
@@ -79,16 +110,16 @@ def main() -> int:
         return 130
     finally:
         cluster.down()
-    if results["sizes"]:
-        report.plot(results, out / "cancel-time.png")
-    say(f"done in {time.monotonic() - started:.0f}s\n" + (report.table(results) if results["sizes"] else ""))
+    made = report.plots(results, out)
+    say(f"done in {time.monotonic() - started:.0f}s\n" + (report.table(results) if results["sizes"] else "")
+        + scalereport.tables(results))
     say("goals: " + json.dumps(results["goals"], indent=1))
     if a.publish:
         dest = REPO / "docs" / "benchmarks"
         dest.mkdir(parents=True, exist_ok=True)
         shutil.copy(out / "results.json", dest / "results.json")
-        if (out / "cancel-time.png").exists():
-            shutil.copy(out / "cancel-time.png", dest / "cancel-time.png")
+        for png in made:
+            shutil.copy(png, dest / png.name)
         say(f"published to {dest}")
     return 0
 

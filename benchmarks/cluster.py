@@ -1,8 +1,10 @@
 """The processes under measurement: the local control plane of the run (with the CRDs and the
-admission policy), the operator as a subprocess, and the CPU meter over all of them."""
+admission policy), the operator as a subprocess (its memory, connections and API calls), and
+the CPU meter over all of them."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -32,7 +34,9 @@ class Operator:
     """`python -m necrocode.main` serving nb-* (optionally under py-spy); its API calls by verb
     from its /metrics, its memory from /proc."""
 
-    def __init__(self, kubeconfig: Path, out: Path, env: dict[str, str] | None = None, tag: str = "operator"):
+    def __init__(self, kubeconfig: Path, out: Path, env: dict[str, str | None] | None = None,
+                 tag: str = "operator"):
+        """`env`: variables set for it (a None value unsets one inherited from the harness)."""
         self.kubeconfig, self.out, self.tag = kubeconfig, out, tag
         self.port = free_port()
         self.env = env or {}
@@ -41,7 +45,12 @@ class Operator:
     def start(self, profile: bool = False) -> None:
         env = {**os.environ, "NECROCODE_KUBECONFIG": str(self.kubeconfig), "KUBECONFIG": str(self.kubeconfig),
                "NECROCODE_METRICS_PORT": str(self.port), "NECROCODE_METRICS_ADDR": "127.0.0.1",
-               "PYTHONPATH": str(REPO / "operator"), **self.env}
+               "PYTHONPATH": str(REPO / "operator")}
+        for k, v in self.env.items():
+            if v is None:
+                env.pop(k, None)
+            else:
+                env[k] = v
         cmd = [sys.executable, "-m", "necrocode.main", "--namespace", f"{NS_PREFIX}*", "--liveness", "",
                "--log-format", "json"]
         if profile:
@@ -91,6 +100,29 @@ class Operator:
                     out[k] = round(int(v.split()[0]) / 1024, 1)  # MiB
         return out
 
+    def connections(self) -> dict[str, int]:
+        """Its open file descriptors, sockets among them, and its TCP connections (the socket
+        inodes of its fds found in its network namespace's tcp tables; ESTABLISHED apart):
+        what a leak of clients or watches would grow."""
+        out = {"fds": 0, "sockets": 0, "tcp": 0, "tcp_established": 0}
+        inodes: set[str] = set()
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{self.pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    out["fds"] += 1
+                    if target.startswith("socket:["):
+                        inodes.add(target[8:-1])
+        out["sockets"] = len(inodes)
+        for table in ("tcp", "tcp6"):
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{self.pid}/net/{table}").read_text().splitlines()[1:]:
+                    f = line.split()
+                    if len(f) > 9 and f[9] in inodes:
+                        out["tcp"] += 1
+                        out["tcp_established"] += f[3] == "01"
+        return out
+
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
@@ -102,6 +134,33 @@ class Operator:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+
+
+class RssSampler:
+    """The operator's RSS sampled every `every` seconds over a window: its peak there (VmHWM is
+    the peak over the process's whole life, which earlier measurements may have set)."""
+
+    def __init__(self, op: Operator, every: float = 0.2):
+        self.op, self.every = op, every
+        self.peak = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.peak = self.op.memory().get("VmRSS", 0.0)
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            self.peak = max(self.peak, self.op.memory().get("VmRSS", 0.0))
+            await asyncio.sleep(self.every)
+
+    async def stop(self) -> float:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.peak = max(self.peak, self.op.memory().get("VmRSS", 0.0))
+        return self.peak
 
 
 def delta(a: dict[str, float], b: dict[str, float]) -> dict[str, int]:

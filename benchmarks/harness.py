@@ -5,6 +5,7 @@ runners, a watch on them, a client of its own)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,9 @@ class Harness:
     meter: CpuMeter | None = None
     pprof_seconds: int = 0
     out: Path | None = None
+    on_window: Callable[[bool], None] | None = None
+    """Told when an approach's timed window opens (True: cpu_start) and closes (False:
+    cpu_since): the neighbour load files its samples by it."""
 
     def pprof(self, tag: str) -> asyncio.Task[None] | None:
         """With --apiserver-pprof S: the API server's CPU profile over the first S seconds of a
@@ -44,9 +48,15 @@ class Harness:
         return asyncio.create_task(fetch())
 
     def cpu_start(self) -> dict[str, float]:
+        """Called just before an approach's clock starts."""
+        if self.on_window:
+            self.on_window(True)
         return self.meter.snap() if self.meter else {}
 
     def cpu_since(self, before: dict[str, float]) -> dict[str, float]:
+        """Called as soon as an approach's work is observably done."""
+        if self.on_window:
+            self.on_window(False)
         return self.meter.since(before) if self.meter and before else {}
 
     async def armed(self, ns: str, n: int, *, full_world: bool) -> tuple[GoneWatch, list[str], Kube]:

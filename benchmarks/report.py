@@ -1,17 +1,20 @@
 """What a run reports: the medians and ratios of each size (summarise), the goals against them,
-results.json and table.md in the output directory (the table docs/benchmarks.md shows), and the
-plot cancel-time.png."""
+results.json and table.md in the output directory (the tables docs/benchmarks.md shows), and the
+plots cancel-time.png and (the good neighbour) neighbour.png; scalereport holds the parts of
+the many-at-once, neighbour and leak scenarios."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from benchmarks import scalereport
 from benchmarks.approaches import APPROACHES
 from benchmarks.common import Obj, median
 
 
 def summarise(results: Obj) -> None:
+    scalereport.summarise(results)
     for n, per in results["sizes"].items():
         for name, a in per.items():
             secs = [r["seconds"] for r in a["runs"]]
@@ -111,10 +114,23 @@ def goals(results: Obj) -> Obj:
     if "rss" in results:
         g["rss_under_150MB"] = {"peak_rss_mib": results["rss"]["peak_rss_mib"],
                                 "met": results["rss"]["peak_rss_mib"] * 1.048576 < 150}
-    return g
+    return {**g, **scalereport.goals(results)}
 
 
 def write(results: Obj, out: Path) -> None:
     (out / "results.json").write_text(json.dumps(results, indent=1, sort_keys=False))
+    text = (table(results) if results["sizes"] else "") + scalereport.tables(results)
+    if text:
+        (out / "table.md").write_text(text)
+
+
+def plots(results: Obj, out: Path) -> list[Path]:
+    """Every plot the run has figures for; the paths written."""
+    made = []
     if results["sizes"]:
-        (out / "table.md").write_text(table(results))
+        plot(results, out / "cancel-time.png")
+        made.append(out / "cancel-time.png")
+    if (results.get("neighbour") or {}).get("cancellation_seconds"):
+        scalereport.plot_neighbour(results, out / "neighbour.png")
+        made.append(out / "neighbour.png")
+    return made

@@ -1,5 +1,5 @@
-"""What only the operator is measured on: the reaction latency of a TaskCancellation, many
-JobCancellations at once, and its peak RSS beside 10,000 unrelated pods."""
+"""What only the operator is measured on: the reaction latency of a TaskCancellation and its
+peak RSS beside 10,000 unrelated pods (many at once: many.py; the leak check: leak.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from benchmarks.cluster import Operator, delta
-from benchmarks.common import Obj, median, percentile
+from benchmarks.common import Obj, percentile
 from benchmarks.harness import Harness
 from benchmarks.world import GoneWatch, World, wait_phases
 from necrocode.concurrency import bounded
@@ -49,32 +49,6 @@ async def reaction(h: Harness, reps: int, running: int = 20) -> Obj:
         return {"samples_seconds": lat, "p50_seconds": percentile(lat, 50), "p99_seconds": percentile(lat, 99),
                 "max_seconds": max(lat), "reps": reps, "api_calls_per_cancellation":
                 round(sum(calls.values()) / max(1, reps), 1)}
-    finally:
-        await h.world.drop_namespace(ns)
-
-
-async def concurrent(h: Harness, jobs: int = 100, per_job: int = 50) -> Obj:
-    """Many at once: `jobs` JobCancellations of `per_job` runners each, created together, timed
-    until the last is Completed."""
-    ns = await h.world.namespace("many")
-    try:
-        await asyncio.gather(*(h.world.job(ns, f"j{j:03d}", per_job) for j in range(jobs)))
-        await h.world.wait_running(ns, "necrocode.io/role=runner", jobs * per_job)
-        await asyncio.sleep(1.0)
-        before = h.op.metrics()
-        names = {f"stop-j{j:03d}" for j in range(jobs)}
-        t0 = time.perf_counter()
-        await bounded(range(jobs), lambda j: h.kube.create(nc_path(ns, "jobcancellations"), {
-            "apiVersion": "necrocode.io/v1alpha1", "kind": "JobCancellation", "metadata": {"name": f"stop-j{j:03d}"},
-            "spec": {"jobName": f"j{j:03d}", "reason": "benchmark"}}), 50)
-        done = await wait_phases(h.kube, ns, "jobcancellations", names, timeout=900)
-        seconds = max(done.values()) - t0
-        calls = delta(before, h.op.metrics())
-        left = await h.world.count(ns, "necrocode.io/role=runner")
-        assert left == 0, left
-        return {"seconds": seconds, "first_completed_seconds": min(done.values()) - t0,
-                "median_completed_seconds": median([v - t0 for v in done.values()]),
-                "api_calls": calls, "api_calls_total": sum(calls.values())}
     finally:
         await h.world.drop_namespace(ns)
 

@@ -22,8 +22,9 @@ class World:
     def __init__(self, kube: Kube, concurrency: int = 64):
         self.kube, self.concurrency = kube, concurrency
 
-    async def namespace(self, tag: str) -> str:
-        ns = f"{NS_PREFIX}{tag}-{uuid.uuid4().hex[:6]}"
+    async def namespace(self, tag: str, prefix: str = NS_PREFIX) -> str:
+        """A fresh namespace (served by the operator unless `prefix` says otherwise)."""
+        ns = f"{prefix}{tag}-{uuid.uuid4().hex[:6]}"
         await self.kube.create(core_path(None, "namespaces"), {"metadata": {"name": ns}})
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # pods need the default ServiceAccount
@@ -128,6 +129,7 @@ class GoneWatch:
     def __init__(self, kube: Kube, ns: str, selector: str):
         self.kube, self.ns, self.selector = kube, ns, selector
         self.deleted: dict[str, float] = {}
+        self.gone: list[str] = []  # names in the order they were DELETED (read incrementally)
         self.terminating: dict[str, float] = {}
         self.task: asyncio.Task[None] | None = None
         self.changed = asyncio.Event()
@@ -147,6 +149,8 @@ class GoneWatch:
                     rv = meta.get("resourceVersion") or rv
                     name = str(meta.get("name"))
                     if ev.get("type") == "DELETED":
+                        if name not in self.deleted:
+                            self.gone.append(name)
                         self.deleted.setdefault(name, now)
                         self.terminating.setdefault(name, now)
                         self.changed.set()

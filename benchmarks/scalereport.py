@@ -1,0 +1,160 @@
+"""The report of issue 19's scenarios (report.py calls it): many at once against the floor,
+the good neighbour's latency per phase and the trade-off plot of our budgets, the leak check;
+their medians, goals and tables."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from benchmarks.common import Obj, median
+
+RSS_GOAL_MIB = 300
+FLOOR_GOAL = 1.3  # ours within 1.3x the floor
+NEIGHBOUR_GOAL = 2.0  # neighbours' p99 within 2x idle
+LEAK_GOAL = 0.10
+"""Growth under 10 %: of RSS as a fraction; of TCP connections, counted whole, at most
+floor(10 % of them), and one more at any count (keep-alive pools open one more at times)."""
+
+
+def summarise(results: Obj) -> None:
+    """Medians of each many-at-once shape and ours' ratio to the floor."""
+    for shape in (results.get("many") or {}).values():
+        for name in ("ours", "floor"):
+            a = shape.get(name)
+            if a and a["runs"]:
+                a["median_seconds"] = median([r["seconds"] for r in a["runs"]])
+                a["median_api_calls_per_runner"] = median([r["api_calls_per_runner"] for r in a["runs"]])
+        o, f = shape.get("ours", {}), shape.get("floor", {})
+        if o.get("median_seconds") and f.get("median_seconds"):
+            shape["ratio_to_floor"] = round(o["median_seconds"] / f["median_seconds"], 2)
+
+
+def goals(results: Obj) -> Obj:
+    g: Obj = {}
+    for key, shape in (results.get("many") or {}).items():
+        o = shape.get("ours") or {"runs": [], "failed_runs": []}
+        g[f"many_{key}_all_terminal_every_runner_gone"] = {
+            "runs": len(o["runs"]), "failed": len(o["failed_runs"]), "met": bool(o["runs"]) and not o["failed_runs"]}
+        peaks = [r["operator_peak_rss_mib"] for r in o["runs"] if r.get("operator_peak_rss_mib")]
+        if peaks:
+            g[f"many_{key}_operator_peak_rss_under_{RSS_GOAL_MIB}MiB"] = {"peak_rss_mib": max(peaks),
+                                                                         "met": max(peaks) < RSS_GOAL_MIB}
+        if "ratio_to_floor" in shape:
+            g[f"many_{key}_within_{FLOOR_GOAL}x_floor"] = {"ratio": shape["ratio_to_floor"],
+                                                           "met": shape["ratio_to_floor"] <= FLOOR_GOAL}
+    nb = results.get("neighbour")
+    if nb:
+        idle = (nb["phases"].get("idle") or {}).get("p99_ms")
+        floor = (nb["cancellation_seconds"].get("floor") or {}).get("median")
+        for label in nb["cancellation_seconds"]:
+            if not label.startswith("ours"):
+                continue
+            p99 = (nb["phases"].get(label) or {}).get("p99_ms")
+            secs = nb["cancellation_seconds"][label]["median"]
+            b: Obj = {"neighbours_p99_ms": p99, "idle_p99_ms": idle, "ours_seconds": secs, "floor_seconds": floor}
+            b["p99_within_2x_idle"] = p99 is not None and idle is not None and p99 <= NEIGHBOUR_GOAL * idle
+            b["within_1.3x_floor"] = floor is not None and secs is not None and secs <= FLOOR_GOAL * floor
+            b["met"] = b["p99_within_2x_idle"] and b["within_1.3x_floor"]
+            g[f"neighbour_{label}"] = b
+    if "leak_failed" in results:
+        g["leak_growth_under_10pct"] = {"failed": results["leak_failed"], "met": False}
+    lk = results.get("leak")
+    if lk:
+        b, a = lk["before"], lk["after"]
+        g["leak_growth_under_10pct"] = {
+            "rss_mib": [b["rss_mib"], a["rss_mib"]], "tcp": [b["tcp"], a["tcp"]],
+            "met": bool(b["rss_mib"]) and a["rss_mib"] <= b["rss_mib"] * (1 + LEAK_GOAL)
+            and a["tcp"] - b["tcp"] <= max(1, math.floor(b["tcp"] * LEAK_GOAL))}
+    return g
+
+
+def _f(x: float | None, fmt: str = "{:.2f}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def tables(results: Obj) -> str:
+    """The markdown of the sections docs/benchmarks.md shows for these scenarios."""
+    parts: list[str] = []
+    many = results.get("many") or {}
+    if many:
+        lines = ["### Many at once", "",
+                 "| jobs x runners | ours | floor | ours / floor | created within | API calls / runner (ours, floor) "
+                 "| operator CPU | operator peak RSS | runs (failed) |",
+                 "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for s in many.values():
+            o, f = s.get("ours") or {"runs": [], "failed_runs": []}, s.get("floor") or {}
+            runs = o["runs"]
+            cpu = median([r["operator_cpu_seconds"] for r in runs if r.get("operator_cpu_seconds") is not None])
+            lines.append(
+                f"| {s['jobs']:,} x {s['runners_per_job']} | {_f(o.get('median_seconds'), '{:.2f} s')} "
+                f"| {_f(f.get('median_seconds'), '{:.2f} s')} | {_f(s.get('ratio_to_floor'), '{:.2f}x')} "
+                f"| {_f(median([r['creation_spread_seconds'] for r in runs]), '{:.2f} s')} "
+                f"| {_f(o.get('median_api_calls_per_runner'))}, {_f(f.get('median_api_calls_per_runner'))} "
+                f"| {_f(cpu, '{:.1f} s')} "
+                f"| {_f(max((r['operator_peak_rss_mib'] for r in runs), default=None), '{:.0f} MiB')} "
+                f"| {len(runs)} ({len(o['failed_runs'])}) |")
+        parts.append("\n".join(lines))
+    nb = results.get("neighbour")
+    if nb:
+        idle = (nb["phases"].get("idle") or {}).get("p99_ms")
+        lines = ["### Good neighbour", "",
+                 f"{nb['write_rate_per_second']:g} pods created and deleted and {nb['read_rate_per_second']:g} reads "
+                 f"a second in another namespace; {nb['runners']:,} runners cancelled.", "",
+                 "| phase | cancellation | neighbours' p50 | p99 | p99 / idle | errors | requests |",
+                 "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for label, p in nb["phases"].items():
+            secs = (nb["cancellation_seconds"].get(label) or {}).get("median")
+            ratio = p["p99_ms"] / idle if idle and p.get("p99_ms") is not None else None
+            lines.append(f"| {label} | {_f(secs, '{:.2f} s')} | {_f(p['p50_ms'], '{:.0f} ms')} "
+                         f"| {_f(p['p99_ms'], '{:.0f} ms')} | {_f(ratio, '{:.2f}x')} "
+                         f"| {p['error_rate'] * 100:.2f} % | {p['requests']:,} |")
+        parts.append("\n".join(lines))
+    lk = results.get("leak")
+    if lk:
+        lines = ["### Leak check", "",
+                 f"{lk['cancellations']} sequential cancellations of {lk['runners_per_job']} runners "
+                 f"(after {lk['warmup']} to warm up).", "",
+                 "| operator | before | after | growth |", "| --- | ---: | ---: | ---: |"]
+        for k, label in (("rss_mib", "RSS (MiB)"), ("tcp", "TCP connections"),
+                         ("tcp_established", "established"), ("sockets", "sockets"), ("fds", "open fds")):
+            b, a = lk["before"].get(k), lk["after"].get(k)
+            g = (a / b - 1) * 100 if b and a is not None else None
+            lines.append(f"| {label} | {_f(b, '{:g}')} | {_f(a, '{:g}')} | {_f(g, '{:+.1f} %')} |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n" if parts else ""
+
+
+def plot_neighbour(results: Obj, path: Path) -> None:
+    """The trade-off: our cancellation time (x) against the neighbours' p99 (y) for each budget,
+    the other approaches as points, the floor and idle as reference lines and the goal's box."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    nb = results["neighbour"]
+    secs = {k: v["median"] for k, v in nb["cancellation_seconds"].items() if v.get("median") is not None}
+    p99 = {k: v["p99_ms"] for k, v in nb["phases"].items() if v.get("p99_ms") is not None}
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    ours = sorted((secs[k], p99[k], k) for k in secs if k.startswith("ours") and k in p99)
+    if ours:
+        ax.plot([x for x, _, _ in ours], [y for _, y, _ in ours], "o-", linewidth=2.5, label="necrocode-cancel, per budget")
+        for x, y, k in ours:
+            ax.annotate(k.removeprefix("ours ").strip("[]"), (x, y), textcoords="offset points", xytext=(5, 5), fontsize=7)
+    for k in secs:
+        if not k.startswith("ours") and k in p99:
+            ax.plot([secs[k]], [p99[k]], "s", label=k)
+    idle = p99.get("idle")
+    if idle is not None:
+        ax.axhline(idle, color="grey", linewidth=1, label=f"idle p99 ({idle:.0f} ms)")
+        ax.axhline(NEIGHBOUR_GOAL * idle, color="grey", linestyle="--", linewidth=1, label="goal: 2x idle p99")
+    if "floor" in secs:
+        ax.axvline(secs["floor"], color="black", linewidth=1, label=f"floor ({secs['floor']:.1f} s)")
+        ax.axvline(FLOOR_GOAL * secs["floor"], color="black", linestyle="--", linewidth=1, label="goal: 1.3x floor")
+    ax.set_xlabel(f"seconds to cancel {nb['runners']:,} runners (median)")
+    ax.set_ylabel("neighbours' p99 latency during it (ms)")
+    ax.set_title("What a big cancellation costs the neighbours")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
