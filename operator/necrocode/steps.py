@@ -20,11 +20,14 @@ from necrocode.concurrency import bounded
 from necrocode.drainer import TaskDrainer
 from necrocode.events import EventRecorder
 from necrocode.kube import ApiError, Kube, NotFound, core_path, nc_path
+from necrocode.logkeeper import RunnerLogs
 from necrocode.logs import Bound
+from necrocode.logtail import is_kept_log
 from necrocode.model import (
     ANNOTATION_CANCELLED_BY,
     ANNOTATION_CANCELLED_BY_UID,
     ANNOTATION_ESCALATED_BY,
+    API_VERSION,
     FINISHED_TASK_STATES,
     JOB_CANCELLATION,
     LABEL_ARTIFACT,
@@ -135,7 +138,10 @@ class Ctx:
     terminator: RunnerTerminator | None = None
     """The terminator at work, while TerminateRunners runs (an escalation reaches it here)."""
     forced_now: asyncio.Event = field(default_factory=asyncio.Event)
-    """Set when the cancellation is forced while it runs: a wait (the drain) ends at once."""
+    """Set when the cancellation is forced while it runs: a wait (the drain, the reading of the
+    runners' logs) ends at once."""
+    runner_logs: RunnerLogs | None = None
+    """The runners' kept logs (preserveLogs), made by KeepLogs or, in a resumed run, from status."""
     _live: dict[str, str] | None = None
 
     @property
@@ -228,6 +234,11 @@ class Ctx:
     @property
     def is_job(self) -> bool:
         return self.kind == JOB_CANCELLATION
+
+    @property
+    def keeps_logs(self) -> bool:
+        """Its step table has KeepLogs (policies.resume.keeps_logs decided it when it started)."""
+        return any(s.name == "KeepLogs" for s in self.status.steps)
 
     @property
     def job_selector(self) -> str:
@@ -474,7 +485,11 @@ async def _dry_run(ctx: Ctx, affected: list[AffectedTask]) -> None:
     scratch = await ctx.cleaner.labelled(sel, LABEL_SCRATCH, only, job=ctx.instance)
     every_artifact = await ctx.cleaner.labelled(sel, LABEL_ARTIFACT, only, job=ctx.instance)
     deletable = await deletable_artifacts(ctx)
-    kept = await _results_keeper(ctx) if deletable else _keep_none
+    results = await _results_keeper(ctx) if deletable else _keep_none
+
+    def kept(obj: Obj) -> bool:  # a kept runner log is never deleted by a cleanup
+        return is_kept_log(obj) or results(obj)
+
     doomed = [(k, o) for k, o in every_artifact if k in deletable and not kept(o)]
     artifacts = [(k, o) for k, o in every_artifact if not (k in deletable and not kept(o))]
     plan = Plan(
@@ -483,6 +498,10 @@ async def _dry_run(ctx: Ctx, affected: list[AffectedTask]) -> None:
         scratch_resources=sorted(f"{k.lower()}/{o['metadata']['name']}" for k, o in scratch + doomed)[:ctx.listed],
         artifacts=sorted(f"{k.lower()}/{o['metadata']['name']}" for k, o in artifacts)[:ctx.listed],
     )
+    logs = ""
+    if ctx.keeps_logs:
+        plan.logs = plan.runner_pods
+        logs = f", keep the log of {len(pods)} runner(s)"
     drain = ""
     if ctx.spec.mode == "Drain" and not ctx.forced:
         let_run, at_once = drain_split(affected)
@@ -496,7 +515,7 @@ async def _dry_run(ctx: Ctx, affected: list[AffectedTask]) -> None:
                              "dry run: status shows what would be affected; nothing was changed")
     ctx.end(Phase.COMPLETED, f"dry run: would {drain}stop {len(pods)} runner(s), change {len(affected)} task(s), "
                              f"release {len(leases)} lease(s), delete {len(plan.scratch_resources)} resource(s), "
-                             f"keep {len(artifacts)} artifact(s)")
+                             f"keep {len(artifacts)} artifact(s){logs}")
 
 
 # ============================================================================ Drain (mode Drain)
@@ -587,8 +606,77 @@ def _terminator(ctx: Ctx, state: Termination) -> RunnerTerminator:
         escalate_after=ctx.spec.escalate_after_seconds, stuck_timeout=ctx.settings.stuck_timeout,
         concurrency=ctx.settings.concurrency, clock=ctx.clock, log=ctx.log, on_progress=progress,
         on_forced=forced, adopt_new=ctx.is_job, owner=ctx.me, task_filter=ctx.cancelled_task_ids(),
-        live_requests=ctx.live_requests, belongs=ctx.mine,
+        live_requests=ctx.live_requests, belongs=ctx.mine, before_force=_log_again(ctx),
     )
+
+
+# ============================================================================ KeepLogs (preserveLogs)
+def _log_keeper(ctx: Ctx) -> RunnerLogs:
+    """The cancellation's RunnerLogs: the kept logs are owned by the AgentJob instance (an artifact
+    of the job: kept as long as the job, whatever happens to the cancellation record, and gone
+    with the job by garbage collection)."""
+    if ctx.runner_logs is None:
+        s = ctx.settings
+        uid = ctx.status.job_uid or ""
+        owner = {"apiVersion": API_VERSION, "kind": "AgentJob", "name": ctx.spec.job_name, "uid": uid} if uid else None
+        ctx.runner_logs = RunnerLogs(ctx.kube, ctx.namespace, job=ctx.spec.job_name, job_uid=uid, owner=owner,
+                                     tail_kib=s.log_tail_kib, read_timeout=s.log_read_timeout,
+                                     concurrency=s.concurrency, log=ctx.log, kept=ctx.status.logs)
+    return ctx.runner_logs
+
+
+def _record_logs(ctx: Ctx, keeper: RunnerLogs) -> str:
+    """status.logs (those not kept first, capped), the exact counts, and the LogsKept condition:
+    a log the user asked for and lost is visible, though the cancellation is not failed for it."""
+    p = ctx.status.progress
+    ctx.status.logs = sorted(keeper.entries, key=lambda k: (k.error is None, k.pod))[:ctx.listed]
+    p.logs_kept, p.logs_failed = keeper.kept, keeper.failed
+    msg = f"{p.logs_kept} runner log(s) kept"
+    if p.logs_failed:
+        first = next(k for k in ctx.status.logs if k.error)
+        msg += f", {p.logs_failed} not kept (pod/{first.pod}: {first.error})"
+        ctx.status.set_condition("LogsKept", False, "LogsNotKept", clip(msg, 1024))
+    else:
+        ctx.status.set_condition("LogsKept", True, "Kept", msg)
+    ctx.changed()
+    return msg
+
+
+async def keep_logs_step(ctx: Ctx) -> StepResult:
+    """Keep the end of each runner's log before any runner is deleted (after the signal, so what
+    a runner printed when it was told to stop is in it). Bounded (policies.resume.log_keeping_bound);
+    never fails the cancellation: a log that cannot be read (a lost node, a pod gone) is an entry
+    of status.logs with its error, counted in logsFailed, named in a Warning Event and in the
+    LogsKept condition. An escalation to force ends the wait at once."""
+    listed = ctx.listed_once.get("runners")  # SignalRunners' list: TerminateRunners takes it after us
+    pods = listed[0] if listed is not None else (await _terminator(ctx, Termination()).list_runners())[0]
+    keeper = _log_keeper(ctx)
+    if ctx.escalated_by is not None:
+        ctx.forced_now.set()  # escalated before this run (the annotation): force means now
+    await keeper.keep(pods, stop=ctx.forced_now if not ctx.spec.force else None)
+    msg = _record_logs(ctx, keeper)
+    lost = [k for k in keeper.entries if k.error]
+    for k in sorted(lost, key=lambda k: k.pod)[:ctx.settings.task_events_limit]:
+        await ctx.events.emit(ctx.body, f"log-not-kept-{k.pod}", "LogNotKept",
+                              clip(f"the log of runner pod {k.pod} was not kept: {k.error}", 1024), "Warning")
+    return StepResult(message=msg)
+
+
+def _log_again(ctx: Ctx) -> Callable[[str], Awaitable[None]] | None:
+    """The terminator's hook before it force-deletes a runner whose grace ran out: its log read
+    once more (it may have printed its last words in its grace). Not for a forced cancellation
+    (its runners had no grace to print in) nor after an escalation (force means now)."""
+    if not ctx.keeps_logs:
+        return None
+
+    async def again(pod: str) -> None:
+        if ctx.forced:
+            return
+        keeper = _log_keeper(ctx)
+        if await keeper.again(pod):
+            _record_logs(ctx, keeper)
+
+    return again
 
 
 async def signal_runners(ctx: Ctx) -> StepResult:
@@ -953,14 +1041,24 @@ TASK_STEPS = (
 STEPS = {JOB_CANCELLATION: JOB_STEPS, TASK_CANCELLATION: TASK_STEPS}
 DRAIN = StepDef("Drain", drain_step)
 """mode Drain's step: after the tasks are known, before any runner is signalled."""
+KEEP_LOGS = StepDef("KeepLogs", keep_logs_step)
+"""preserveLogs' step: after the runners are signalled, before any is deleted."""
 
 
-def steps_for(kind: str, mode: str = "Cancel") -> tuple[StepDef, ...]:
+def steps_for(kind: str, mode: str = "Cancel", logs: bool = False) -> tuple[StepDef, ...]:
     """The map of a cancellation of `kind` in `mode`: mode Cancel's steps are the kind's table;
-    mode Drain adds its Drain step after the tasks are classified (the cascade computed), so a
-    record's status lists exactly the steps its cancellation takes."""
+    mode Drain adds its Drain step after the tasks are classified (the cascade computed);
+    `logs` (policies.resume.keeps_logs) adds KeepLogs between SignalRunners and
+    TerminateRunners. A record's status lists exactly the steps its cancellation takes."""
     steps = STEPS[kind]
-    if mode != "Drain":
-        return steps
-    at = next(i for i, d in enumerate(steps) if d.name == "SignalRunners")
-    return (*steps[:at], DRAIN, *steps[at:])
+    if mode == "Drain":
+        at = _index(steps, "SignalRunners")
+        steps = (*steps[:at], DRAIN, *steps[at:])
+    if logs:
+        at = _index(steps, "TerminateRunners")
+        steps = (*steps[:at], KEEP_LOGS, *steps[at:])
+    return steps
+
+
+def _index(steps: tuple[StepDef, ...], name: str) -> int:
+    return next(i for i, d in enumerate(steps) if d.name == name)
