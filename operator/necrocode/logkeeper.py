@@ -19,7 +19,7 @@ from typing import Any
 from necrocode.concurrency import bounded
 from necrocode.kube import ApiError, Kube, core_path
 from necrocode.logs import Bound
-from necrocode.logtail import kept_log_labels, log_configmap, merge_kept, tail_lines
+from necrocode.logtail import kept_log_labels, kubelet_error, log_configmap, merge_kept, tail_lines
 from necrocode.model import FIELD_MANAGER, LABEL_TASK, KeptLog, clip
 from necrocode.naming import kept_log_name
 from necrocode.policies.resume import log_keeping_bound
@@ -85,6 +85,9 @@ async def _keep_one(kube: Kube, namespace: str, pod: str, container: str | None,
     except ApiError as exc:
         return KeptLog(pod=pod, task=task, error=clip(f"log not read: {exc}"))
     kept = tail.kept()
+    if (said := kubelet_error(kept)) is not None:
+        return KeptLog(pod=pod, task=task, error=clip(f"log not read: the kubelet answered {said!r} (the container "
+                                                      "is removed, with its log)"))
     name = kept_log_name(pod, job_uid)
     body = log_configmap(name, namespace, pod=pod, container=container or "", kept=kept,
                          labels=kept_log_labels(job, task, job_uid), owner=owner)
@@ -159,6 +162,20 @@ class RunnerLogs:
             if name not in read:
                 latest.append(KeptLog(pod=name, task=task, error="not kept: the cancellation was escalated to "
                                                                   "force before this log was read"))
+        self.entries = merge_kept(self.entries, latest)
+
+    async def reread(self) -> None:
+        """Read every kept runner's log again, within one log_keeping_bound, updating its
+        ConfigMap (a runner gone meanwhile, or a failed reading, keeps the earlier one)."""
+        pods = [self._pods.get(k.pod, k.pod) for k in self.entries if k.config_map]
+        latest: list[KeptLog] = []
+
+        async def one(pod: Obj | str) -> None:
+            latest.extend(await self._read([pod], self.bound))
+
+        with contextlib.suppress(TimeoutError):  # keep_logs bounds each; this, all of them
+            async with asyncio.timeout(self.bound):
+                await bounded(pods, one, self.concurrency)
         self.entries = merge_kept(self.entries, latest)
 
     async def again(self, pod: str) -> bool:

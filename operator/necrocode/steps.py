@@ -8,6 +8,7 @@ A step returns a StepResult; the engine (service.py) records it, emits the event
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -662,6 +663,46 @@ async def keep_logs_step(ctx: Ctx) -> StepResult:
     return StepResult(message=msg)
 
 
+@dataclass
+class _GraceReading:
+    task: asyncio.Task[None]
+    started: bool = False
+
+
+def _read_in_grace(ctx: Ctx) -> _GraceReading | None:
+    """preserveLogs: read the runners' logs again inside their grace, shortly before it ends
+    (min(1s, grace/2) before): what a runner prints after SIGTERM, while it saves its work, is
+    kept too. Not later: a kubelet kills the runner when the grace ends and removes a deleted
+    pod's dead container, log included, at once. In the background: the runners' termination
+    never waits for it, and an escalation to force skips it."""
+    if not ctx.keeps_logs or ctx.forced or ctx.grace <= 0:
+        return None
+    keeper = _log_keeper(ctx)
+    delay = ctx.grace - min(1.0, ctx.grace / 2)
+
+    async def read() -> None:
+        await ctx.clock.sleep(delay)
+        if ctx.forced:
+            return
+        state.started = True
+        await keeper.reread()
+        _record_logs(ctx, keeper)
+
+    state = _GraceReading(asyncio.create_task(read()))
+    return state
+
+
+async def _reading_done(reading: _GraceReading | None) -> None:
+    """The runners are gone: a reading in grace not begun has nothing left to read; one under
+    way ends within its bound (policies.resume.log_windows counts it)."""
+    if reading is None:
+        return
+    if not reading.started:
+        reading.task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await reading.task
+
+
 def _log_again(ctx: Ctx) -> Callable[[str], Awaitable[None]] | None:
     """The terminator's hook before it force-deletes a runner whose grace ran out: its log read
     once more (it may have printed its last words in its grace). Not for a forced cancellation
@@ -702,10 +743,12 @@ async def terminate_runners(ctx: Ctx) -> StepResult:
     term = ctx.terminator = _terminator(ctx, prior)
     if ctx.escalated_by:
         term.escalate()
+    reading = _read_in_grace(ctx)
     try:
         out = await term.terminate(prior, listed=listed, before_delete=ctx.make_total_durable)
     finally:
         ctx.terminator = None
+        await _reading_done(reading)
     outcomes = [RunnerOutcome(pod=n, outcome="Forced") for n in sorted(out.forced & out.gone)]
     outcomes += [RunnerOutcome(pod=n, outcome="Stuck") for n in sorted(out.stuck)]
     outcomes += [RunnerOutcome(pod=n, outcome="Terminated") for n in sorted(out.gone - out.forced)

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from necrocode.logtail import KeptText, kubelet_error
 from necrocode.model import CancellationSpec
 from necrocode.policies.resume import cancellation_bound, keeps_logs, log_keeping_bound, log_windows
 from necrocode.steps import steps_for
@@ -52,10 +53,24 @@ def test_logs_are_kept_after_the_runners_are_told_and_before_any_is_deleted(kind
     assert "KeepLogs" not in without
 
 
-def test_keeping_logs_adds_two_bounded_readings_to_the_bound() -> None:
-    """The step's reading and the reading again before the runners are forced, each bounded as
-    a whole by one read timeout and one write's retry budget, whatever the number of runners."""
+def test_keeping_logs_adds_three_bounded_readings_to_the_bound() -> None:
+    """The step's reading, the reading in the grace and the one before the runners are forced,
+    each bounded as a whole by one read timeout and one write's retry budget, whatever the
+    number of runners."""
     assert log_windows(False, 10, 270) == 0
-    assert log_windows(True, 10, 270) == 2 * log_keeping_bound(10, 270) == 560
+    assert log_windows(True, 10, 270) == 3 * log_keeping_bound(10, 270) == 840
     base = cancellation_bound(30, 10, 30, 270, 9, True)
-    assert cancellation_bound(30, 10, 30, 270, 9, True, windows=log_windows(True, 10, 270)) == base + 560
+    assert cancellation_bound(30, 10, 30, 270, 9, True, windows=log_windows(True, 10, 270)) == base + 840
+
+
+@pytest.mark.parametrize("body, error", [
+    ("unable to retrieve container logs for containerd://b4d515d8670838135a50", True),
+    ("failed to try resolving symlinks in path \"/var/log/pods/ns_p_uid/runner/0.log\": lstat: no such file", True),
+    ("runner line 1\nunable to retrieve container logs for containerd://b4d5\n", False),  # a runner's own words
+    ("all good\n", False),
+    ("", False),
+])
+def test_a_kubelet_error_answered_as_a_log_is_not_kept_as_one(body: str, error: bool) -> None:
+    """A kubelet whose container is removed answers 200 with its error as the body: that is no
+    log, and must not replace one kept earlier (in the grace)."""
+    assert (kubelet_error(KeptText(body, len(body.encode()), False)) is not None) is error

@@ -93,9 +93,10 @@ def keeps_logs(spec: CancellationSpec, default: bool, recorded_steps: Sequence[s
 
 def log_windows(keep: bool, read_timeout: float, call_budget: float) -> float:
     """What keeping the runners' logs adds to the cancellation's bound (its `windows`): the
-    KeepLogs step's reading and the one reading again, before the runners are forced, of those
-    that outlived their grace (each bounded as a whole by log_keeping_bound)."""
-    return 2 * log_keeping_bound(read_timeout, call_budget) if keep else 0.0
+    KeepLogs step's reading, the reading again shortly before the grace ends (it may outlast the
+    runners), and the one right before the runners still there are forced (each bounded as a
+    whole by log_keeping_bound)."""
+    return 3 * log_keeping_bound(read_timeout, call_budget) if keep else 0.0
 
 
 def time_left(bound: float, started_at: str | None, now: datetime) -> float:
