@@ -8,13 +8,12 @@ A step returns a StepResult; the engine (service.py) records it, emits the event
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from necrocode import access
+from necrocode import access, keeping
 from necrocode.cleaner import CleanupOutcome, ResourceCleaner
 from necrocode.clock import Clock
 from necrocode.concurrency import bounded
@@ -28,7 +27,6 @@ from necrocode.model import (
     ANNOTATION_CANCELLED_BY,
     ANNOTATION_CANCELLED_BY_UID,
     ANNOTATION_ESCALATED_BY,
-    API_VERSION,
     FINISHED_TASK_STATES,
     JOB_CANCELLATION,
     LABEL_ARTIFACT,
@@ -607,117 +605,17 @@ def _terminator(ctx: Ctx, state: Termination) -> RunnerTerminator:
         escalate_after=ctx.spec.escalate_after_seconds, stuck_timeout=ctx.settings.stuck_timeout,
         concurrency=ctx.settings.concurrency, clock=ctx.clock, log=ctx.log, on_progress=progress,
         on_forced=forced, adopt_new=ctx.is_job, owner=ctx.me, task_filter=ctx.cancelled_task_ids(),
-        live_requests=ctx.live_requests, belongs=ctx.mine, before_force=_log_again(ctx),
+        live_requests=ctx.live_requests, belongs=ctx.mine, before_force=keeping.log_again(ctx),
     )
 
 
 # ============================================================================ KeepLogs (preserveLogs)
-def _log_keeper(ctx: Ctx) -> RunnerLogs:
-    """The cancellation's RunnerLogs: the kept logs are owned by the AgentJob instance (an artifact
-    of the job: kept as long as the job, whatever happens to the cancellation record, and gone
-    with the job by garbage collection)."""
-    if ctx.runner_logs is None:
-        s = ctx.settings
-        uid = ctx.status.job_uid or ""
-        owner = {"apiVersion": API_VERSION, "kind": "AgentJob", "name": ctx.spec.job_name, "uid": uid} if uid else None
-        ctx.runner_logs = RunnerLogs(ctx.kube, ctx.namespace, job=ctx.spec.job_name, job_uid=uid, owner=owner,
-                                     tail_kib=s.log_tail_kib, read_timeout=s.log_read_timeout,
-                                     concurrency=s.concurrency, log=ctx.log, kept=ctx.status.logs)
-    return ctx.runner_logs
-
-
-def _record_logs(ctx: Ctx, keeper: RunnerLogs) -> str:
-    """status.logs (those not kept first, capped), the exact counts, and the LogsKept condition:
-    a log the user asked for and lost is visible, though the cancellation is not failed for it."""
-    p = ctx.status.progress
-    ctx.status.logs = sorted(keeper.entries, key=lambda k: (k.error is None, k.pod))[:ctx.listed]
-    p.logs_kept, p.logs_failed = keeper.kept, keeper.failed
-    msg = f"{p.logs_kept} runner log(s) kept"
-    if p.logs_failed:
-        first = next(k for k in ctx.status.logs if k.error)
-        msg += f", {p.logs_failed} not kept (pod/{first.pod}: {first.error})"
-        ctx.status.set_condition("LogsKept", False, "LogsNotKept", clip(msg, 1024))
-    else:
-        ctx.status.set_condition("LogsKept", True, "Kept", msg)
-    ctx.changed()
-    return msg
-
-
 async def keep_logs_step(ctx: Ctx) -> StepResult:
-    """Keep the end of each runner's log before any runner is deleted (after the signal, so what
-    a runner printed when it was told to stop is in it). Bounded (policies.resume.log_keeping_bound);
-    never fails the cancellation: a log that cannot be read (a lost node, a pod gone) is an entry
-    of status.logs with its error, counted in logsFailed, named in a Warning Event and in the
-    LogsKept condition. An escalation to force ends the wait at once."""
+    """Keep the end of each runner's log before any runner is deleted (necrocode.keeping: never
+    fails the cancellation; a log not kept is reported)."""
     listed = ctx.listed_once.get("runners")  # SignalRunners' list: TerminateRunners takes it after us
     pods = listed[0] if listed is not None else (await _terminator(ctx, Termination()).list_runners())[0]
-    keeper = _log_keeper(ctx)
-    if ctx.escalated_by is not None:
-        ctx.forced_now.set()  # escalated before this run (the annotation): force means now
-    await keeper.keep(pods, stop=ctx.forced_now if not ctx.spec.force else None)
-    msg = _record_logs(ctx, keeper)
-    lost = [k for k in keeper.entries if k.error]
-    for k in sorted(lost, key=lambda k: k.pod)[:ctx.settings.task_events_limit]:
-        await ctx.events.emit(ctx.body, f"log-not-kept-{k.pod}", "LogNotKept",
-                              clip(f"the log of runner pod {k.pod} was not kept: {k.error}", 1024), "Warning")
-    return StepResult(message=msg)
-
-
-@dataclass
-class _GraceReading:
-    task: asyncio.Task[None]
-    started: bool = False
-
-
-def _read_in_grace(ctx: Ctx) -> _GraceReading | None:
-    """preserveLogs: read the runners' logs again inside their grace, shortly before it ends
-    (min(1s, grace/2) before): what a runner prints after SIGTERM, while it saves its work, is
-    kept too. Not later: a kubelet kills the runner when the grace ends and removes a deleted
-    pod's dead container, log included, at once. In the background: the runners' termination
-    never waits for it, and an escalation to force skips it."""
-    if not ctx.keeps_logs or ctx.forced or ctx.grace <= 0:
-        return None
-    keeper = _log_keeper(ctx)
-    delay = ctx.grace - min(1.0, ctx.grace / 2)
-
-    async def read() -> None:
-        await ctx.clock.sleep(delay)
-        if ctx.forced:
-            return
-        state.started = True
-        await keeper.reread()
-        _record_logs(ctx, keeper)
-
-    state = _GraceReading(asyncio.create_task(read()))
-    return state
-
-
-async def _reading_done(reading: _GraceReading | None) -> None:
-    """The runners are gone: a reading in grace not begun has nothing left to read; one under
-    way ends within its bound (policies.resume.log_windows counts it)."""
-    if reading is None:
-        return
-    if not reading.started:
-        reading.task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await reading.task
-
-
-def _log_again(ctx: Ctx) -> Callable[[str], Awaitable[None]] | None:
-    """The terminator's hook before it force-deletes a runner whose grace ran out: its log read
-    once more (it may have printed its last words in its grace). Not for a forced cancellation
-    (its runners had no grace to print in) nor after an escalation (force means now)."""
-    if not ctx.keeps_logs:
-        return None
-
-    async def again(pod: str) -> None:
-        if ctx.forced:
-            return
-        keeper = _log_keeper(ctx)
-        if await keeper.again(pod):
-            _record_logs(ctx, keeper)
-
-    return again
+    return StepResult(message=await keeping.keep_runner_logs(ctx, pods))
 
 
 async def signal_runners(ctx: Ctx) -> StepResult:
@@ -743,12 +641,16 @@ async def terminate_runners(ctx: Ctx) -> StepResult:
     term = ctx.terminator = _terminator(ctx, prior)
     if ctx.escalated_by:
         term.escalate()
-    reading = _read_in_grace(ctx)
+    reading = keeping.read_in_grace(ctx)
     try:
         out = await term.terminate(prior, listed=listed, before_delete=ctx.make_total_durable)
+    except BaseException:
+        if reading is not None:  # the bound ran out, or the operator stops: no waiting for it
+            reading.task.cancel()
+        raise
     finally:
         ctx.terminator = None
-        await _reading_done(reading)
+        await keeping.reading_done(reading)
     outcomes = [RunnerOutcome(pod=n, outcome="Forced") for n in sorted(out.forced & out.gone)]
     outcomes += [RunnerOutcome(pod=n, outcome="Stuck") for n in sorted(out.stuck)]
     outcomes += [RunnerOutcome(pod=n, outcome="Terminated") for n in sorted(out.gone - out.forced)
