@@ -8,6 +8,8 @@ still ends. The operator's default (NECROCODE_PRESERVE_LOGS) is decided in the s
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -33,6 +35,45 @@ def kwok_serves_logs(cluster: ClusterInfo) -> None:
 def tail(cluster: ClusterInfo) -> int:
     """The session operator's NECROCODE_LOG_TAIL_KIB, in bytes."""
     return int(operator_env(cluster)["NECROCODE_LOG_TAIL_KIB"]) * 1024
+
+
+def read_timeout(cluster: ClusterInfo) -> float:
+    """The session operator's NECROCODE_LOG_READ_TIMEOUT_SECONDS."""
+    return float(operator_env(cluster)["NECROCODE_LOG_READ_TIMEOUT_SECONDS"])
+
+
+@pytest.fixture
+def silent_node(kube: Kubectl) -> Iterator[str]:
+    """A Node whose kubelet port accepts connections and then says nothing (a hung node): a read
+    of a log there waits until the operator's read timeout."""
+    name = f"silent-{uuid.uuid4().hex[:8]}"
+    port = create_unreachable_node(kube, name)
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", port))
+    srv.listen(16)
+    srv.settimeout(0.2)
+    held: list[socket.socket] = []
+    done = threading.Event()
+
+    def hold() -> None:
+        while not done.is_set():
+            try:
+                held.append(srv.accept()[0])
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    yield name
+    done.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    srv.close()
+    kube.core.delete_node(name)
 
 
 @pytest.fixture
@@ -123,6 +164,7 @@ def test_a_task_cancellation_keeps_the_logs_of_the_runners_it_stops_only(kube: K
 
 
 def test_a_lost_node_runner_log_is_reported_and_the_cancellation_still_ends(kube: Kubectl, namespace: str,
+                                                                           cluster: ClusterInfo,
                                                                            unreachable_node: str) -> None:
     ns = namespace
     kube.create_job(ns, "kn")
@@ -143,8 +185,36 @@ def test_a_lost_node_runner_log_is_reported_and_the_cancellation_still_ends(kube
     events = [e for e in kube.events_for(ns, "stop-kn") if e.reason == "LogNotKept"]
     assert [e.type for e in events] == ["Warning"] and lost in events[0].message
     assert {o["pod"]: o["outcome"] for o in st["runnerOutcomes"]}[lost] == "Forced"
-    # bounded: grace, escalation, the read timeout twice (the step, again before force), slack for a busy machine
-    assert took < 1 + 1 + 2 * 5 + 30, took
+    # bounded: grace, escalation, three readings each within the read timeout, slack for a busy machine
+    assert took < 1 + 1 + 3 * read_timeout(cluster) + 30, took
+
+
+def test_an_escalation_to_force_does_not_wait_for_a_log(kube: Kubectl, namespace: str, cluster: ClusterInfo,
+                                                      silent_node: str) -> None:
+    """The runners' logs are being read (one on a hung node: its read waits out the timeout);
+    the user sets spec.force: the runners are forced at once, and the log not read by then is
+    reported as not kept."""
+    ns = namespace
+    kube.create_job(ns, "ke")
+    hung = running(kube, ns, "ke", "h", node=silent_node, stop="never")
+    kube.cancel_job(ns, "stop-ke", "ke", preserveLogs=True, gracePeriodSeconds=60)
+
+    def keeping() -> bool:
+        steps = {s["name"]: s["state"] for s in (kube.get("jobcancellations", ns, "stop-ke").get("status") or {})
+                 .get("steps") or []}
+        return steps.get("KeepLogs") == "Running"
+
+    wait_for(keeping, timeout=read_timeout(cluster) / 2, interval=0.1, what="the logs being read")
+    t0 = time.monotonic()
+    kube.custom.patch_namespaced_custom_object(G, V, ns, "jobcancellations", "stop-ke", {"spec": {"force": True}})
+    st = kube.wait_phase("jobcancellations", ns, "stop-ke")["status"]
+    took = time.monotonic() - t0
+    assert st["phase"] == "Completed", st
+    [entry] = st["logs"]
+    assert entry["pod"] == hung and "escalated to force" in entry["error"], entry
+    assert st["progress"]["logsFailed"] == 1 and st["progress"]["runnersForced"] == 1, st["progress"]
+    assert took < read_timeout(cluster), f"the escalation waited {took:.1f}s for the log"
+    assert absent(lambda: kube.core.read_namespaced_pod(hung, ns))
 
 
 def test_a_dry_run_lists_the_logs_it_would_keep_and_never_a_kept_log_as_deletable(kube: Kubectl,
