@@ -12,13 +12,14 @@ earlier reading) are pure, in necrocode.logtail and necrocode.naming.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from necrocode.concurrency import bounded
 from necrocode.kube import ApiError, Kube, core_path
 from necrocode.logs import Bound
-from necrocode.logtail import kept_log_labels, log_configmap, merge_kept, tail_lines
+from necrocode.logtail import kept_log_labels, kubelet_error, log_configmap, merge_kept, tail_lines
 from necrocode.model import FIELD_MANAGER, LABEL_TASK, KeptLog, clip
 from necrocode.naming import kept_log_name
 from necrocode.policies.resume import log_keeping_bound
@@ -84,6 +85,9 @@ async def _keep_one(kube: Kube, namespace: str, pod: str, container: str | None,
     except ApiError as exc:
         return KeptLog(pod=pod, task=task, error=clip(f"log not read: {exc}"))
     kept = tail.kept()
+    if (said := kubelet_error(kept)) is not None:
+        return KeptLog(pod=pod, task=task, error=clip(f"log not read: the kubelet answered {said!r} (the container "
+                                                      "is removed, with its log)"))
     name = kept_log_name(pod, job_uid)
     body = log_configmap(name, namespace, pod=pod, container=container or "", kept=kept,
                          labels=kept_log_labels(job, task, job_uid), owner=owner)
@@ -94,6 +98,101 @@ async def _keep_one(kube: Kube, namespace: str, pod: str, container: str | None,
     except ApiError as exc:
         return KeptLog(pod=pod, task=task, error=clip(f"log read but not saved in configmap/{name}: {exc}"))
     return KeptLog(pod=pod, task=task, config_map=name, bytes=kept.bytes, truncated=kept.truncated)
+
+
+class RunnerLogs:
+    """The kept logs of one cancellation: the KeepLogs step's reading of every runner, and one
+    reading again of a runner right before it is force-deleted (it may have printed its last
+    words during its grace). Holds every entry, not only those the status lists, so the counts
+    stay exact."""
+
+    def __init__(self, kube: Kube, namespace: str, *, job: str, job_uid: str, owner: Mapping[str, Any] | None,
+                 tail_kib: int, read_timeout: float, concurrency: int, log: Bound | None,
+                 kept: Iterable[KeptLog] = ()):
+        self.kube, self.namespace, self.log = kube, namespace, log
+        self.job, self.job_uid, self.owner = job, job_uid, owner
+        self.tail_kib, self.read_timeout, self.concurrency = tail_kib, read_timeout, max(1, concurrency)
+        self.entries: list[KeptLog] = list(kept)
+        self.bound = log_keeping_bound(read_timeout, kube.retry.budget(kube.timeout))
+        self._pods: dict[str, Obj | str] = {}
+        self._again: set[str] = set()
+        self._again_deadline: float | None = None
+
+    @property
+    def kept(self) -> int:
+        return sum(1 for k in self.entries if k.config_map and not k.error)
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for k in self.entries if k.error)
+
+    async def _read(self, pods: Sequence[Obj | str], bound: float, already_kept: Iterable[KeptLog] = ()) -> list[KeptLog]:
+        return await keep_logs(self.kube, self.namespace, pods, job=self.job, job_uid=self.job_uid,
+                               tasks_by_pod={k.pod: k.task for k in self.entries if k.task}, owner=self.owner,
+                               tail_kib=self.tail_kib, read_timeout=self.read_timeout, concurrency=1,
+                               already_kept=already_kept, log=self.log, bound=bound)
+
+    async def keep(self, pods: Iterable[Obj | str], stop: asyncio.Event | None = None) -> None:
+        """Read every runner's log, `concurrency` at a time, all within one log_keeping_bound.
+        `stop` (an escalation to force) ends the wait at once: a runner whose log was not read by
+        then is an entry with an error, and the runners are forced without waiting for it."""
+        items = list(pods)
+        for pod in items:
+            self._pods[_identify(pod, {})[0]] = pod
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.bound
+        latest: list[KeptLog] = []
+
+        async def one(pod: Obj | str) -> None:
+            latest.extend(await self._read([pod], max(0.0, deadline - loop.time())))
+
+        work = asyncio.ensure_future(bounded(items, one, self.concurrency))
+        waiter = asyncio.ensure_future(stop.wait() if stop is not None else asyncio.Event().wait())
+        try:
+            await asyncio.wait({work, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (work, waiter):
+                t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+        read = {k.pod for k in latest}
+        tasks = {k.pod: k.task for k in self.entries if k.task}
+        for pod in items:
+            name, _, task = _identify(pod, tasks)
+            if name not in read:
+                latest.append(KeptLog(pod=name, task=task, error="not kept: the cancellation was escalated to "
+                                                                  "force before this log was read"))
+        self.entries = merge_kept(self.entries, latest)
+
+    async def reread(self) -> None:
+        """Read every kept runner's log again, within one log_keeping_bound, updating its
+        ConfigMap (a runner gone meanwhile, or a failed reading, keeps the earlier one)."""
+        pods = [self._pods.get(k.pod, k.pod) for k in self.entries if k.config_map]
+        latest: list[KeptLog] = []
+
+        async def one(pod: Obj | str) -> None:
+            latest.extend(await self._read([pod], self.bound))
+
+        with contextlib.suppress(TimeoutError):  # keep_logs bounds each; this, all of them
+            async with asyncio.timeout(self.bound):
+                await bounded(pods, one, self.concurrency)
+        self.entries = merge_kept(self.entries, latest)
+
+    async def again(self, pod: str) -> bool:
+        """Read `pod`'s log once more and update its ConfigMap (a failed reading keeps the earlier
+        one). Once per runner; all these readings together within one log_keeping_bound from the
+        first, so forcing many runners is delayed by at most that. Returns whether it read."""
+        loop = asyncio.get_running_loop()
+        if self._again_deadline is None:
+            self._again_deadline = loop.time() + self.bound
+        left = self._again_deadline - loop.time()
+        if pod in self._again or left <= 0:
+            return False
+        self._again.add(pod)
+        earlier = [k for k in self.entries if k.pod == pod]
+        latest = await self._read([self._pods.get(pod, pod)], left, already_kept=earlier)
+        self.entries = merge_kept(self.entries, latest)
+        return True
 
 
 def _identify(pod: Obj | str, tasks: Mapping[str, str]) -> tuple[str, str | None, str | None]:

@@ -11,6 +11,7 @@ rather than shown as a replacement character.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -99,6 +100,21 @@ def tail_text(data: bytes, limit: int, *, cut: bool) -> KeptText:
         text = _drop_fragment(encoded[-limit:]).decode("utf-8")  # valid now: whole characters only
         encoded, cut = text.encode("utf-8"), True
     return KeptText(text, len(encoded), cut)
+
+
+KUBELET_LOG_ERROR = re.compile(r"(unable to retrieve container logs for \S+|failed to try resolving symlinks in path .*)")
+"""A kubelet that cannot read a container's log (its container removed: the kubelet removes the
+dead containers of a deleted pod at once) may answer 200 OK with its error as the body: it sent
+the headers before it knew (kubelet server, GetKubeletContainerLogs)."""
+
+
+def kubelet_error(kept: KeptText) -> str | None:
+    """The kubelet's error when the whole answer is one (see KUBELET_LOG_ERROR), else None: such
+    an answer is not the runner's log, and must never replace a log kept earlier."""
+    text = kept.text.strip()
+    if kept.truncated or "\n" in text or not KUBELET_LOG_ERROR.fullmatch(text):
+        return None
+    return text
 
 
 def kept_log_labels(job: str, task: str | None, job_uid: str | None) -> dict[str, str]:

@@ -34,7 +34,16 @@ from necrocode.model import (
     requester_of,
 )
 from necrocode.planning import final_phase, phase_conditions
-from necrocode.policies.resume import StepAction, cancellation_bound, out_of_time, spec_windows, step_action, time_left
+from necrocode.policies.resume import (
+    StepAction,
+    cancellation_bound,
+    keeps_logs,
+    log_windows,
+    out_of_time,
+    spec_windows,
+    step_action,
+    time_left,
+)
 from necrocode.settings import Settings
 from necrocode.steps import Ctx, StepDef, StepResult, restore_affected, steps_for
 from necrocode.taskregistry import TaskRegistry
@@ -139,7 +148,8 @@ class CancellationService:
 
     async def _run(self, ctx: Ctx, tracker: CancellationTracker) -> CancellationStatus:
         status = ctx.status
-        steps = steps_for(ctx.kind, ctx.spec.mode, ctx.spec.cooperative_seconds)
+        logs = keeps_logs(ctx.spec, self.settings.preserve_logs, [s.name for s in status.steps])
+        steps = steps_for(ctx.kind, ctx.spec.mode, ctx.spec.cooperative_seconds, logs)
         resumed = status.phase == Phase.RUNNING
         if not status.steps:
             for d in steps:
@@ -171,7 +181,8 @@ class CancellationService:
         s = self.settings
         bound = cancellation_bound(ctx.grace, ctx.spec.escalate_after_seconds, s.stuck_timeout,
                                    s.retry.budget(s.request_timeout), len(steps), ctx.is_job,
-                                   windows=spec_windows(ctx.spec))
+                                   windows=spec_windows(ctx.spec) + log_windows(logs, s.log_read_timeout,
+                                                                                s.retry.budget(s.request_timeout)))
         failed_critical = False
         try:
             async with asyncio.timeout(time_left(bound, status.started_at, self.clock.now())):

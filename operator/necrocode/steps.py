@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from necrocode import access
+from necrocode import access, keeping
 from necrocode.cleaner import CleanupOutcome, ResourceCleaner
 from necrocode.clock import Clock
 from necrocode.concurrency import bounded
@@ -21,7 +21,9 @@ from necrocode.cooperation import CooperativeWindow
 from necrocode.drainer import TaskDrainer
 from necrocode.events import EventRecorder
 from necrocode.kube import ApiError, Kube, NotFound, core_path, nc_path
+from necrocode.logkeeper import RunnerLogs
 from necrocode.logs import Bound
+from necrocode.logtail import is_kept_log
 from necrocode.model import (
     ANNOTATION_CANCEL_REQUESTED,
     ANNOTATION_CANCELLED_BY,
@@ -140,9 +142,11 @@ class Ctx:
     """The terminator at work, while TerminateRunners runs (an escalation reaches it here)."""
     forced_now: asyncio.Event = field(default_factory=asyncio.Event)
     """Set when the cancellation is forced while it runs: a wait (the drain, the cooperative
-    window) ends at once."""
+    window, the reading of the runners' logs) ends at once."""
     cooperative: frozenset[str] | None = None
     """The runners that ended by themselves inside the cooperative window (this run's)."""
+    runner_logs: RunnerLogs | None = None
+    """The runners' kept logs (preserveLogs), made by KeepLogs or, in a resumed run, from status."""
     _live: dict[str, str] | None = None
 
     @property
@@ -235,6 +239,11 @@ class Ctx:
     @property
     def is_job(self) -> bool:
         return self.kind == JOB_CANCELLATION
+
+    @property
+    def keeps_logs(self) -> bool:
+        """Its step table has KeepLogs (policies.resume.keeps_logs decided it when it started)."""
+        return any(s.name == "KeepLogs" for s in self.status.steps)
 
     @property
     def job_selector(self) -> str:
@@ -481,7 +490,11 @@ async def _dry_run(ctx: Ctx, affected: list[AffectedTask]) -> None:
     scratch = await ctx.cleaner.labelled(sel, LABEL_SCRATCH, only, job=ctx.instance)
     every_artifact = await ctx.cleaner.labelled(sel, LABEL_ARTIFACT, only, job=ctx.instance)
     deletable = await deletable_artifacts(ctx)
-    kept = await _results_keeper(ctx) if deletable else _keep_none
+    results = await _results_keeper(ctx) if deletable else _keep_none
+
+    def kept(obj: Obj) -> bool:  # a kept runner log is never deleted by a cleanup
+        return is_kept_log(obj) or results(obj)
+
     doomed = [(k, o) for k, o in every_artifact if k in deletable and not kept(o)]
     artifacts = [(k, o) for k, o in every_artifact if not (k in deletable and not kept(o))]
     plan = Plan(
@@ -490,6 +503,10 @@ async def _dry_run(ctx: Ctx, affected: list[AffectedTask]) -> None:
         scratch_resources=sorted(f"{k.lower()}/{o['metadata']['name']}" for k, o in scratch + doomed)[:ctx.listed],
         artifacts=sorted(f"{k.lower()}/{o['metadata']['name']}" for k, o in artifacts)[:ctx.listed],
     )
+    logs = ""
+    if ctx.keeps_logs:
+        plan.logs = plan.runner_pods
+        logs = f", keep the log of {len(pods)} runner(s)"
     drain = ""
     if ctx.spec.mode == "Drain" and not ctx.forced:
         let_run, at_once = drain_split(affected)
@@ -505,7 +522,7 @@ async def _dry_run(ctx: Ctx, affected: list[AffectedTask]) -> None:
         drain += f"give each runner up to {ctx.spec.cooperative_seconds}s to stop by itself, then "
     ctx.end(Phase.COMPLETED, f"dry run: would {drain}stop {len(pods)} runner(s), change {len(affected)} task(s), "
                              f"release {len(leases)} lease(s), delete {len(plan.scratch_resources)} resource(s), "
-                             f"keep {len(artifacts)} artifact(s)")
+                             f"keep {len(artifacts)} artifact(s){logs}")
 
 
 # ============================================================================ Drain (mode Drain)
@@ -604,7 +621,17 @@ def _terminator(ctx: Ctx, state: Termination) -> RunnerTerminator:
         concurrency=ctx.settings.concurrency, clock=ctx.clock, log=ctx.log, on_progress=progress,
         on_forced=forced, adopt_new=ctx.is_job, owner=ctx.me, task_filter=ctx.cancelled_task_ids(),
         live_requests=ctx.live_requests, belongs=ctx.mine, finished_tasks=lambda: _finished_task_ids(ctx),
+        before_force=keeping.log_again(ctx),
     )
+
+
+# ============================================================================ KeepLogs (preserveLogs)
+async def keep_logs_step(ctx: Ctx) -> StepResult:
+    """Keep the end of each runner's log before any runner is deleted (necrocode.keeping: never
+    fails the cancellation; a log not kept is reported)."""
+    listed = ctx.listed_once.get("runners")  # SignalRunners' list: TerminateRunners takes it after us
+    pods = listed[0] if listed is not None else (await _terminator(ctx, Termination()).list_runners())[0]
+    return StepResult(message=await keeping.keep_runner_logs(ctx, pods))
 
 
 async def signal_runners(ctx: Ctx) -> StepResult:
@@ -706,10 +733,16 @@ async def terminate_runners(ctx: Ctx) -> StepResult:
     term = ctx.terminator = _terminator(ctx, prior)
     if ctx.escalated_by:
         term.escalate()
+    reading = keeping.read_in_grace(ctx)
     try:
         out = await term.terminate(prior, listed=listed, before_delete=ctx.make_total_durable)
+    except BaseException:
+        if reading is not None:  # the bound ran out, or the operator stops: no waiting for it
+            reading.task.cancel()
+        raise
     finally:
         ctx.terminator = None
+        await keeping.reading_done(reading)
     cooperative = ctx.cooperative if ctx.cooperative is not None else frozenset(
         o.pod for o in ctx.status.runner_outcomes if o.outcome == "Cooperative")
     # a cooperative runner whose pod went during the window is counted gone (from the durable
@@ -1058,16 +1091,29 @@ COOPERATIVE = StepDef("CooperativeStop", cooperative_step)
 """spec.cooperativeSeconds > 0: the window after the runners are signalled, before they are deleted."""
 
 
-def steps_for(kind: str, mode: str = "Cancel", cooperative_seconds: int = 0) -> tuple[StepDef, ...]:
+KEEP_LOGS = StepDef("KeepLogs", keep_logs_step)
+"""preserveLogs' step: after the runners are signalled (and their cooperative window), before
+any is deleted."""
+
+
+def steps_for(kind: str, mode: str = "Cancel", cooperative_seconds: int = 0, logs: bool = False) -> tuple[StepDef, ...]:
     """The map of a cancellation of `kind` in `mode`: mode Cancel's steps are the kind's table;
-    mode Drain adds its Drain step after the tasks are classified (the cascade computed), and a
-    cooperative window (cooperativeSeconds > 0) its CooperativeStop step after SignalRunners, so
-    a record's status lists exactly the steps its cancellation takes."""
+    mode Drain adds its Drain step after the tasks are classified (the cascade computed); a
+    cooperative window (cooperativeSeconds > 0) its CooperativeStop step after SignalRunners;
+    `logs` (policies.resume.keeps_logs) KeepLogs just before TerminateRunners. A record's status
+    lists exactly the steps its cancellation takes."""
     steps = STEPS[kind]
     if mode == "Drain":
-        at = next(i for i, d in enumerate(steps) if d.name == "SignalRunners")
+        at = _index(steps, "SignalRunners")
         steps = (*steps[:at], DRAIN, *steps[at:])
     if cooperative_seconds > 0:
-        at = next(i for i, d in enumerate(steps) if d.name == "SignalRunners") + 1
+        at = _index(steps, "SignalRunners") + 1
         steps = (*steps[:at], COOPERATIVE, *steps[at:])
+    if logs:
+        at = _index(steps, "TerminateRunners")
+        steps = (*steps[:at], KEEP_LOGS, *steps[at:])
     return steps
+
+
+def _index(steps: tuple[StepDef, ...], name: str) -> int:
+    return next(i for i, d in enumerate(steps) if d.name == name)

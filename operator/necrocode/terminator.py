@@ -34,12 +34,15 @@ class RunnerTerminator:
                  adopt_new: bool, owner: Ref, task_filter: frozenset[str] | None = None,
                  live_requests: Callable[[], Awaitable[Mapping[str, str]]] | None = None,
                  belongs: Callable[[Obj], bool] = lambda pod: True,
-                 finished_tasks: Callable[[], Awaitable[frozenset[str]]] | None = None):
+                 finished_tasks: Callable[[], Awaitable[frozenset[str]]] | None = None,
+                 before_force: Callable[[str], Awaitable[None]] | None = None):
         self.kube, self.namespace, self.selector = kube, namespace, selector
         self.grace, self.escalate_after, self.stuck_timeout = grace, escalate_after, stuck_timeout
         self.concurrency, self.clock, self.log = concurrency, clock, log
         self.on_progress, self.on_forced, self.adopt_new = on_progress, on_forced, adopt_new
         self.owner, self.task_filter, self.belongs = owner, task_filter, belongs
+        self.before_force = before_force
+        """Runs right before a runner is force-deleted (its log read once more; bounded by the caller)."""
         self.foreign: set[str] = set()
         self.seen: set[str] = set()
         """Every runner this terminator has had in hand: a watch replaying an old event of one
@@ -280,6 +283,8 @@ class RunnerTerminator:
         pod = remaining.get(name)
         if pod is None:
             return
+        if self.before_force is not None:
+            await self.before_force(name)
         state.forced.add(name)
         remaining.forced_at[name] = self.clock.monotonic()
         await self.on_forced(name)

@@ -294,3 +294,74 @@ def test_runner_on_a_stopped_kubelet_is_forced_then_killed_when_it_returns(kube:
 
 def _node_pod_processes(node: Any) -> set[int]:
     return set(node.pod_processes())
+
+
+TALKER = """
+i=0; term=""
+trap 'term=1; echo "talker: got SIGTERM after line $i, printing on in my grace"' TERM
+while [ $i -lt 400 ]; do i=$((i+1)); echo "talker line $i: warming up, a long line to pass the kept tail"; done
+echo "talker: working"
+while :; do
+  i=$((i+1))
+  if [ -n "$term" ]; then echo "talker line $i: in my grace"; else echo "talker line $i"; fi
+  sleep 0.2
+done
+"""
+"""A runner that prints numbered lines (a burst longer than the kept tail, then five a second),
+and on SIGTERM says so and goes on printing until it is killed."""
+
+
+@pytest.mark.usefixtures("operator")
+def test_kept_log_of_a_real_runner_holds_what_it_printed_in_its_grace(cluster: ClusterInfo, kube: Kubectl,
+                                                                       namespace: str, real_node: str) -> None:
+    """preserveLogs on the real node: the KeepLogs step reads the runner's real log (through the
+    API server and the node's kubelet, whose certificate the API server verifies) after the
+    runner is told and before it is deleted; the runner ignores SIGTERM and prints on in its
+    grace, and the log is read again shortly before the grace ends: the ConfigMap holds the lines
+    printed in the grace, which the first reading, made before the delete, cannot have. The
+    runner is killed when the grace ends and its pod held (a finalizer, as a slow node cleanup
+    does) until the operator forces it; the reading right before that force finds the kubelet has
+    removed the dead container with its log (it answers 200 with its error as the body), and
+    the log kept in the grace stays."""
+    from tests.support.kube import operator_env
+
+    ns, job, grace, escalate = namespace, "talk", 3, 2
+    tail = int(operator_env(cluster)["NECROCODE_LOG_TAIL_KIB"]) * 1024
+    kube.create_job(ns, job)
+    name = f"{job}-t-runner"
+    pod = runner_pod(name, real_node, "ignore-sigterm.sh", grace=30)  # its finalizer holds the pod after the kill
+    pod["spec"]["containers"][0]["command"] = ["/bin/sh", "-c", TALKER]
+    pod["metadata"]["labels"].update({"necrocode.io/job": job, "necrocode.io/task": "t"})
+    kube.core.create_namespaced_pod(ns, pod)
+    kube.create_task(ns, job, "t", "Running", runner=name)
+    try:
+        wait_for(lambda: _running(kube, ns, name), timeout=60, what=f"{name} Running")
+        wait_for(lambda: "talker: working" in pod_log(kube, ns, name), timeout=20, what="the talker working")
+        kube.cancel_job(ns, "stop-talk", job, preserveLogs=True, gracePeriodSeconds=grace,
+                        escalateAfterSeconds=escalate)
+        term = wait_for(lambda: _terminated(kube, ns, name), timeout=grace + 20, what="the talker killed")
+        assert term.exit_code == 137, term  # it never stopped by itself: killed when the grace ended
+        # the operator forces it when grace + escalation ran out (its Event comes right after the
+        # log is read again); then the test lets the pod go
+        wait_for(lambda: any(e.reason == "RunnerForced" for e in kube.events_for(ns, "stop-talk")),
+                 timeout=grace + escalate + 30, what="the runner forced")
+    finally:
+        _release(kube, ns, name)
+    st = kube.wait_phase("jobcancellations", ns, "stop-talk", timeout=60)["status"]
+    assert st["phase"] == "Completed", st
+    assert st["progress"]["logsKept"] == 1 and st["progress"].get("logsFailed", 0) == 0, st["progress"]
+    assert st["progress"]["runnersForced"] == 1, st["progress"]
+    [entry] = st["logs"]
+    cm = kube.core.read_namespaced_config_map(entry["configMap"], ns)
+    text = cm.data["log"]
+    lines = text.splitlines()
+    print(f"\nkept log of the real runner: {entry['bytes']} bytes, {len(lines)} lines, "
+          f"{sum('in my grace' in line for line in lines)} printed in its grace, last {lines[-1]!r}",
+          file=sys.__stderr__)
+    assert "unable to retrieve" not in text, text[-300:]  # the kubelet's error never replaces the log
+    assert any("got SIGTERM" in line for line in lines) and lines[-1].endswith("in my grace"), text[-500:]
+    # the real log's tail: the last lines it had printed, whole, numbered without a gap
+    numbers = [int(line.split()[2].rstrip(":")) for line in lines[1:] if line.startswith("talker line ")]
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers))), numbers
+    assert tail - 100 < entry["bytes"] == len(text.encode()) <= tail and entry["truncated"] is True
+    assert cm.metadata.labels["necrocode.io/kept-log"] == "true" and cm.metadata.labels["necrocode.io/task"] == "t"

@@ -80,6 +80,25 @@ def log_keeping_bound(read_timeout: float, call_budget: float) -> float:
     return read_timeout + call_budget
 
 
+def keeps_logs(spec: CancellationSpec, default: bool, recorded_steps: Sequence[str] = ()) -> bool:
+    """Whether this cancellation keeps its runners' logs (its step table has KeepLogs):
+    spec.preserveLogs, else the operator's default (NECROCODE_PRESERVE_LOGS). Once the steps are
+    recorded in status, they decide: an operator restarted with another default neither adds
+    the step to a cancellation under way nor takes it away. A forced request keeps them too:
+    a read is bounded, and the user asked for both."""
+    if recorded_steps:
+        return "KeepLogs" in recorded_steps
+    return spec.preserve_logs if spec.preserve_logs is not None else default
+
+
+def log_windows(keep: bool, read_timeout: float, call_budget: float) -> float:
+    """What keeping the runners' logs adds to the cancellation's bound (its `windows`): the
+    KeepLogs step's reading, the reading again shortly before the grace ends (it may outlast the
+    runners), and the one right before the runners still there are forced (each bounded as a
+    whole by log_keeping_bound)."""
+    return 3 * log_keeping_bound(read_timeout, call_budget) if keep else 0.0
+
+
 def time_left(bound: float, started_at: str | None, now: datetime) -> float:
     """Seconds the cancellation has left of its bound, counted from its recorded start (so a
     restart does not give it a new bound); 0 when it ran out."""
