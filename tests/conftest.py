@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.kube import SHARED_NS_PREFIX, ClusterInfo, Kubectl, operator_env
+from tests.support.kube import SHARED_NS_PREFIX, ClusterInfo, Kubectl, create_unreachable_node, operator_env
 
 # This test run's id, inherited by every process it starts (control plane, real node, operators):
 # hack/check-leftovers.sh reports only processes carrying it. `make test` sets it for both.
@@ -187,3 +187,20 @@ def operator(kube: Kubectl, cluster: ClusterInfo, metrics_port: int, operator_lo
     if failure:
         raise failure[0]
 
+
+@pytest.fixture
+def unreachable_node(kube: Kubectl) -> Iterator[str]:
+    """A Node whose kubelet nobody serves (a lost node, as the API server sees it), removed after the test."""
+    name = f"lost-{uuid.uuid4().hex[:8]}"
+    create_unreachable_node(kube, name)
+    yield name
+    kube.core.delete_node(name)
+
+
+@pytest.fixture
+def clean_settings_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No NECROCODE_* variable for the test (restored after it): Settings.from_env() reads only
+    what the test sets. The session's operator fixture puts its settings into this process's
+    environment, which a test of the defaults must not see."""
+    for key in [k for k in os.environ if k.startswith("NECROCODE_")]:
+        monkeypatch.delenv(key)

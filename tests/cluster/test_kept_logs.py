@@ -76,14 +76,6 @@ def silent_node(kube: Kubectl) -> Iterator[str]:
     kube.core.delete_node(name)
 
 
-@pytest.fixture
-def unreachable_node(kube: Kubectl) -> Iterator[str]:
-    name = f"lost-{uuid.uuid4().hex[:8]}"
-    create_unreachable_node(kube, name)
-    yield name
-    kube.core.delete_node(name)
-
-
 def running(kube: Kubectl, ns: str, job: str, tid: str, node: str = "kwok-node-0", stop: str = "immediate") -> str:
     pod = f"{job}-{tid}-runner"
     kube.create_runner(ns, job, tid, name=pod, node=node, stop=stop)

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -21,7 +20,7 @@ from necrocode.logkeeper import keep_logs
 from necrocode.logs import Bound
 from necrocode.naming import kept_log_name
 from necrocode.planning import RetryPolicy
-from tests.support.kube import ClusterInfo, Kubectl, create_unreachable_node, kubectl, wait_for
+from tests.support.kube import ClusterInfo, Kubectl, kubectl, wait_for
 
 JOB_UID = "0c0ffee0-1111-2222-3333-444455556666"
 
@@ -61,14 +60,6 @@ def last_bytes(text: str, n: int) -> str:
 
 def kept_logs(kube: Kubectl, ns: str) -> list[Any]:
     return list(kube.core.list_namespaced_config_map(ns, label_selector="necrocode.io/kept-log=true").items)
-
-
-@pytest.fixture
-def unreachable_node(kube: Kubectl) -> Iterator[str]:
-    name = f"lost-{uuid.uuid4().hex[:8]}"
-    create_unreachable_node(kube, name)
-    yield name
-    kube.core.delete_node(name)
 
 
 def test_kwok_nodes_are_reached_on_loopback_only(kube: Kubectl, cluster: ClusterInfo) -> None:

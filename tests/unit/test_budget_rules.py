@@ -74,6 +74,7 @@ def test_no_window_sends_more_than_burst_plus_rate_times_its_length(rate: float,
 
 
 # ----------------------------------------------------------------------------- settings
+@pytest.mark.usefixtures("clean_settings_env")
 def test_the_budget_settings_default_to_todays_behaviour_and_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
     s = Settings.from_env()
     assert (s.concurrency, s.api_qps, s.api_burst, s.cancellation_concurrency, s.cancellation_qps) == (50, 0, 0, 0, 0)

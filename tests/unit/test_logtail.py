@@ -150,6 +150,7 @@ def test_bad_log_settings_are_refused_with_a_clear_error(monkeypatch: pytest.Mon
         Settings.from_env()
 
 
+@pytest.mark.usefixtures("clean_settings_env")
 def test_log_settings_default_and_read(monkeypatch: pytest.MonkeyPatch) -> None:
     s = Settings.from_env()
     assert (s.preserve_logs, s.log_tail_kib, s.log_read_timeout) == (False, 64, 10.0)

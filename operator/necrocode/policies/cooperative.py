@@ -15,9 +15,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from necrocode.policies.window import window_wait
+
 Pod = dict[str, Any]
 ENDED_PHASES = frozenset({"Succeeded", "Failed"})
 CooperativeEnd = Literal["AllEnded", "Deadline", "Forced"]
+ALL_ENDED: Literal["AllEnded"] = "AllEnded"
 
 
 def runner_ended(pod: Pod | None) -> bool:
@@ -49,12 +52,7 @@ def cooperative_wait(now: datetime, deadline: datetime, tally: CooperativeTally,
                      forced: bool) -> float | CooperativeEnd:
     """How long the window may still wait (seconds, > 0), or why it is over: the cancellation was
     forced (stop now), every runner ended by itself, or the deadline passed."""
-    if forced:
-        return "Forced"
-    if not tally.waiting:
-        return "AllEnded"
-    left = (deadline - now).total_seconds()
-    return left if left > 0 else "Deadline"
+    return window_wait(now, deadline, bool(tally.waiting), forced, ALL_ENDED)
 
 
 def outcome_of(name: str, *, forced: bool, let_go: bool, cooperative: bool) -> str:

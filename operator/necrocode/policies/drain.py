@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from necrocode.model import FINISHED_TASK_STATES, AffectedTask, Ref, TaskState, parse_time
 from necrocode.planning import changed_by, task_state
+from necrocode.policies.window import window_wait
 
 Obj = dict[str, Any]
 
@@ -77,14 +78,10 @@ def _cancelled_at(task: Obj) -> datetime | None:
 
 
 DrainEnd = Literal["AllFinished", "Deadline", "Forced"]
+ALL_FINISHED: Literal["AllFinished"] = "AllFinished"
 
 
 def drain_wait(now: datetime, deadline: datetime, tally: DrainTally, forced: bool) -> float | DrainEnd:
     """How long the drain may still wait for its running tasks (seconds, > 0), or why it is over:
     forced (spec.force turned on: stop now), every task finished, or the deadline passed."""
-    if forced:
-        return "Forced"
-    if not tally.still_running:
-        return "AllFinished"
-    left = (deadline - now).total_seconds()
-    return left if left > 0 else "Deadline"
+    return window_wait(now, deadline, bool(tally.still_running), forced, ALL_FINISHED)
