@@ -9,10 +9,9 @@ window).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 from necrocode.clock import Clock
 from necrocode.kube import Kube, core_path
@@ -23,23 +22,18 @@ from necrocode.watchwait import WatchedWait
 Obj = dict[str, Any]
 
 
-class CooperativeWindow(WatchedWait):
+class CooperativeWindow(WatchedWait[CooperativeTally, CooperativeEnd]):
     def __init__(self, kube: Kube, namespace: str, selector: str, *, signalled: frozenset[str],
                  wanted: Callable[[Obj], bool], clock: Clock, log: Bound,
                  on_tally: Callable[[CooperativeTally], None] = lambda t: None):
         super().__init__(kube, core_path(namespace, "pods"), selector, keep=wanted, clock=clock, log=log,
-                         what="cooperative window: the runners")
-        self.signalled, self.on_tally = signalled, on_tally
-        self.tally = CooperativeTally(waiting=tuple(sorted(signalled)))
+                         what="cooperative window: the runners", tally=CooperativeTally(waiting=tuple(sorted(signalled))),
+                         on_tally=on_tally)
+        self.signalled = signalled
 
-    def observe(self, objs: dict[str, Obj]) -> None:
-        tally = cooperative_tally(self.signalled, objs)
-        if tally != self.tally:
-            self.tally = tally
-            self.on_tally(tally)
+    def tally_of(self, objs: dict[str, Obj]) -> CooperativeTally:
+        return cooperative_tally(self.signalled, objs)
 
-    def verdict(self, deadline: datetime, forced: bool) -> float | CooperativeEnd:
-        return cooperative_wait(self.clock.now(), deadline, self.tally, forced)
-
-    async def wait(self, deadline: datetime, forced: asyncio.Event) -> CooperativeEnd:
-        return cast(CooperativeEnd, await super().wait(deadline, forced))
+    def rule(self, now: datetime, deadline: datetime, tally: CooperativeTally,
+             forced: bool) -> float | CooperativeEnd:
+        return cooperative_wait(now, deadline, tally, forced)

@@ -6,10 +6,9 @@ and drain_wait, this module only feeds them what the API says.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 from necrocode.clock import Clock
 from necrocode.kube import Kube, nc_path
@@ -21,23 +20,16 @@ from necrocode.watchwait import WatchedWait
 Obj = dict[str, Any]
 
 
-class TaskDrainer(WatchedWait):
+class TaskDrainer(WatchedWait[DrainTally, DrainEnd]):
     def __init__(self, kube: Kube, namespace: str, selector: str, *, me: Ref, started_at: datetime,
                  only: frozenset[str] | None, belongs: Callable[[Obj], bool], clock: Clock, log: Bound,
                  on_tally: Callable[[DrainTally], None] = lambda t: None):
         super().__init__(kube, nc_path(namespace, "agenttasks"), selector, keep=belongs, clock=clock, log=log,
-                         what="drain: the job's tasks")
-        self.me, self.started_at, self.only, self.on_tally = me, started_at, only, on_tally
-        self.tally = DrainTally()
+                         what="drain: the job's tasks", tally=DrainTally(), on_tally=on_tally)
+        self.me, self.started_at, self.only = me, started_at, only
 
-    def observe(self, objs: dict[str, Obj]) -> None:
-        tally = drain_tally(objs.values(), self.me, self.started_at, self.only)
-        if tally != self.tally:
-            self.tally = tally
-            self.on_tally(tally)
+    def tally_of(self, objs: dict[str, Obj]) -> DrainTally:
+        return drain_tally(objs.values(), self.me, self.started_at, self.only)
 
-    def verdict(self, deadline: datetime, forced: bool) -> float | DrainEnd:
-        return drain_wait(self.clock.now(), deadline, self.tally, forced)
-
-    async def wait(self, deadline: datetime, forced: asyncio.Event) -> DrainEnd:
-        return cast(DrainEnd, await super().wait(deadline, forced))
+    def rule(self, now: datetime, deadline: datetime, tally: DrainTally, forced: bool) -> float | DrainEnd:
+        return drain_wait(now, deadline, tally, forced)

@@ -44,7 +44,6 @@ class LogCtx(Protocol):
     log: Bound
     events: EventRecorder
     body: Obj
-    escalated_by: str | None
     forced_now: asyncio.Event
     runner_logs: RunnerLogs | None
 
@@ -100,8 +99,6 @@ async def keep_runner_logs(ctx: LogCtx, pods: Sequence[Obj]) -> str:
     both); an escalation to force ends the wait at once, those not read by then listed as not
     kept. Returns the step's message."""
     logs = keeper(ctx)
-    if ctx.escalated_by is not None:
-        ctx.forced_now.set()  # escalated before this run (the annotation): force means now
     await logs.keep(pods, stop=ctx.forced_now if not ctx.spec.force else None)
     msg = record(ctx, logs)
     lost = sorted((k for k in logs.entries if k.error), key=lambda k: k.pod)

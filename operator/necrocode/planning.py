@@ -98,6 +98,12 @@ class Classification:
     finished: tuple[str, ...] = ()
 
 
+def is_running(task: Obj) -> bool:
+    """At work: Running, or holding a runner, and not finished."""
+    state = task_state(task)
+    return state not in FINISHED_TASK_STATES and (state == TaskState.RUNNING or bool((task.get("status") or {}).get("runner")))
+
+
 def classify_tasks(tasks: Iterable[Obj]) -> Classification:
     """running: has a runner or is Running; pending: Pending, Ready, Blocked; finished: left alone."""
     running: list[str] = []
@@ -108,7 +114,7 @@ def classify_tasks(tasks: Iterable[Obj]) -> Classification:
         name = t["metadata"]["name"]
         if state in FINISHED_TASK_STATES:
             finished.append(name)
-        elif state == TaskState.RUNNING or (t.get("status") or {}).get("runner"):
+        elif is_running(t):
             running.append(name)
         elif state in PENDING_TASK_STATES:
             pending.append(name)

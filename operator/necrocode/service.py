@@ -119,6 +119,7 @@ class CancellationService:
         escalated_by = (meta.get("annotations") or {}).get(ANNOTATION_ESCALATED_BY)
         if escalated_by and not spec.force:  # asked before a restart: still forced
             ctx.escalated_by = status.escalated_by = str(escalated_by)[:300]
+            ctx.forced_now.set()
         return ctx, tracker
 
     async def run(self, body: Obj) -> CancellationStatus:

@@ -77,6 +77,7 @@ from necrocode.policies.cooperative import CooperativeTally, outcome_of, window_
 from necrocode.policies.drain import DrainTally, drain_split
 from necrocode.policies.resume import deferral_limit, prior_termination
 from necrocode.policies.termination import Termination, repair_grace
+from necrocode.policies.window import WINDOW_END_WORDS
 from necrocode.settings import Settings
 from necrocode.taskregistry import TaskRegistry
 from necrocode.terminator import RunnerTerminator
@@ -141,13 +142,17 @@ class Ctx:
     terminator: RunnerTerminator | None = None
     """The terminator at work, while TerminateRunners runs (an escalation reaches it here)."""
     forced_now: asyncio.Event = field(default_factory=asyncio.Event)
-    """Set when the cancellation is forced while it runs: a wait (the drain, the cooperative
-    window, the reading of the runners' logs) ends at once."""
+    """Set while the cancellation is forced (spec.force, an escalation now or before a restart):
+    a wait (the drain, the cooperative window, the reading of the runners' logs) ends at once."""
     cooperative: frozenset[str] | None = None
     """The runners that ended by themselves inside the cooperative window (this run's)."""
     runner_logs: RunnerLogs | None = None
     """The runners' kept logs (preserveLogs), made by KeepLogs or, in a resumed run, from status."""
     _live: dict[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.spec.force:
+            self.forced_now.set()
 
     @property
     def ref(self) -> str:
@@ -532,8 +537,6 @@ async def drain_step(ctx: Ctx) -> StepResult:
     wait, so a resumed run keeps the deadline); then the next steps cancel what still runs,
     exactly as mode Cancel does. Forcing the cancellation ends the drain at once."""
     d = ctx.status.drain or DrainStatus()
-    if ctx.forced:
-        ctx.forced_now.set()  # forced at creation, or before this run: a drain under way ends now
     if ctx.forced and d.started_at is None:
         ctx.status.drain = d.model_copy(update={"ended_by": "Forced"})
         return StepResult(StepState.SKIPPED, "force: nothing is let finish")
@@ -554,8 +557,7 @@ async def drain_step(ctx: Ctx) -> StepResult:
     ended = await drainer.wait(deadline, ctx.forced_now)
     seen(drainer.tally)
     d.ended_by, d.finished_at = ended, iso(ctx.clock.now())
-    words = {"AllFinished": "every running task finished", "Deadline": "the deadline passed",
-             "Forced": "the cancellation was forced"}[ended]
+    words = {"AllFinished": "every running task finished", **WINDOW_END_WORDS}[ended]
     msg = (f"drain ended ({words}): {d.finished_in_window} of {d.running_at_start} running task(s) finished in "
            f"the window, {d.still_running} still running (cancelled now)")
     await ctx.events.emit(ctx.body, "drained", "Drained", msg)
@@ -657,8 +659,6 @@ async def cooperative_step(ctx: Ctx) -> StepResult:
     ended, and at once when the cancellation is forced. The runners that ended are counted
     (progress.runnersCooperative) and get the outcome Cooperative once their pod is gone."""
     c = ctx.status.cooperative or CooperativeStatus()
-    if ctx.forced:
-        ctx.forced_now.set()  # forced at creation, or before this run: a window under way ends now
     if ctx.forced and c.started_at is None:
         return StepResult(StepState.SKIPPED, "force: no cooperative window")
     ctx.listed_once.pop("runners", None)  # stale after the window: TerminateRunners lists again
@@ -686,8 +686,7 @@ async def cooperative_step(ctx: Ctx) -> StepResult:
     kept = [o for o in ctx.status.runner_outcomes if o.pod not in ctx.cooperative]
     ctx.status.runner_outcomes = ([RunnerOutcome(pod=n, outcome="Cooperative") for n in sorted(ctx.cooperative)]
                                   + kept)[:ctx.listed]
-    words = {"AllEnded": "every runner ended by itself", "Deadline": "the deadline passed",
-             "Forced": "the cancellation was forced"}[ended]
+    words = {"AllEnded": "every runner ended by itself", **WINDOW_END_WORDS}[ended]
     msg = (f"cooperative window ended ({words}): {c.stopped} runner(s) stopped by themselves, "
            f"{len(window.tally.waiting)} still running (deleted now)")
     await ctx.events.emit(ctx.body, "cooperative-ended", "CooperativeStopEnded", msg)
@@ -891,8 +890,7 @@ async def _results_keeper(ctx: Ctx) -> Callable[[Obj], bool]:
     tasks that ended Done or Failed by themselves (before the cancellation or while it ran: cancel
     versus complete, docs/design.md). preserveArtifacts: false deletes the artifacts of the work
     the cancellation stopped, and the job's own."""
-    tasks = await ctx.registry.list_tasks(ctx.spec.job_name, instance=ctx.instance)
-    ended = {task_id(t) for t in tasks if task_state(t) in ENDED_BY_THEMSELVES and not changed_by(t, ctx.me)}
+    ended = await _finished_task_ids(ctx)  # Done or Failed: never a state a cancellation writes
 
     def keep(obj: Obj) -> bool:
         return ((obj.get("metadata") or {}).get("labels") or {}).get(LABEL_TASK) in ended

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from necrocode.clock import Clock
 from necrocode.kube import ApiError, Kube
@@ -27,23 +27,38 @@ RELIST_PAUSE_SECONDS = 1.0
 """After a failed list (past the client's own retries): the pause before the next one."""
 WATCH_SECONDS = 60
 """A watch is renewed at least this often (a fresh list each time: bounded staleness)."""
+Tally = TypeVar("Tally")
+End = TypeVar("End", bound=str)
 
 
-class WatchedWait:
+class WatchedWait(Generic[Tally, End]):
+    """A use says what its tally of the objects is (tally_of) and, from it, whether the wait is
+    over (rule: both pure, in policies); `on_tally` hears each new tally (the status)."""
+
     def __init__(self, kube: Kube, path: str, selector: str, *, keep: Callable[[Obj], bool], clock: Clock,
-                 log: Bound, what: str):
+                 log: Bound, what: str, tally: Tally, on_tally: Callable[[Tally], None]):
         self.kube, self.path, self.selector, self.keep = kube, path, selector, keep
         self.clock, self.log, self.what = clock, log, what
+        self.tally, self.on_tally = tally, on_tally
+
+    def tally_of(self, objs: dict[str, Obj]) -> Tally:
+        """Where the wait stands, from the objects followed (by name) as they are now."""
+        raise NotImplementedError
+
+    def rule(self, now: datetime, deadline: datetime, tally: Tally, forced: bool) -> float | End:
+        """Seconds the wait may go on (> 0), or why it is over."""
+        raise NotImplementedError
 
     def observe(self, objs: dict[str, Obj]) -> None:
-        """What the objects followed (by name) are now: update the tally."""
-        raise NotImplementedError
+        tally = self.tally_of(objs)
+        if tally != self.tally:
+            self.tally = tally
+            self.on_tally(tally)
 
-    def verdict(self, deadline: datetime, forced: bool) -> float | str:
-        """From the last tally: seconds the wait may go on (> 0), or why it is over."""
-        raise NotImplementedError
+    def verdict(self, deadline: datetime, forced: bool) -> float | End:
+        return self.rule(self.clock.now(), deadline, self.tally, forced)
 
-    async def wait(self, deadline: datetime, forced: asyncio.Event) -> str:
+    async def wait(self, deadline: datetime, forced: asyncio.Event) -> End:
         """Until the wait is over; returns why (the tally holds what it last saw)."""
         while True:
             try:
@@ -64,7 +79,7 @@ class WatchedWait:
             if isinstance(verdict, str):
                 return verdict
 
-    def _decide(self, objs: dict[str, Obj], deadline: datetime, forced: asyncio.Event) -> float | str:
+    def _decide(self, objs: dict[str, Obj], deadline: datetime, forced: asyncio.Event) -> float | End:
         self.observe(objs)
         return self.verdict(deadline, forced.is_set())
 

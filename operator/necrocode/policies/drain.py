@@ -8,17 +8,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from necrocode.model import FINISHED_TASK_STATES, AffectedTask, Ref, TaskState, parse_time
-from necrocode.planning import changed_by, task_state
+from necrocode.model import AffectedTask, Ref, TaskState, parse_time
+from necrocode.planning import changed_by, is_running, task_state
 from necrocode.policies.window import window_wait
 
 Obj = dict[str, Any]
-
-
-def is_running(task: Obj) -> bool:
-    """Running, or holding a runner, and not finished (classify_tasks' rule for one task)."""
-    state = task_state(task)
-    return state not in FINISHED_TASK_STATES and (state == TaskState.RUNNING or bool((task.get("status") or {}).get("runner")))
 
 
 def drain_split(affected: Iterable[AffectedTask]) -> tuple[list[AffectedTask], list[AffectedTask]]:

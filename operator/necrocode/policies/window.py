@@ -7,6 +7,8 @@ from datetime import datetime
 from typing import Literal, TypeVar
 
 Done = TypeVar("Done", bound=str)
+WINDOW_END_WORDS = {"Deadline": "the deadline passed", "Forced": "the cancellation was forced"}
+"""How a bounded wait ended, in a status message's words (besides its own `done`)."""
 
 
 def window_wait(now: datetime, deadline: datetime, waiting: bool, forced: bool,
