@@ -44,6 +44,7 @@ from necrocode.policies.resume import (
     step_action,
     time_left,
 )
+from necrocode.policies.status_writes import interval_for
 from necrocode.settings import Settings
 from necrocode.steps import Ctx, StepDef, StepResult, restore_affected, steps_for
 from necrocode.taskregistry import TaskRegistry
@@ -101,7 +102,8 @@ class CancellationService:
         log = Bound(cancellation=meta["name"], kind=kind, namespace=meta["namespace"], job=spec.job_name,
                     task=spec.task_id)
         tracker = CancellationTracker(self.kube, kind, meta["namespace"], meta["name"], status,
-                                      interval=self.settings.status_write_interval, clock=self.clock, log=log)
+                                      interval=self.settings.status_write_interval, clock=self.clock, log=log,
+                                      stretch=self._status_interval)
         s = self.settings
         ctx = Ctx(
             kube=self.kube, settings=s, clock=self.clock, kind=kind, namespace=meta["namespace"],
@@ -139,6 +141,10 @@ class CancellationService:
             CURRENT.reset(budget)
             self.running.pop(ctx.uid, None)
             _leave(ctx)
+
+    def _status_interval(self, base: float) -> float:
+        """One cancellation's status write interval now: all that run share the write rate."""
+        return interval_for(base, len(self.running), self.settings.status_write_rate)
 
     def budget_for(self) -> Budget | None:
         """A new cancellation budget per run, or None when the settings set none."""
@@ -238,7 +244,8 @@ class CancellationService:
         step.state = StepState.RUNNING
         step.started_at = step.started_at or iso(self.clock.now())
         tracker.changed()  # step boundaries are written in the background, coalesced
-        if first:
+        every_step = self.settings.step_events == "all"
+        if first and every_step:
             await ctx.events.emit(ctx.body, f"step-{d.name}-running", f"{d.name}Started", f"step {d.name} started")
         log.info("step started" if first else "step resumed")
         started = self.clock.monotonic()
@@ -255,9 +262,10 @@ class CancellationService:
         if result.state == StepState.FAILED and not ctx.stop:  # a rejection is not a failure
             metrics.FAILURES.labels(kind=ctx.kind, step=d.name).inc()
         tracker.changed()
-        await ctx.events.emit(ctx.body, f"step-{d.name}-done", f"{d.name}{result.state.value}",
-                              f"step {d.name} {result.state.value.lower()}: {result.message}",
-                              "Warning" if result.state == StepState.FAILED else "Normal")
+        if every_step or result.state == StepState.FAILED:  # every step is in status either way
+            await ctx.events.emit(ctx.body, f"step-{d.name}-done", f"{d.name}{result.state.value}",
+                                  f"step {d.name} {result.state.value.lower()}: {result.message}",
+                                  "Warning" if result.state == StepState.FAILED else "Normal")
         log.info("step finished", state=result.state.value, duration=round(duration, 3), message=result.message)
         return result
 

@@ -13,6 +13,9 @@ from necrocode.planning import RetryPolicy
 
 T = TypeVar("T")
 
+STEP_EVENTS = ("failures", "all")
+"""NECROCODE_STEP_EVENTS' values (Settings.step_events)."""
+
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
@@ -72,6 +75,16 @@ class Settings:
     """API requests sent per second for one cancellation (burst: one second's worth); 0: no limit."""
     status_write_interval: float = 0.5
     """At most one status write per this many seconds per cancellation while work goes on."""
+    status_write_rate: float = 20.0
+    """Background status writes per second, all cancellations together (0: no limit): with many
+    in flight each one's interval stretches to in-flight / rate (policies.status_writes), so a
+    budget cut stopping a thousand jobs does not spend the API server on progress counts. The
+    writes at a cancellation's start, before its first deletion and at its end are not delayed."""
+    step_events: str = "failures"
+    """Which steps get Events: "failures" (a step that failed; the cancellation's Started and
+    final Events and the per-task ones always go), or "all" (a Started and an outcome Event for
+    every step, the earlier default: two writes per step, the largest share of a small cancellation's
+    writes; every step is in status either way)."""
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     """The one retry policy of every API call (429, 5xx, timeouts, resets; Retry-After honoured)
     and of every read-decide-write round that meets a 409 Conflict."""
@@ -117,6 +130,11 @@ class Settings:
                                             "requests in flight per cancellation (0: no own limit)"),
             cancellation_qps=_rate("NECROCODE_CANCELLATION_QPS", "0"),
             status_write_interval=float(_env("NECROCODE_STATUS_WRITE_INTERVAL", "0.5")),
+            status_write_rate=_checked("NECROCODE_STATUS_WRITE_RATE", "20", float,
+                                       lambda q: math.isfinite(q) and 0 <= q <= 10_000,
+                                       "status writes per second >= 0 (0: no limit), at most 10000"),
+            step_events=_checked("NECROCODE_STEP_EVENTS", "failures", str.strip, lambda v: v in STEP_EVENTS,
+                                 " or ".join(STEP_EVENTS)),
             retry=RetryPolicy(
                 attempts=max(1, int(_env("NECROCODE_RETRY_ATTEMPTS", "5"))),
                 base_seconds=float(_env("NECROCODE_RETRY_BASE_SECONDS", "0.5")),

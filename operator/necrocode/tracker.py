@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from necrocode.clock import Clock
 from necrocode.kube import ApiError, Kube, NotFound, nc_path
@@ -20,10 +21,13 @@ from necrocode.policies.status_writes import WriteSchedule
 
 class CancellationTracker:
     def __init__(self, kube: Kube, kind: str, namespace: str, name: str, status: CancellationStatus,
-                 *, interval: float, clock: Clock, log: Bound):
+                 *, interval: float, clock: Clock, log: Bound, stretch: Callable[[float], float] = lambda i: i):
+        """`stretch`: the interval to keep now, given the configured one (the service stretches it
+        while many cancellations run at once: policies.status_writes.interval_for)."""
         self.kube, self.kind, self.namespace, self.name = kube, kind, namespace, name
         self.status = status
         self.clock, self.log = clock, log
+        self.base_interval, self.stretch = interval, stretch
         self.schedule = WriteSchedule(interval)
         self._pending: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -42,6 +46,7 @@ class CancellationTracker:
 
     async def _writer(self) -> None:
         while self.schedule.dirty:
+            self.schedule.interval = self.stretch(self.base_interval)
             await self.clock.sleep(self.schedule.delay(self.clock.monotonic()))
             self.schedule.begin()
             try:

@@ -19,7 +19,8 @@ from tests.support.kube import ClusterInfo, Kubectl, operator_env, wait_for
 
 
 def start_operator(cluster: ClusterInfo, ns: str, log: Path, metrics_port: int = 0) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **operator_env(cluster, metrics_port)}
+    # every step's Events (not only failures): a step run twice after the takeover would show
+    env = {**os.environ, **operator_env(cluster, metrics_port), "NECROCODE_STEP_EVENTS": "all"}
     return subprocess.Popen([sys.executable, "-m", "necrocode.main", "--namespace", ns, "--liveness", ""],
                             env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
 

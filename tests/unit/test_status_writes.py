@@ -6,6 +6,7 @@ itself is replaced by a recorder: what is tested is when it is made, not what th
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import UTC, datetime
 
 import pytest
@@ -13,7 +14,8 @@ import pytest
 from necrocode.clock import ManualClock
 from necrocode.logs import Bound
 from necrocode.model import JOB_CANCELLATION, CancellationStatus
-from necrocode.policies.status_writes import WriteSchedule
+from necrocode.policies.status_writes import WriteSchedule, interval_for
+from necrocode.settings import Settings
 from necrocode.tracker import CancellationTracker
 
 T0 = datetime(2026, 12, 2, 4, 0, 0, tzinfo=UTC)
@@ -56,6 +58,37 @@ def test_a_flush_cancels_a_waiting_write_but_never_one_on_the_wire(in_write: boo
         s.changed()
     assert s.flush() is cancellable
     assert not s.dirty  # the flush's own write carries every change
+
+
+# ----------------------------------------------------------------------------- many at once
+@pytest.mark.parametrize(("in_flight", "rate", "interval"), [
+    (1, 20.0, 0.5),        # alone: the configured interval
+    (10, 20.0, 0.5),       # exactly the rate at the configured interval
+    (11, 20.0, 0.55),      # one more: the interval stretches
+    (1000, 20.0, 50.0),    # a thousand at once share 20 writes a second
+    (1000, 0.0, 0.5),      # rate 0: no shared limit
+    (0, 20.0, 0.5),
+])
+def test_many_cancellations_share_the_status_write_rate(in_flight: int, rate: float, interval: float) -> None:
+    assert interval_for(0.5, in_flight, rate) == pytest.approx(interval)
+
+
+@pytest.mark.usefixtures("clean_settings_env")
+def test_the_write_rate_and_step_events_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = Settings.from_env()
+    assert (s.status_write_rate, s.step_events) == (20.0, "failures")
+    monkeypatch.setenv("NECROCODE_STATUS_WRITE_RATE", "0")
+    monkeypatch.setenv("NECROCODE_STEP_EVENTS", "all")
+    s = Settings.from_env()
+    assert (s.status_write_rate, s.step_events) == (0.0, "all")
+    for key, value, message in (
+            ("NECROCODE_STEP_EVENTS", "some", "NECROCODE_STEP_EVENTS='some': expected failures or all"),
+            ("NECROCODE_STATUS_WRITE_RATE", "-1", "expected status writes per second >= 0 (0: no limit)"),
+            ("NECROCODE_STATUS_WRITE_RATE", "nan", "expected status writes per second >= 0")):
+        monkeypatch.setenv(key, value)
+        with pytest.raises(ValueError, match=re.escape(message)):
+            Settings.from_env()
+        monkeypatch.delenv(key)
 
 
 # ----------------------------------------------------------------------------- the writer loop
@@ -162,3 +195,18 @@ async def test_a_flush_waits_for_the_write_on_the_wire_and_never_aborts_it() -> 
     t.gate.set()
     await flush
     assert t.started == [0.0, 0.0] and t.finished == 2  # the background write completed, then the flush's
+
+
+async def test_the_writer_waits_the_stretched_interval_while_many_run() -> None:
+    clock = LoopClock(T0)
+    t = Recorded(clock)
+    t.stretch = lambda base: interval_for(base, 100, 20.0)  # 100 in flight: one write each 5 s
+    t.changed()
+    await settle()
+    t.changed()
+    clock.advance(5.0 - TICK)
+    await settle()
+    assert t.started == [0.0]
+    clock.advance(TICK)
+    await settle()
+    assert t.started == [0.0, pytest.approx(5.0)]

@@ -44,3 +44,14 @@ class WriteSchedule:
         after ours, and put an older status back): that one is awaited."""
         self.dirty = False
         return not self.in_write
+
+
+def interval_for(base: float, in_flight: int, rate: float) -> float:
+    """The interval between one cancellation's background writes when `in_flight` cancellations
+    run at once and all of them together may write `rate` a second (0: no limit): `base` while
+    few run, in_flight / rate when many do (a thousand at 20 a second: one write each 50 s),
+    so the progress writes of a mass cancellation cost the API server a fixed rate, not one
+    per cancellation per interval."""
+    if rate <= 0:
+        return base
+    return max(base, in_flight / rate)
