@@ -183,7 +183,7 @@ class CancellationService:
                                   f"cancelling {what}" +
                                   (f" for {ctx.requester.text}" if ctx.requester.username else "") +
                                   (f": {ctx.spec.reason}" if ctx.spec.reason else ""))
-        tracker.changed()  # written in the background: the first step starts at once
+        tracker.changed()  # written in the background (or by an earlier flush): the first step starts at once
 
         s = self.settings
         bound = cancellation_bound(ctx.grace, ctx.spec.escalate_after_seconds, s.stuck_timeout,
@@ -211,6 +211,7 @@ class CancellationService:
             failed_critical = out_of_time(status, [(d.name, d.critical) for d in steps], bound, self.clock.now())
             ctx.log.error("cancellation bound ran out", bound_seconds=round(bound))
 
+        tracker.hold()  # the terminal phase goes out last, with the final flush
         if ctx.final is not None:
             status.phase, status.message = ctx.final
         if not status.terminal:

@@ -948,7 +948,8 @@ async def cleanup_resources(ctx: Ctx) -> StepResult:
         nonlocal before
         if p.resources_to_delete is None:
             p.resources_to_delete = present
-            await ctx.flush()  # durable before the first delete: a restart counts from it
+            if present:  # durable before the first delete: a restart counts from it (none: no count)
+                await ctx.flush()
         else:
             before = max(0, p.resources_to_delete - present)
 

@@ -28,10 +28,15 @@ class CancellationTracker:
         self.status = status
         self.clock, self.log = clock, log
         self.base_interval, self.stretch = interval, stretch
-        self.schedule = WriteSchedule(interval)
+        self.schedule = WriteSchedule(interval, last_write=clock.monotonic())
+        """The first background write waits an interval too: a step that makes the status durable
+        (before the first deletion) or the end of the cancellation usually writes first, and
+        carries it (a cancellation that ends within the interval is one write)."""
         self._pending: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self.gone = False
+        self.finishing = False
+        """Set by hold(): the terminal status is being put together; only flush() writes now."""
 
     @property
     def path(self) -> str:
@@ -51,9 +56,15 @@ class CancellationTracker:
             self.schedule.begin()
             try:
                 with contextlib.suppress(ApiError):
-                    await self._write()
+                    await self._write(background=True)
             finally:
                 self.schedule.end()
+
+    def hold(self) -> None:
+        """No background write from now on: the status is about to become terminal, and its
+        final Event and counters must be written before anyone (kopf's daemon filter included,
+        which stops the daemon once the phase is terminal) can see that phase. flush() writes it."""
+        self.finishing = True
 
     async def flush(self) -> None:
         """Write now (the start and the end of a cancellation), after a background write
@@ -67,8 +78,10 @@ class CancellationTracker:
                 await pending
         await self._write()
 
-    async def _write(self) -> None:
+    async def _write(self, background: bool = False) -> None:
         async with self._lock:
+            if background and self.finishing:
+                return  # the body is built right below, with no pause: a held status never goes
             self.schedule.wrote(self.clock.monotonic())
             if not self.gone:
                 await self._patch()

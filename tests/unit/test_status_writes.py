@@ -114,13 +114,15 @@ class LoopClock(ManualClock):
 class Recorded(CancellationTracker):
     """The tracker with its one request replaced by a recorder (and a gate, to hold it on the wire)."""
 
-    def __init__(self, clock: LoopClock):
+    def __init__(self, clock: LoopClock, fresh: bool = False):
         super().__init__(None, JOB_CANCELLATION, "ns", "stop", CancellationStatus(),  # type: ignore[arg-type]
                          interval=1.0, clock=clock, log=Bound())
         self.started: list[float] = []
         self.finished = 0
         self.gate = asyncio.Event()
         self.gate.set()
+        if not fresh:  # as if its last write was long ago (a fresh one waits: see below)
+            self.schedule.last_write = -1e9
 
     async def _patch(self) -> None:
         self.started.append(self.clock.monotonic())
@@ -210,3 +212,32 @@ async def test_the_writer_waits_the_stretched_interval_while_many_run() -> None:
     clock.advance(TICK)
     await settle()
     assert t.started == [0.0, pytest.approx(5.0)]
+
+
+async def test_a_fresh_cancellation_writes_its_first_status_an_interval_late_or_with_a_flush() -> None:
+    clock = LoopClock(T0)
+    t = Recorded(clock, fresh=True)
+    t.changed()  # the start of the cancellation
+    await settle()
+    clock.advance(1.0 - TICK)
+    await settle()
+    assert t.started == []  # not at once: a flush may come first and carry it
+    await t.flush()  # the total made durable before the first deletion
+    clock.advance(10)
+    await settle()
+    assert t.started == [pytest.approx(1.0 - TICK)]  # one write for both
+
+
+async def test_after_hold_only_the_flush_writes() -> None:
+    clock = LoopClock(T0)
+    t = Recorded(clock)
+    t.changed()
+    await settle()
+    assert t.started == [0.0]
+    t.changed()  # a background write waits for the interval
+    t.hold()  # the terminal status is being put together
+    clock.advance(5)
+    await settle()
+    assert t.started == [0.0]  # the waiting background write did not go
+    await t.flush()
+    assert t.started == [0.0, 5.0]
