@@ -54,7 +54,7 @@ class Operator:
         cmd = [sys.executable, "-m", "necrocode.main", "--namespace", f"{NS_PREFIX}*", "--liveness", "",
                "--log-format", "json"]
         if profile:
-            cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--rate", "200", "--format", "speedscope",
+            cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--rate", "200", "--format", "raw",
                    "-o", str(self.out / f"{self.tag}.speedscope.json"), "--", *cmd]
         log = open(self.out / f"{self.tag}.log", "ab")
         self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -81,14 +81,17 @@ class Operator:
                 return int(c[0])
         return self.proc.pid
 
-    def metrics(self) -> dict[str, float]:
+    def metrics(self, by_resource: bool = False) -> dict[str, float]:
+        """The operator's API requests by verb ("DELETE"), or by verb and resource ("DELETE pods")."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
             text = r.read().decode()
         out: dict[str, float] = {}
         for line in text.splitlines():
             if line.startswith("necrocode_api_requests_total{"):
-                verb = line.split('verb="', 1)[1].split('"', 1)[0]
-                out[verb] = float(line.rsplit(" ", 1)[1])
+                key = line.split('verb="', 1)[1].split('"', 1)[0]
+                if by_resource and 'resource="' in line:
+                    key += " " + line.split('resource="', 1)[1].split('"', 1)[0]
+                out[key] = out.get(key, 0) + float(line.rsplit(" ", 1)[1])
         return out
 
     def memory(self) -> dict[str, float]:

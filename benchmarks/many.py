@@ -53,7 +53,7 @@ async def ours(h: Harness, jobs: int, per_job: int, create_concurrency: int = 50
     ns = await _world(h, "many", jobs, per_job)
     try:
         names = [f"stop-j{j:04d}" for j in range(jobs)]
-        before = h.op.metrics()
+        before, before_each = h.op.metrics(), h.op.metrics(by_resource=True)
         rss = RssSampler(h.op)
         rss.start()
         cpu = h.cpu_start()
@@ -72,6 +72,7 @@ async def ours(h: Harness, jobs: int, per_job: int, create_concurrency: int = 50
         cpu_used = h.cpu_since(cpu)
         peak = await rss.stop()
         calls = delta(before, h.op.metrics())
+        each = delta(before_each, h.op.metrics(by_resource=True))
         pods_left, held = await _left(h, ns)
         assert pods_left == 0 and held == 0, (pods_left, held)
         return {"seconds": seconds, "creation_spread_seconds": max(created),
@@ -79,6 +80,7 @@ async def ours(h: Harness, jobs: int, per_job: int, create_concurrency: int = 50
                 "median_completed_seconds": median([v - t0 for v in done.values()]),
                 "api_calls": calls, "api_calls_total": sum(calls.values()),
                 "api_calls_per_runner": round(sum(calls.values()) / (jobs * per_job), 2),
+                "api_calls_per_cancellation_by_resource": {k: round(v / jobs, 2) for k, v in sorted(each.items())},
                 "operator_cpu_seconds": cpu_used.get("operator"), "cpu_seconds": cpu_used,
                 "operator_peak_rss_mib": peak, "operator_vmhwm_mib": h.op.memory().get("VmHWM"),
                 "pods_left": pods_left, "leases_held": held}

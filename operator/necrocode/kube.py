@@ -192,6 +192,20 @@ def load_credentials(kubeconfig: str | None = None, context: str | None = None) 
     return Credentials(host=cfg.host.rstrip("/"), ssl=ctx, configuration=cfg)
 
 
+def resource_of(path: str) -> str:
+    """The resource a request's path names, with its subresource: "pods", "pods/log",
+    "jobcancellations/status", "namespaces" (the label of necrocode_api_requests_total: a few
+    dozen values at most, whatever the names). Paths: /api/v1/[namespaces/NS/]RES[/NAME[/SUB]]
+    and /apis/GROUP/VERSION/[namespaces/NS/]RES[/NAME[/SUB]]."""
+    parts = [p for p in path.split("?", 1)[0].split("/") if p]
+    rest = parts[2:] if parts[:1] == ["api"] else parts[3:]
+    if len(rest) > 2 and rest[0] == "namespaces":
+        rest = rest[2:]
+    if not rest:
+        return "-"
+    return f"{rest[0]}/{rest[2]}" if len(rest) > 2 else rest[0]
+
+
 # ----------------------------------------------------------------------------- client
 class Kube:
     """JSON over HTTP to the API server, with at most `concurrency` requests in flight and, if
@@ -201,9 +215,9 @@ class Kube:
     """Called before every request that writes (not GET); raises NotLeader to refuse it. Set by
     leader election: a replica that cannot prove its lease is still valid must not act."""
 
-    on_request: ClassVar[Callable[[str], None] | None] = None
-    """Called with the verb of every request (the operator counts them in
-    necrocode_api_requests_total; set at startup, as kube may not import metrics)."""
+    on_request: ClassVar[Callable[[str, str], None] | None] = None
+    """Called with the verb and the resource (resource_of) of every request (the operator counts
+    them in necrocode_api_requests_total; set at startup, as kube may not import metrics)."""
 
     def __init__(self, creds: Credentials, concurrency: int = 50, timeout: float = 30.0,
                  extra_headers: Mapping[str, str] | None = None, retry: RetryPolicy | None = None,
@@ -263,10 +277,10 @@ class Kube:
         if own is not None:
             own.release()
 
-    def _count(self, verb: str) -> None:
+    def _count(self, verb: str, path: str) -> None:
         self.calls[verb] = self.calls.get(verb, 0) + 1
         if Kube.on_request is not None:
-            Kube.on_request(verb)
+            Kube.on_request(verb, resource_of(path))
 
     async def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
                       body: Any = None, content_type: str = "application/json", meta_only: bool = False,
@@ -309,7 +323,7 @@ class Kube:
 
         async def once() -> TailBuffer:
             own = await self._admit()
-            self._count("GET")
+            self._count("GET", path)
             tail = TailBuffer(limit)
             try:
                 async with self.session.get(
@@ -358,7 +372,7 @@ class Kube:
         # the fence is checked after the wait for the budget, right before the request goes
         if method != "GET" and self.fenced and Kube.guard is not None:
             Kube.guard()
-        self._count(method)
+        self._count(method, path)
         try:
             # the timeout covers the server's answer, not the wait for one of our own pooled
             # connections: under a hundred concurrent cancellations that wait is ours, not a fault
@@ -453,7 +467,7 @@ class Kube:
         headers = {"Accept": META_ONLY if meta_only else "application/json", **self.creds.headers(),
                    **self.extra_headers}
         await self._admit(hold=False)  # a token of each rate, no slot (nothing to give back)
-        self._count("WATCH")
+        self._count("WATCH", path)
         try:
             async with self._watch_session.get(
                 self.creds.host + path, params=_query(params),

@@ -117,7 +117,7 @@ class ElectorKube(Kube):
         super().__init__(creds, concurrency=concurrency, timeout=timeout, retry=retry or RetryPolicy(attempts=1))
         self.fenced = False
 
-    def _count(self, verb: str) -> None:
+    def _count(self, verb: str, path: str) -> None:
         self.calls[verb] = self.calls.get(verb, 0) + 1
 
 

@@ -305,8 +305,12 @@ def _api_requests() -> dict[str, int]:
     /metrics may no longer be scraped)."""
     from necrocode import metrics
 
-    return {s.labels["verb"]: int(s.value) for m in metrics.API_REQUESTS.collect() for s in m.samples
-            if s.name.endswith("_total")}
+    out: dict[str, int] = {}
+    for m in metrics.API_REQUESTS.collect():
+        for s in m.samples:
+            if s.name.endswith("_total"):
+                out[s.labels["verb"]] = out.get(s.labels["verb"], 0) + int(s.value)
+    return out
 
 
 if __name__ == "__main__":

@@ -37,8 +37,9 @@ STEP_DURATION = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
 )
 API_REQUESTS = Counter("necrocode_api_requests_total",
-                       "Kubernetes API requests the operator's own client made (kopf's are not counted), by verb.",
-                       ["verb"])
+                       "Kubernetes API requests the operator's own client made (kopf's are not counted), by verb "
+                       "and resource (with its subresource: pods, pods/log, jobcancellations/status, events).",
+                       ["verb", "resource"])
 API_BUDGET_WAIT = Counter("necrocode_api_budget_wait_seconds_total",
                           "Seconds the operator's requests waited for the API budget (an in-flight slot or a "
                           "token of the rate), by scope: global (all cancellations together) or cancellation "

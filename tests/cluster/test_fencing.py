@@ -35,8 +35,12 @@ def replica(cluster: ClusterInfo, ns: str, log: Path, metrics_port: int) -> subp
 
 def writes(samples: Samples) -> dict[str, float]:
     """necrocode_api_requests_total of the verbs that write."""
-    return {dict(labels)["verb"]: v for (name, labels), v in samples.items()
-            if name == "necrocode_api_requests_total" and dict(labels).get("verb") not in ("GET", "WATCH")}
+    out: dict[str, float] = {}
+    for (name, labels), v in samples.items():
+        verb = dict(labels).get("verb")
+        if name == "necrocode_api_requests_total" and verb not in ("GET", "WATCH"):
+            out[str(verb)] = out.get(str(verb), 0) + v
+    return out
 
 
 def stopped(pid: int) -> bool:

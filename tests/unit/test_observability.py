@@ -15,6 +15,7 @@ from prometheus_client import REGISTRY
 
 import necrocode
 import necrocode.metrics
+from necrocode.kube import resource_of
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "deploy" / "prometheus" / "necrocode-alerts.yaml"
@@ -157,3 +158,20 @@ def test_dashboard_queries_only_metrics_that_exist() -> None:
     titles = " ".join(p["title"].lower() for p in dash["panels"])
     for word in ("rate", "duration", "forced", "failures"):
         assert word in titles
+
+
+@pytest.mark.parametrize(("path", "resource"), [
+    ("/api/v1/namespaces/ns/pods", "pods"),
+    ("/api/v1/namespaces/ns/pods/job-t1-runner", "pods"),
+    ("/api/v1/namespaces/ns/pods/job-t1-runner/log", "pods/log"),
+    ("/api/v1/namespaces/ns/events", "events"),
+    ("/api/v1/namespaces/ns", "namespaces"),
+    ("/api/v1/namespaces", "namespaces"),
+    ("/apis/necrocode.io/v1alpha1/namespaces/ns/jobcancellations/stop/status", "jobcancellations/status"),
+    ("/apis/coordination.k8s.io/v1/namespaces/ns/leases/slot-1", "leases"),
+    ("/apis/necrocode.io/v1alpha1/jobcancellations", "jobcancellations"),
+    ("/api/v1/namespaces/ns/pods?labelSelector=a%3Db", "pods"),
+    ("/version", "-"),
+])
+def test_requests_are_counted_by_resource_whatever_the_names(path: str, resource: str) -> None:
+    assert resource_of(path) == resource

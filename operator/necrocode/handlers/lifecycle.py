@@ -90,7 +90,7 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 @kopf.on.startup()
 async def startup(memo: kopf.Memo, **_: Any) -> None:
     conf: Settings = memo.conf
-    Kube.on_request = lambda verb: metrics.API_REQUESTS.labels(verb=verb).inc()
+    Kube.on_request = lambda verb, resource: metrics.API_REQUESTS.labels(verb=verb, resource=resource).inc()
     Budget.on_wait = lambda scope, seconds: metrics.API_BUDGET_WAIT.labels(scope=scope).inc(seconds)
     kube = Kube(load_credentials(os.environ.get("NECROCODE_KUBECONFIG") or None), concurrency=conf.concurrency,
                 timeout=conf.request_timeout, retry=conf.retry, qps=conf.api_qps, burst=conf.api_burst)
