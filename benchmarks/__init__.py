@@ -9,9 +9,10 @@ Approaches, each timed from the request to the moment the work is observably don
 
   ours            a JobCancellation, creation -> phase Completed (every runner gone, every
                   task Cancelled, every lease released; the operator's own Verify step checks)
-  floor           a bare asyncio client making exactly the writes a cancellation promises (signal
-                  PATCH + graceful DELETE per runner; once all are gone, task PUT + lease PUT),
-                  100 in flight, nothing else: the floor under any operator keeping the promises
+  floor           a bare asyncio client making exactly the writes a cancellation promises in
+                  mode Cancel without a cooperative window (graceful DELETE per runner, the
+                  delete being the signal; once all are gone, task PUT + lease PUT), 100 in
+                  flight, nothing else: the floor under any operator keeping the promises
   raw-delete      a bare asyncio client: concurrent DELETEs of the same pods, until a watch has
                   seen every pod DELETED
   raw-collection  one DELETE collection (label selector), until every pod is DELETED

@@ -57,6 +57,7 @@ async def ours(h: Harness, jobs: int, per_job: int, create_concurrency: int = 50
         rss = RssSampler(h.op)
         rss.start()
         cpu = h.cpu_start()
+        prof = h.pprof(f"many-ours-{jobs}x{per_job}")
         t0 = time.perf_counter()
         created: list[float] = []
 
@@ -70,6 +71,8 @@ async def ours(h: Harness, jobs: int, per_job: int, create_concurrency: int = 50
         done = await wait_phases(h.kube, ns, "jobcancellations", set(names), timeout=1800)
         seconds = max(done.values()) - t0
         cpu_used = h.cpu_since(cpu)
+        if prof is not None:
+            await prof
         peak = await rss.stop()
         calls = delta(before, h.op.metrics())
         each = delta(before_each, h.op.metrics(by_resource=True))
@@ -102,10 +105,13 @@ async def floor(h: Harness, jobs: int, per_job: int) -> Obj:
         client = Kube(h.kube.creds, concurrency=h.raw_concurrency, timeout=120)
         try:
             cpu = h.cpu_start()
+            prof = h.pprof(f"many-floor-{jobs}x{per_job}")
             t0 = time.perf_counter()
             calls = await floor_approach.many(client, ns, pods_of, watch, h.raw_concurrency)
             seconds = time.perf_counter() - t0
             cpu_used = h.cpu_since(cpu)
+            if prof is not None:
+                await prof
         finally:
             await watch.stop()
             await client.close()

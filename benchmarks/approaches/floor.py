@@ -20,8 +20,9 @@ from necrocode.kube import Kube, core_path, lease_path, nc_path
 async def run(h: Harness, n: int) -> Obj:
     """The floor under any operator that keeps the issue's promises: a bare client (no status,
     no Events, no checks) making exactly the writes a cancellation must make, 100 in flight:
-    per runner the signal annotation PATCH and the graceful DELETE; once every pod is gone,
-    per task its Cancelled status PUT and per lease its release PUT (both on listed objects)."""
+    per runner the graceful DELETE (mode Cancel without a cooperative window: the delete is the
+    signal; Writes(signal=True) adds the annotation PATCH a window needs); once every pod is
+    gone, per task its Cancelled status PUT and per lease its release PUT (listed objects)."""
     ns = await h.world.namespace("floor")
     try:
         watch, names, client = await h.armed(ns, n, full_world=True)
@@ -66,7 +67,7 @@ async def many(client: Kube, ns: str, pods_of: dict[str, list[str]], watch: Gone
                     finishing.append(asyncio.create_task(w.finish(f"necrocode.io/job={j}")))
         seen = len(watch.gone)
     await signalled
-    return 2 * len(job_of) + sum(await asyncio.gather(*finishing))
+    return w.per_runner * len(job_of) + sum(await asyncio.gather(*finishing))
 
 
 def _more(watch: GoneWatch, seen: int) -> bool:
@@ -76,8 +77,11 @@ def _more(watch: GoneWatch, seen: int) -> bool:
 class Writes:
     """The promised writes of one namespace's cancellations, by a bare client."""
 
-    def __init__(self, client: Kube, ns: str, concurrency: int):
-        self.client, self.ns, self.concurrency = client, ns, concurrency
+    def __init__(self, client: Kube, ns: str, concurrency: int, signal: bool = False):
+        """`signal`: each runner is annotated before its delete (what a cooperative window, or a
+        runner that opted in, needs; mode Cancel's default is the delete alone)."""
+        self.client, self.ns, self.concurrency, self.with_signal = client, ns, concurrency, signal
+        self.per_runner = 2 if signal else 1
         self.stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.signal = {"metadata": {"annotations": {"necrocode.io/cancel-requested": json.dumps(
             {"reason": "benchmark", "requestedAt": self.stamp, "cancellation": "floor"})}}}
@@ -86,10 +90,11 @@ class Writes:
         """One job: its runners stopped, then (every pod gone) its tasks and leases written."""
         await bounded(names, self.stop, self.concurrency)
         await watch.until(lambda: len(watch.deleted) >= len(names), timeout=900)
-        return 2 * len(names) + await self.finish(selector)
+        return self.per_runner * len(names) + await self.finish(selector)
 
     async def stop(self, pod: str) -> None:
-        await self.client.merge_patch(core_path(self.ns, "pods", pod), self.signal, meta_only=True)
+        if self.with_signal:
+            await self.client.merge_patch(core_path(self.ns, "pods", pod), self.signal, meta_only=True)
         await self.client.delete(core_path(self.ns, "pods", pod), grace_period_seconds=GRACE, propagation=None,
                                  meta_only=True)
 

@@ -32,6 +32,11 @@ LABEL_RELEASED_BY = "necrocode.io/released-by"
 """On a repo slot Lease we released: the uid of the cancellation that released it, so the count
 of released slots is exact even when the operator died between a release and a status write."""
 ANNOTATION_CANCEL_REQUESTED = "necrocode.io/cancel-requested"
+LABEL_SIGNAL = "necrocode.io/signal"
+"""On a runner pod, `annotation`: the runner reads the cancellation's reason from
+ANNOTATION_CANCEL_REQUESTED (downward API) and wants it before its SIGTERM, whatever the
+cancellation's spec (planning.annotates)."""
+SIGNAL_ANNOTATION = "annotation"
 ANNOTATION_CANCELLED_BY = "necrocode.io/cancelled-by"
 ANNOTATION_CANCELLED_BY_UID = "necrocode.io/cancelled-by-uid"
 """With ANNOTATION_CANCELLED_BY on the AgentJob: the uid of the claiming JobCancellation, so a

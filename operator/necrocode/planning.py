@@ -19,7 +19,9 @@ from necrocode.model import (
     FINISHED_TASK_STATES,
     JOB_CANCELLATION,
     LABEL_JOB_UID,
+    LABEL_SIGNAL,
     PENDING_TASK_STATES,
+    SIGNAL_ANNOTATION,
     TASK_CANCELLATION,
     TERMINAL_PHASES,
     AffectedTask,
@@ -179,6 +181,23 @@ def parse_marker(value: object) -> Marker | None:
         return None
     uid = data.get("uid")
     return Marker(by=data["by"], uid=uid if isinstance(uid, str) and uid else None)
+
+
+def annotates(kind: str, cooperative_seconds: int, contested: bool, pod: Obj) -> bool:
+    """Does this runner get the cancel-requested annotation before its graceful delete? Only where
+    something reads it: a cooperative window (the runner stops by itself inside it), a runner
+    that opted in (label necrocode.io/signal=annotation: it wants the reason before SIGTERM), a
+    TaskCancellation (its annotation is also the marker that says which of two overlapping
+    requests counts a runner), and a JobCancellation that went on while an earlier
+    TaskCancellation of its job was still in flight (`contested`: the same arbitration). Else
+    the graceful delete is the signal: a downward-API annotation reaches a pod's volume about a
+    second after the PATCH (docs/benchmarks.md), after the SIGTERM of a delete sent at once, so
+    the PATCH was a write per runner nobody read. The reason is on the task and its Event."""
+    if kind == TASK_CANCELLATION or cooperative_seconds > 0 or contested:
+        return True
+    meta = pod.get("metadata")
+    labels = meta.get("labels") if isinstance(meta, Mapping) else None
+    return isinstance(labels, Mapping) and labels.get(LABEL_SIGNAL) == SIGNAL_ANNOTATION
 
 
 def marker_of(pod: Obj) -> Marker | None:

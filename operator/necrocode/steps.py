@@ -35,9 +35,11 @@ from necrocode.model import (
     LABEL_JOB,
     LABEL_ROLE,
     LABEL_SCRATCH,
+    LABEL_SIGNAL,
     LABEL_TASK,
     PLURAL,
     ROLE_RUNNER,
+    SIGNAL_ANNOTATION,
     TASK_CANCELLATION,
     TERMINAL_PHASES,
     AffectedTask,
@@ -62,6 +64,7 @@ from necrocode.planning import (
     Claim,
     JobInstance,
     VerifyFindings,
+    annotates,
     belongs_to,
     changed_by,
     claim_decision,
@@ -148,6 +151,9 @@ class Ctx:
     """The runners that ended by themselves inside the cooperative window (this run's)."""
     runner_logs: RunnerLogs | None = None
     """The runners' kept logs (preserveLogs), made by KeepLogs or, in a resumed run, from status."""
+    contested: bool = False
+    """An earlier TaskCancellation of the job was still in flight when this JobCancellation went
+    on without it: the runners get the marker annotation (planning.annotates)."""
     _live: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
@@ -647,8 +653,13 @@ async def signal_runners(ctx: Ctx) -> StepResult:
         if ctx.status.progress.runners_total == 0:
             await ctx.make_total_durable(len(pods) - len(await term.find_foreign(pods)))
 
-    n, _ = await asyncio.gather(term.signal(pods, _reason(ctx)), durable_total())
-    return StepResult(message=f"{n} runner(s) annotated necrocode.io/cancel-requested")
+    readers = [p for p in pods if annotates(ctx.kind, ctx.spec.cooperative_seconds, ctx.contested, p)]
+    n, _ = await asyncio.gather(term.signal(readers, _reason(ctx)), durable_total())
+    msg = f"{n} runner(s) annotated necrocode.io/cancel-requested"
+    if len(readers) < len(pods):
+        msg += (f"; {len(pods) - len(readers)} get the graceful delete as their signal (no cooperative window, "
+                f"not labelled {LABEL_SIGNAL}={SIGNAL_ANNOTATION})")
+    return StepResult(message=msg)
 
 
 async def cooperative_step(ctx: Ctx) -> StepResult:
@@ -786,6 +797,7 @@ async def _defer_to_earlier_task_cancellations(ctx: Ctx) -> None:
             return
         if ctx.clock.monotonic() - started >= limit:
             ctx.log.warning("earlier task cancellations still running; going on without them", waiting=waiting)
+            ctx.contested = True
             return
         ctx.status.step(ctx.step_name).message = "waiting for " + ", ".join(f"taskcancellation/{n}" for n in waiting[:5])
         ctx.changed()

@@ -118,7 +118,7 @@ FIRST_WRITE: dict[str, Callable[[Kubectl, str], bool] | None] = {
 def make_job(kube: Kubectl, ns: str) -> None:
     kube.create_job(ns, "job")
     for t in RUNNING:
-        kube.create_runner(ns, "job", t, stop="immediate")
+        kube.create_runner(ns, "job", t, stop="immediate", signal=True)  # SignalRunners writes to them
         kube.create_task(ns, "job", t, "Running", runner=f"job-{t}-runner", slot=f"slot-{t}")
         kube.create_lease(ns, f"slot-{t}", job="job", task_id=t, holder=f"job-{t}-runner")
     for t, state in OTHER_STATES.items():

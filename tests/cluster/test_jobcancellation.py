@@ -23,7 +23,9 @@ def build_job(kube: Kubectl, ns: str, job: str = "job1") -> None:
     kube.create_job(ns, job)
     for tid, stop, after in (("run-fast", "immediate", None), ("run-slow", "slow", 2), ("run-lost", "never", None)):
         pod = f"{job}-{tid}-runner"
-        kube.create_runner(ns, job, tid, stop=stop, after=after, name=pod)
+        # the slow runner reads the cancel-requested annotation (it opted in); the others get
+        # their graceful delete as the signal
+        kube.create_runner(ns, job, tid, stop=stop, after=after, name=pod, signal=tid == "run-slow")
         kube.create_lease(ns, f"slot-{tid}", job=job, task_id=tid, holder=pod)
         kube.create_task(ns, job, tid, "Running", runner=pod, slot=f"slot-{tid}")
     kube.create_task(ns, job, "pending", "Pending", depends_on=["run-fast"])
@@ -52,13 +54,17 @@ def test_cancels_a_whole_job_end_to_end(kube: Kubectl, namespace: str) -> None:
     kube.cancel_job(ns, "stop-job1", "job1", reason="budget exceeded", requestedBy="alice",
                     gracePeriodSeconds=5, escalateAfterSeconds=1)
 
-    # the cooperative signal reaches the slow runner while it is stopping
+    # the signal reaches the slow runner, which opted in, while it is stopping; the lost one
+    # (not opted in, no cooperative window) has only its graceful delete
     annotated = wait_for(lambda: [p for p in kube.pods(ns, "necrocode.io/job=job1")
                                   if "necrocode.io/cancel-requested" in (p.metadata.annotations or {})],
                          what="runner annotated")
+    assert [p.metadata.name for p in annotated] == ["job1-run-slow-runner"]
     signal = json.loads(annotated[0].metadata.annotations["necrocode.io/cancel-requested"])
     assert signal["reason"] == "budget exceeded"
     assert signal["by"] == "jobcancellation/stop-job1"
+    lost = kube.core.read_namespaced_pod("job1-run-lost-runner", ns)
+    assert "necrocode.io/cancel-requested" not in (lost.metadata.annotations or {})
 
     # status is written while the work goes on: the lost runner holds TerminateRunners open
     def in_progress() -> dict[str, Any] | None:
@@ -78,6 +84,8 @@ def test_cancels_a_whole_job_end_to_end(kube: Kubectl, namespace: str) -> None:
     assert [s["name"] for s in st["steps"]] == ["Validate", "BlockDispatch", "ClassifyTasks", "SignalRunners",
                                                  "TerminateRunners", "UpdateTaskStates", "CleanupResources", "Verify"]
     assert all(s["state"] == "Succeeded" for s in st["steps"]), st["steps"]
+    signalled = {s["name"]: s["message"] for s in st["steps"]}["SignalRunners"]
+    assert signalled.startswith("1 runner(s) annotated") and "2 get the graceful delete as their signal" in signalled
     p = st["progress"]
     assert (p["runnersTotal"], p["runnersTerminated"], p["runnersForced"]) == (3, 3, 1)
     assert (p["tasksCancelled"], p["tasksUnaffected"]) == (6, 3)

@@ -55,13 +55,14 @@ def step_is(kube: Kubectl, plural: str, ns: str, name: str, step: str, state: st
 
 
 def running_job(kube: Kubectl, ns: str, job: str, tasks: list[str], stop: str = "immediate", after: int | None = None,
-                grace: int = 30, leases: bool = False) -> list[str]:
-    """A Running job with one Running task per id, each with a runner pod (and a held Lease); returns the pod names."""
+                grace: int = 30, leases: bool = False, signal: bool = False) -> list[str]:
+    """A Running job with one Running task per id, each with a runner pod (and a held Lease); returns the pod names.
+    `signal`: the runners opt in to the cancel-requested annotation."""
     kube.create_job(ns, job)
     pods = []
     for tid in tasks:
         pod = f"{job}-{tid}-runner"
-        kube.create_runner(ns, job, tid, stop=stop, after=after, name=pod, grace=grace)
+        kube.create_runner(ns, job, tid, stop=stop, after=after, name=pod, grace=grace, signal=signal)
         slot = None
         if leases:
             slot = f"{job}-slot-{tid}"
@@ -128,7 +129,8 @@ ODD_MARKERS = {
 def test_odd_markers_on_runners_are_overwritten_and_every_runner_counted(kube: Kubectl, namespace: str) -> None:
     ns = namespace
     tids = list(ODD_MARKERS)
-    pods = running_job(kube, ns, "odd", tids, stop="slow", after=3, grace=10)
+    # runners that read the annotation (a JobCancellation annotates no other without a window)
+    pods = running_job(kube, ns, "odd", tids, stop="slow", after=3, grace=10, signal=True)
     for tid, pod in zip(tids, pods, strict=True):
         set_marker(kube, ns, pod, ODD_MARKERS[tid])
     wait_for(lambda: all(p.status.phase == "Running" for p in kube.pods(ns, "necrocode.io/job=odd")) and
@@ -559,3 +561,26 @@ def test_5000_stuck_runners_with_long_finalizers_still_get_a_terminal_status(kub
 
         in_parallel(release, pods)
         say(f"finalizers of {len(pods)} pods removed in {time.monotonic() - started:.1f}s")
+
+
+def test_odd_markers_do_not_stop_a_job_cancellation_that_does_not_annotate(kube: Kubectl, namespace: str) -> None:
+    """Runners that did not opt in get no annotation from a JobCancellation without a window: an
+    odd or stale marker left on them is neither a reason to skip a runner nor rewritten, and
+    every runner is counted once."""
+    ns = namespace
+    tids = list(ODD_MARKERS)
+    pods = running_job(kube, ns, "oddn", tids, stop="slow", after=3, grace=10)
+    for tid, pod in zip(tids, pods, strict=True):
+        set_marker(kube, ns, pod, ODD_MARKERS[tid])
+    wait_for(lambda: len(ps := kube.pods(ns, "necrocode.io/job=oddn")) == 4
+             and all(p.status.phase == "Running" for p in ps), what="runners Running")
+
+    kube.cancel_job(ns, "stop-oddn", "oddn", reason="odd markers", gracePeriodSeconds=10, escalateAfterSeconds=10)
+    seen = watch_markers(kube, ns, "necrocode.io/job=oddn", pods)
+    assert seen == {pod: ODD_MARKERS[tid] for tid, pod in zip(tids, pods, strict=True)}, seen
+
+    st = kube.wait_phase("jobcancellations", ns, "stop-oddn", timeout=60)["status"]
+    assert st["phase"] == "Completed", st
+    p = st["progress"]
+    assert (p["runnersTotal"], p["runnersTerminated"], p["runnersForced"]) == (4, 4, 0), p
+    assert "0 runner(s) annotated" in {s["name"]: s["message"] for s in st["steps"]}["SignalRunners"]

@@ -208,12 +208,13 @@ class Kubectl:
 
     def create_runner(self, ns: str, job: str, task_id: str, stop: str = "immediate", after: int | None = None,
                       name: str | None = None, node: str = "kwok-node-0", finalizers: list[str] | None = None,
-                      grace: int = 30) -> dict[str, Any]:
-        """A runner pod on a kwok node. stop: immediate | slow (after N s, within grace) | never (lost node)."""
+                      grace: int = 30, signal: bool = False) -> dict[str, Any]:
+        """A runner pod on a kwok node. stop: immediate | slow (after N s, within grace) | never (lost node).
+        `signal`: it opts in to the cancel-requested annotation (label necrocode.io/signal=annotation)."""
         name = name or f"{job}-{task_id}-runner"
         meta: dict[str, Any] = {"name": name, "labels": {
             "necrocode.io/job": job, "necrocode.io/task": task_id, "necrocode.io/role": "runner",
-            "necrocode.io/kwok-stop": stop}}
+            "necrocode.io/kwok-stop": stop, **({"necrocode.io/signal": "annotation"} if signal else {})}}
         if after is not None:
             meta["annotations"] = {"necrocode.io/kwok-stop-after-seconds": str(after)}
         if finalizers:

@@ -164,7 +164,9 @@ def start_job_runners(kube: Kubectl, ns: str, job: str, node: str) -> dict[str, 
     out = {}
     for tid, script in (("graceful", "runner.sh"), ("stubborn", "ignore-sigterm.sh")):
         pod = runner_pod(f"{job}-{tid}-runner", node, script, grace=30)
-        pod["metadata"]["labels"].update({"necrocode.io/job": job, "necrocode.io/task": tid})
+        # both read the cancel-requested annotation (the reference runner's way): they opt in
+        pod["metadata"]["labels"].update({"necrocode.io/job": job, "necrocode.io/task": tid,
+                                          "necrocode.io/signal": "annotation"})
         pod["metadata"]["finalizers"] = []
         kube.core.create_namespaced_pod(ns, pod)
         kube.create_task(ns, job, tid, "Running", runner=pod["metadata"]["name"])

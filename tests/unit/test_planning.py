@@ -13,6 +13,7 @@ from necrocode.model import CancellationStatus, Phase
 from necrocode.planning import (
     RetryPolicy,
     VerifyFindings,
+    annotates,
     classify_tasks,
     compute_cascade,
     earlier_task_cancellations,
@@ -260,3 +261,28 @@ def test_a_job_cancellation_defers_only_to_earlier_task_cancellations_in_flight(
     assert earlier_task_cancellations(items, "j", me) == ["earlier", "jc", "not-started", "same-second"]
     assert earlier_task_cancellations(items, "j", None) == []
     assert earlier_task_cancellations([], "j", me) == []
+
+
+# ----------------------------------------------------------------------------- who gets the annotation
+def _runner(labels: dict[str, str] | None) -> dict[str, Any]:
+    return {"metadata": {"name": "j-t-runner", "labels": labels} if labels is not None else {"name": "j-t-runner"}}
+
+
+@pytest.mark.parametrize(("kind", "cooperative", "contested", "labels", "annotated"), [
+    ("JobCancellation", 0, False, {}, False),                                   # the graceful delete is the signal
+    ("JobCancellation", 0, False, None, False),
+    ("JobCancellation", 0, False, {"necrocode.io/signal": "annotation"}, True),  # opted in
+    ("JobCancellation", 0, False, {"necrocode.io/signal": "sigterm"}, False),    # anything else: not
+    ("JobCancellation", 0, False, {"necrocode.io/signal": ""}, False),
+    ("JobCancellation", 30, False, {}, True),                                   # a window to read it in
+    ("JobCancellation", 0, True, {}, True),                                     # the marker arbitrates
+    ("TaskCancellation", 0, False, {}, True),
+])
+def test_only_runners_that_can_read_the_signal_get_the_annotation(
+        kind: str, cooperative: int, contested: bool, labels: dict[str, str] | None, annotated: bool) -> None:
+    assert annotates(kind, cooperative, contested, _runner(labels)) is annotated
+
+
+def test_a_runner_with_odd_metadata_is_not_annotated() -> None:
+    assert annotates("JobCancellation", 0, False, {"metadata": {"labels": ["necrocode.io/signal"]}}) is False
+    assert annotates("JobCancellation", 0, False, {"metadata": None}) is False
