@@ -133,16 +133,20 @@ class TaskRegistry:
             "annotations": {ANNOTATION_CANCELLED_BY: by.name, ANNOTATION_CANCELLED_BY_UID: by.uid}}})
 
     async def block_dispatch(self, job_name: str) -> Obj:
-        await self.kube.merge_patch(self.job_path(job_name), {
+        blocked = await self.kube.merge_patch(self.job_path(job_name), {
             "metadata": {"labels": {LABEL_DISPATCH_BLOCKED: "true"}},
             "spec": {"dispatch": {"blocked": True}},
         })
-        return await self.set_job_phase(job_name, JobPhase.CANCELLING, "cancellation in progress")
+        return await self.set_job_phase(job_name, JobPhase.CANCELLING, "cancellation in progress", known=blocked)
 
-    async def set_job_phase(self, job_name: str, phase: JobPhase, message: str) -> Obj:
-        """Set the job's phase and its Cancelled condition, keeping the dispatcher's conditions."""
+    async def set_job_phase(self, job_name: str, phase: JobPhase, message: str, known: Obj | None = None) -> Obj:
+        """Set the job's phase and its Cancelled condition, keeping the dispatcher's conditions.
+        `known`: the job as a write just answered (its first round then needs no read; a
+        conflict, the job changed since, reads it again)."""
+        first = [known] if known is not None and (known.get("metadata") or {}).get("resourceVersion") else []
+
         async def round_() -> Obj:
-            job = await self.kube.get(self.job_path(job_name))
+            job = first.pop() if first else await self.kube.get(self.job_path(job_name))
             conds = [c for c in _conditions(job) if c.get("type") != "Cancelled"]
             conds.append({"type": "Cancelled", "status": "True" if phase == JobPhase.CANCELLED else "False",
                           "reason": "Cancelled" if phase == JobPhase.CANCELLED else "Cancelling",
