@@ -21,7 +21,7 @@ grace), then reports both in its termination message. Modes, each over N sequent
 --settle S waits S seconds between the pod's Ready and the PATCH (a runner that has worked a
 while: the kubelet is busy with a new pod for 1-2 s). Results: DIR/annotation-<UTC time>/
 results.json (every sample) and table.md; `--pool RESULTS.json...` prints the table of several
-runs' samples together. Findings: docs/benchmarks-annotation-delay.md.
+runs' samples together. Findings: docs/benchmarks.md ("Does the signal reach a runner before its SIGTERM?").
 """
 
 from __future__ import annotations
