@@ -107,10 +107,13 @@ def goals(results: Obj) -> Obj:
                 b["floor_to_raw_limit"] = round(fl / results["raw_limit"][n], 2)
             if "median_seconds" in per.get("job-controller", {}):
                 b["floor_to_job_controller"] = round(fl / per["job-controller"]["median_seconds"], 2)
+            if "ours_to_floor" in b:  # issue 19, item 3: no regression from the reliability work
+                g[f"within_1.1x_floor_N{n}"] = {"ratio": b["ours_to_floor"], "met": b["ours_to_floor"] <= 1.1}
             g[f"floor_bound_N{n}"] = b
     if "reaction" in results:
         p99 = results["reaction"]["p99_seconds"]
         g["reaction_p99_under_200ms"] = {"p99_seconds": p99, "met": p99 < 0.2}
+        g["reaction_p99_under_150ms"] = {"p99_seconds": p99, "met": p99 < 0.15}  # issue 19, item 3
     if "rss" in results:
         g["rss_under_150MB"] = {"peak_rss_mib": results["rss"]["peak_rss_mib"],
                                 "met": results["rss"]["peak_rss_mib"] * 1.048576 < 150}
