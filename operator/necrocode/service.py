@@ -44,7 +44,6 @@ from necrocode.policies.resume import (
     step_action,
     time_left,
 )
-from necrocode.runnerhub import RunnerHub
 from necrocode.settings import Settings
 from necrocode.steps import Ctx, StepDef, StepResult, restore_affected, steps_for
 from necrocode.taskregistry import TaskRegistry
@@ -58,8 +57,6 @@ class CancellationService:
         self.kube, self.settings = kube, settings
         self.clock: Clock = clock or SystemClock()
         self.running: dict[str, Ctx] = {}
-        self.runner_hub = RunnerHub(kube, self.clock)
-        """One watch of the runner pods per namespace, shared by the cancellations (necrocode.runnerhub)."""
         """The cancellations at work in this process, by uid (a forced request escalates one here)."""
 
     def escalate(self, uid: str, by: str) -> bool:
@@ -118,7 +115,6 @@ class CancellationService:
             changed=tracker.changed, flush=tracker.flush, body=body,
             escalate_other=self.escalate,
             requester=requester_of(meta, spec.requested_by, policy_installed=s.requester_policy),
-            runner_hub=self.runner_hub,
         )
         escalated_by = (meta.get("annotations") or {}).get(ANNOTATION_ESCALATED_BY)
         if escalated_by and not spec.force:  # asked before a restart: still forced
@@ -303,7 +299,6 @@ def _object_of(exc: ApiError) -> str:
 
 
 def _leave(ctx: Ctx) -> None:
-    ctx.close_runner_events()
     if ctx.in_progress:
         ctx.in_progress = False
         metrics.IN_PROGRESS.labels(kind=ctx.kind).dec()

@@ -78,7 +78,6 @@ from necrocode.policies.drain import DrainTally, drain_split
 from necrocode.policies.resume import deferral_limit, prior_termination
 from necrocode.policies.termination import Termination, repair_grace
 from necrocode.policies.window import WINDOW_END_WORDS
-from necrocode.runnerhub import RunnerHub, Subscription
 from necrocode.settings import Settings
 from necrocode.taskregistry import TaskRegistry
 from necrocode.terminator import RunnerTerminator
@@ -149,10 +148,7 @@ class Ctx:
     """The runners that ended by themselves inside the cooperative window (this run's)."""
     runner_logs: RunnerLogs | None = None
     """The runners' kept logs (preserveLogs), made by KeepLogs or, in a resumed run, from status."""
-    runner_hub: RunnerHub | None = None
-    """The operator's shared watch of the runner pods (necrocode.runnerhub): the terminator's events."""
     _live: dict[str, str] | None = None
-    _runner_events: Subscription | None = None
 
     def __post_init__(self) -> None:
         if self.spec.force:
@@ -261,20 +257,6 @@ class Ctx:
     @property
     def runner_selector(self) -> str:
         return f"{self.job_selector},{LABEL_ROLE}={ROLE_RUNNER}"
-
-    @property
-    def runner_events(self) -> Subscription:
-        """This cancellation's subscription to the runner watch (its terminators renew it before
-        they list; closed when TerminateRunners ends and when the run ends)."""
-        if self._runner_events is None:
-            if self.runner_hub is None:
-                raise RuntimeError("no runner watch hub wired")
-            self._runner_events = self.runner_hub.subscription(self.namespace, self.runner_selector)
-        return self._runner_events
-
-    def close_runner_events(self) -> None:
-        if self._runner_events is not None:
-            self._runner_events.close()
 
     def cancelled_task_ids(self) -> frozenset[str] | None:
         """For a TaskCancellation: the tasks whose runners and resources go; None: the whole job."""
@@ -641,7 +623,7 @@ def _terminator(ctx: Ctx, state: Termination) -> RunnerTerminator:
         concurrency=ctx.settings.concurrency, clock=ctx.clock, log=ctx.log, on_progress=progress,
         on_forced=forced, adopt_new=ctx.is_job, owner=ctx.me, task_filter=ctx.cancelled_task_ids(),
         live_requests=ctx.live_requests, belongs=ctx.mine, finished_tasks=lambda: _finished_task_ids(ctx),
-        before_force=keeping.log_again(ctx), events=ctx.runner_events,
+        before_force=keeping.log_again(ctx),
     )
 
 

@@ -1,7 +1,6 @@
-"""RunnerTerminator: signal runner pods, delete them with their grace period, follow them (the
-events of its label selector, from the operator's shared runner watch: necrocode.runnerhub),
-and force-delete those still there when the grace (plus the escalation delay) has run out
-(seed 3, 8.2, 11.2).
+"""RunnerTerminator: signal runner pods, delete them with their grace period, follow them with
+one label-selector watch, and force-delete those still there when the grace (plus the
+escalation delay) has run out (seed 3, 8.2, 11.2).
 
 When to delete, force, call a runner stuck or wake up is decided in policies.termination, from
 each pod's own deletionTimestamp, so a terminator started again after an operator restart picks
@@ -11,6 +10,7 @@ up exactly where the last one was.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -18,12 +18,11 @@ from typing import Any
 from necrocode import metrics
 from necrocode.clock import Clock
 from necrocode.concurrency import bounded
-from necrocode.kube import ApiError, Conflict, Kube, NotFound, TransientError, core_path
+from necrocode.kube import ApiError, Conflict, Gone, Kube, NotFound, TransientError, core_path
 from necrocode.logs import Bound
 from necrocode.model import ANNOTATION_CANCEL_REQUESTED, LABEL_TASK, Ref, clip, iso
 from necrocode.planning import foreign_marker, marker_is, marker_of
 from necrocode.policies.termination import Schedule, Termination, count_away, delete_needed
-from necrocode.runnerhub import RESYNC, Subscription
 
 Obj = dict[str, Any]
 
@@ -32,7 +31,7 @@ class RunnerTerminator:
     def __init__(self, kube: Kube, namespace: str, selector: str, *, grace: int, escalate_after: int,
                  stuck_timeout: float, concurrency: int, clock: Clock, log: Bound,
                  on_progress: Callable[[Termination], None], on_forced: Callable[[str], Awaitable[None]],
-                 adopt_new: bool, owner: Ref, events: Subscription, task_filter: frozenset[str] | None = None,
+                 adopt_new: bool, owner: Ref, task_filter: frozenset[str] | None = None,
                  live_requests: Callable[[], Awaitable[Mapping[str, str]]] | None = None,
                  belongs: Callable[[Obj], bool] = lambda pod: True,
                  finished_tasks: Callable[[], Awaitable[frozenset[str]]] | None = None,
@@ -43,9 +42,6 @@ class RunnerTerminator:
         self.on_progress, self.on_forced, self.adopt_new = on_progress, on_forced, adopt_new
         self.owner, self.task_filter, self.belongs = owner, task_filter, belongs
         self.before_force = before_force
-        self.events = events
-        """The cancellation's subscription to the runner watch, renewed before each list that the
-        following of the runners starts from (so nothing after that list is missed)."""
         """Runs right before a runner is force-deleted (its log read once more; bounded by the caller)."""
         self.foreign: set[str] = set()
         self.seen: set[str] = set()
@@ -68,12 +64,7 @@ class RunnerTerminator:
         """A runner of the tasks this request stops, of the job instance it was made for."""
         return (self.task_filter is None or _task(pod) in self.task_filter) and self.belongs(pod)
 
-    async def list_runners(self, renew: bool = True) -> tuple[list[Obj], str]:
-        """The runners as they are now; `renew`: this list is where the following of the runners
-        starts (subscribed to their events first). A resync's list is not: the events queued
-        since the start stay (a late runner is only adopted from its event)."""
-        if renew:
-            await self.events.renew()
+    async def list_runners(self) -> tuple[list[Obj], str]:
         items, rv = await self.kube.list_all(self.pods_path, label_selector=self.selector, meta_only=True)
         return [p for p in items if self.wanted(p)], rv
 
@@ -157,14 +148,11 @@ class RunnerTerminator:
     async def terminate(self, state: Termination, listed: tuple[list[Obj], str] | None = None,
                         before_delete: Callable[[int], Awaitable[None]] | None = None) -> Termination:
         """Delete every runner matching the selector and wait until each is gone, forced, or stuck.
-        `listed`: the runners as the signal step just listed them (its list renewed the
-        subscription, so the events since that list are queued: nothing that changed is missed). `before_delete(total)`
+        `listed`: the runners as the signal step just listed them (the watch starts from that
+        list's resourceVersion, so nothing that changed since is missed). `before_delete(total)`
         runs before the first delete (the step makes the total durable there: runners that go
         while no operator watches are counted from it after a restart)."""
-        if listed is not None and not self.events.subscribed:  # not since that list: list again
-            await self.events.renew()
-            self.events.queue.put_nowait(RESYNC)
-        pods, _ = listed if listed is not None else await self.list_runners()
+        pods, rv = listed if listed is not None else await self.list_runners()
         remaining = Schedule(self.escalate_after, self.stuck_timeout)
         for p in pods:
             remaining[p["metadata"]["name"]] = p
@@ -177,9 +165,12 @@ class RunnerTerminator:
         remaining.undeleted_deadline = started + self.grace + self.escalate_after
         self.on_progress(state)
 
-        events = self._events = self.events.queue
+        events: asyncio.Queue[Obj] = asyncio.Queue()
+        self._events = events
         if self._escalated:
             events.put_nowait({"type": "ESCALATE"})
+        watch_rv = [rv]
+        watcher = asyncio.create_task(self._watch(events, watch_rv))
         try:
             await bounded(list(remaining.values()), lambda p: self._delete(p, remaining, state), self.concurrency)
             self._settle(remaining, state, started)
@@ -211,7 +202,9 @@ class RunnerTerminator:
             self.on_progress(state)  # the last runner may have gone in a resync or a stuck check
         finally:
             self._events = None
-            self.events.close()  # followed to the end: a run of this step again lists (and subscribes) anew
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await watcher
         return state
 
     async def _check_stuck(self, name: str, remaining: Schedule, state: Termination, started: float) -> None:
@@ -355,7 +348,7 @@ class RunnerTerminator:
                 await self._delete(obj, remaining, state)
 
     async def _resync(self, remaining: Schedule, state: Termination, started: float) -> None:
-        pods, _ = await self.list_runners(renew=False)
+        pods, _ = await self.list_runners()
         present = {p["metadata"]["name"]: p for p in pods}
         for name in list(remaining):
             if name in present:
@@ -365,6 +358,27 @@ class RunnerTerminator:
         for name, p in present.items():
             if name in remaining and remaining.awaits_delete(name, state.forced):
                 await self._delete(p, remaining, state)
+
+    async def _watch(self, out: asyncio.Queue[Obj], rv: list[str]) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                async for ev in self.kube.watch(self.pods_path, label_selector=self.selector,
+                                                resource_version=rv[0], meta_only=True):
+                    meta = (ev.get("object") or {}).get("metadata") or {}
+                    if meta.get("resourceVersion"):
+                        rv[0] = meta["resourceVersion"]
+                    if ev.get("type") != "BOOKMARK":
+                        await out.put(ev)
+                    backoff = 0.2
+            except Gone:
+                _, rv[0] = await self.list_runners()
+                await out.put({"type": "RESYNC"})
+            except (TransientError, ApiError) as exc:
+                self.log.warning("runner watch broken, resuming", error=str(exc))
+                await self.clock.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                await out.put({"type": "RESYNC"})
 
 
 def stuck_reason(pod: Obj, error: str | None, attempts: int, let_go: bool = False) -> str:

@@ -148,6 +148,5 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     service: CancellationService | None = memo.service
     memo.service = None
     if service is not None:
-        await service.runner_hub.close()
         await service.kube.close()
     log("operator stopped")
