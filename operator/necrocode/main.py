@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             ap.error(f"leader election: {exc}")
     logs.configure(a.log_format, a.log_level)
+    from necrocode import tlsbuffers
+
+    tlsbuffers.install()  # before any connection (a standby's leader election opens some before kopf starts)
     if a.release_finalizers:
         return _release(a)
     namespaces: list[str] = a.namespace or [n for n in os.environ.get("NECROCODE_NAMESPACES", "").split(",") if n]

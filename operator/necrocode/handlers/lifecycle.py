@@ -22,7 +22,7 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
-from necrocode import metrics
+from necrocode import metrics, tlsbuffers
 from necrocode.budget import Budget
 from necrocode.kube import Kube, load_credentials
 from necrocode.logs import log
@@ -90,6 +90,7 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 @kopf.on.startup()
 async def startup(memo: kopf.Memo, **_: Any) -> None:
     conf: Settings = memo.conf
+    tlsbuffers.install()  # before most of the operator's connections (kopf's watches start after startup)
     Kube.on_request = lambda verb, resource: metrics.API_REQUESTS.labels(verb=verb, resource=resource).inc()
     Budget.on_wait = lambda scope, seconds: metrics.API_BUDGET_WAIT.labels(scope=scope).inc(seconds)
     kube = Kube(load_credentials(os.environ.get("NECROCODE_KUBECONFIG") or None), concurrency=conf.concurrency,
