@@ -285,19 +285,24 @@ class RunnerTerminator:
             return
         if self.before_force is not None:
             await self.before_force(name)
-        state.forced.add(name)
         remaining.forced_at[name] = self.clock.monotonic()
-        await self.on_forced(name)
         try:
             out = await self.kube.delete(core_path(self.namespace, "pods", name), grace_period_seconds=0,
                                          uid=pod["metadata"].get("uid"), meta_only=True)
         except ApiError as exc:
+            state.forced.add(name)  # not forced again: the stuck timeout bounds it from here
             self._failed(name, pod, exc, state, "runner force delete failed")
             return
+        if out is None:
+            # gone before the force delete reached it (its graceful end, seen late by a busy
+            # watch): it went gracefully, and is counted and reported so, without an Event
+            self.log.info("runner gone before its force delete", runner=name, task=_task(pod))
+            self._gone(name, remaining, state, None)
+            return
+        state.forced.add(name)
+        await self.on_forced(name)
         self.log.warning("runner force-deleted", runner=name, task=_task(pod), grace_period_seconds=self.grace,
                          escalate_after_seconds=self.escalate_after, escalated=self._escalated)
-        if out is None:
-            self._gone(name, remaining, state, None)
 
     def _failed(self, name: str, pod: Obj, exc: ApiError, state: Termination, what: str) -> None:
         state.errors[name] = str(exc)
