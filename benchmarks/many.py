@@ -53,7 +53,7 @@ async def ours(h: Harness, jobs: int, per_job: int, create_concurrency: int = 50
     ns = await _world(h, "many", jobs, per_job)
     try:
         names = [f"stop-j{j:04d}" for j in range(jobs)]
-        before, before_each = h.op.metrics(), h.op.metrics(by_resource=True)
+        before = h.op.metrics(by_resource=True)
         rss = RssSampler(h.op)
         rss.start()
         cpu = h.cpu_start()
@@ -74,8 +74,11 @@ async def ours(h: Harness, jobs: int, per_job: int, create_concurrency: int = 50
         if prof is not None:
             await prof
         peak = await rss.stop()
-        calls = delta(before, h.op.metrics())
-        each = delta(before_each, h.op.metrics(by_resource=True))
+        each = delta(before, h.op.metrics(by_resource=True))  # "VERB resource" -> requests
+        calls: dict[str, int] = {}
+        for key, n in each.items():
+            verb = key.split(" ", 1)[0]
+            calls[verb] = calls.get(verb, 0) + n
         pods_left, held = await _left(h, ns)
         assert pods_left == 0 and held == 0, (pods_left, held)
         return {"seconds": seconds, "creation_spread_seconds": max(created),
