@@ -103,7 +103,7 @@ class CancellationService:
                     task=spec.task_id)
         tracker = CancellationTracker(self.kube, kind, meta["namespace"], meta["name"], status,
                                       interval=self.settings.status_write_interval, clock=self.clock, log=log,
-                                      stretch=self._status_interval)
+                                      stretch=self._status_interval, resource_version=meta.get("resourceVersion"))
         s = self.settings
         ctx = Ctx(
             kube=self.kube, settings=s, clock=self.clock, kind=kind, namespace=meta["namespace"],
@@ -114,7 +114,7 @@ class CancellationService:
                                   concurrency=s.concurrency),
             cleaner=ResourceCleaner(self.kube, meta["namespace"], log=log, concurrency=s.concurrency,
                                     include_secrets=s.include_secrets),
-            changed=tracker.changed, flush=tracker.flush, body=body,
+            changed=tracker.changed, flush=tracker.flush, body=body, wrote_record=tracker.saw,
             escalate_other=self.escalate,
             requester=requester_of(meta, spec.requested_by, policy_installed=s.requester_policy),
         )

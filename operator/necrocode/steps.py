@@ -119,6 +119,9 @@ class Ctx:
     changed: Callable[[], None]
     flush: Callable[[], Awaitable[None]]
     body: Obj = field(default_factory=dict)
+    wrote_record: Callable[[Obj], None] = lambda answer: None
+    """Told the answer of each write of the record itself (not its status) made here: the
+    tracker's status writes are conditional on the record's resourceVersion (tracker.py)."""
     stop: bool = False
     final: tuple[Phase, str] | None = None
     step_name: str = ""
@@ -415,7 +418,8 @@ async def _label_self(ctx: Ctx) -> None:
     if all(current.get(k) == v for k, v in labels.items()):
         return
     try:
-        await ctx.kube.merge_patch(nc_path(ctx.namespace, PLURAL[ctx.kind], ctx.name), {"metadata": {"labels": labels}})
+        ctx.wrote_record(await ctx.kube.merge_patch(nc_path(ctx.namespace, PLURAL[ctx.kind], ctx.name),
+                                                    {"metadata": {"labels": labels}}, meta_only=True))
     except NotFound:
         pass
 

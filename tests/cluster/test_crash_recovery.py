@@ -208,3 +208,64 @@ def test_operator_killed_inside_each_step_finishes_with_exact_counts(
         task = kube.task(ns, "job", t)["status"]
         assert task["state"] == OTHER_STATES[t] and not task.get("cancellation")
     assert kube.get("agentjobs", ns, "job")["status"]["phase"] == "Cancelled"
+
+
+# ----------------------------------------------------------------------------- late status writes
+async def test_a_status_write_landing_after_another_run_finished_the_record_is_refused(
+        kube: Kubectl, cluster: ClusterInfo, solo_namespace: str) -> None:
+    """The case the kills above can meet by chance (CI, once): the killed operator's last status
+    PATCH, held on the wire, reaches the API server after the new operator finished the record.
+    It carries the resourceVersion its sender last saw, so the API server refuses it, and the
+    final status stays; a live writer that meets the final status drops its write. Meanwhile a
+    write that conflicts with anything else (a label) is re-read and goes in."""
+    from necrocode.clock import SystemClock
+    from necrocode.kube import Conflict, Kube, load_credentials, nc_path
+    from necrocode.logs import Bound
+    from necrocode.model import JOB_CANCELLATION, CancellationStatus, Phase
+    from necrocode.tracker import CancellationTracker
+
+    ns = solo_namespace
+    k = Kube(load_credentials(str(cluster.kubeconfig)))
+
+    def tracker(name: str, status: CancellationStatus, rv: str | None) -> CancellationTracker:
+        return CancellationTracker(k, JOB_CANCELLATION, ns, name, status, interval=1.0, clock=SystemClock(),
+                                   log=Bound(cancellation=name), resource_version=rv)
+
+    def stored(name: str) -> dict[str, Any]:
+        return kube.get("jobcancellations", ns, name)
+
+    try:
+        created = kube.cancel_job(ns, "stop", "job")
+        first = tracker("stop", CancellationStatus(phase=Phase.RUNNING, message="first run"),
+                        created["metadata"]["resourceVersion"])
+        await first.flush()
+        on_the_wire = {"metadata": {"resourceVersion": first.resource_version},
+                       "status": {"phase": "Running", "message": "first run, late"}}
+        # the second run resumes from what is stored and finishes it
+        body = stored("stop")
+        second = tracker("stop", CancellationStatus.model_validate(body["status"]), body["metadata"]["resourceVersion"])
+        second.status.phase, second.status.message = Phase.COMPLETED, "second run: done"
+        await second.flush()
+        # the first run's write lands now: refused by the API server
+        with pytest.raises(Conflict):
+            await k.merge_patch(nc_path(ns, "jobcancellations", "stop", "status"), on_the_wire)
+        # and a first run still alive drops its write once it sees the final status
+        first.status.message = "first run, later"
+        await first.flush()
+        assert first.superseded
+        st = stored("stop")["status"]
+        assert (st["phase"], st["message"]) == ("Completed", "second run: done"), st
+
+        # any other write in between (here a label) only makes the next status write re-read
+        created = kube.cancel_job(ns, "other", "job")
+        t = tracker("other", CancellationStatus(phase=Phase.RUNNING, message="one"),
+                    created["metadata"]["resourceVersion"])
+        await t.flush()
+        kube.custom.patch_namespaced_custom_object("necrocode.io", "v1alpha1", ns, "jobcancellations", "other",
+                                                   {"metadata": {"labels": {"someone": "else"}}})
+        t.status.message = "two"
+        await t.flush()
+        assert not t.superseded
+        assert stored("other")["status"]["message"] == "two"
+    finally:
+        await k.close()
