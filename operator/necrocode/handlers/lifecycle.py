@@ -7,6 +7,7 @@ of them share these objects):
   memo.conf      Settings, read once from the environment by `main`
   memo.service   the CancellationService (set by startup, None after cleanup)
   memo.expiries  the pending TTL deletions of this process (handlers/common.py)
+  memo.kopf_connections  the size of kopf's connection pool (necrocode.kopfclient; 0: unbounded)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
-from necrocode import metrics, tlsbuffers
+from necrocode import kopfclient, metrics, tlsbuffers
 from necrocode.budget import Budget
 from necrocode.kube import Kube, load_credentials
 from necrocode.logs import log
@@ -49,18 +50,19 @@ def kopf_settings(conf: Settings, namespaces: Sequence[str]) -> kopf.OperatorSet
     return settings
 
 
-def new_memo(conf: Settings) -> kopf.Memo:
+def new_memo(conf: Settings, kopf_connections: int = 0) -> kopf.Memo:
     """The operator-wide memo (passed to `kopf.operator(memo=...)`), one per run of kopf."""
-    return kopf.Memo(conf=conf, service=None, expiries={})
+    return kopf.Memo(conf=conf, service=None, expiries={}, kopf_connections=kopf_connections)
 
 
 def operate(conf: Settings, namespaces: Sequence[str], *, liveness: str | None,
             stop_flag: asyncio.Event | threading.Event | None = None) -> Coroutine[Any, Any, None]:
     """kopf running this package's handlers, with our settings and memo: what `necrocode-operator`
     runs (alone, or while it leads), and what the tests run in a thread."""
-    return kopf.operator(clusterwide=not namespaces, namespaces=list(namespaces),
-                         settings=kopf_settings(conf, namespaces), memo=new_memo(conf),
-                         liveness_endpoint=liveness, stop_flag=stop_flag)
+    settings = kopf_settings(conf, namespaces)
+    limit = kopfclient.connection_limit(namespaces, scanning=not settings.scanning.disabled)
+    return kopf.operator(clusterwide=not namespaces, namespaces=list(namespaces), settings=settings,
+                         memo=new_memo(conf, limit), liveness_endpoint=liveness, stop_flag=stop_flag)
 
 
 def service_of(memo: kopf.Memo) -> CancellationService:
@@ -71,7 +73,17 @@ def service_of(memo: kopf.Memo) -> CancellationService:
 
 
 @kopf.on.login()
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.AiohttpSession | None:
+    """kopf's client: the credentials of `credentials`, in a session whose pool is bounded
+    (necrocode.kopfclient: why)."""
+    info = credentials(**kwargs)
+    if info is None:
+        return None
+    tlsbuffers.install()  # kopf's first connections open right after login
+    return kopfclient.bounded_session(info, getattr(memo, "kopf_connections", 0))
+
+
+def credentials(**kwargs: Any) -> kopf.ConnectionInfo | None:
     """In-cluster ServiceAccount, else the kubeconfig named by $NECROCODE_KUBECONFIG or
     $KUBECONFIG (read at login time), else the client library's own discovery."""
     path = os.environ.get("NECROCODE_KUBECONFIG")
