@@ -106,7 +106,11 @@ def release(cluster: ClusterInfo, kube: Kubectl, real_node_handle: RealNodeHandl
     values: dict[str, Any] = {
         "image": {"repository": repo, "tag": tag, "pullPolicy": "Never"},
         "watchNamespaces": [ns],
-        "leaderElection": {"enabled": True, "leaseSeconds": 5},
+        # the chart's lease (15 s; renew deadline 10 s): a takeover here follows a graceful stop,
+        # which releases the Lease, so a short one buys nothing and, on a loaded 2-core CI machine,
+        # let a leader miss its renew deadline (3.3 s at 5 s) and exit, which the kubelet counts
+        # as a restart
+        "leaderElection": {"enabled": True},
         "tolerations": [{"key": realnode.TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}],
         # the real node first; another node only when it cannot take the pod (cordoned, for the drain)
         "affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
@@ -180,8 +184,31 @@ def settled(kube: Kubectl, rel: Release, replicas: int, node: str) -> list[Any]:
     pods = operator_pods(kube, rel)
     assert len(pods) == replicas and all(ready(p) for p in pods), [(p.metadata.name, p.status.phase) for p in pods]
     assert all(p.spec.node_name == node for p in pods), [p.spec.node_name for p in pods]
-    assert all(c.restart_count == 0 for p in pods for c in p.status.container_statuses), "a replica restarted"
+    restarted = [p for p in pods if any(c.restart_count for c in p.status.container_statuses or [])]
+    assert not restarted, "a replica restarted:\n" + "\n".join(why_restarted(kube, p) for p in restarted)
     return pods
+
+
+def why_restarted(kube: Kubectl, pod: Any) -> str:
+    """What the kubelet recorded of a container's last end (reason, exit code, when) and the tail
+    of that run's log: a lost Lease (exit 1, "leadership lost"), OOMKilled, a failed probe."""
+    out = []
+    for c in pod.status.container_statuses or []:
+        t = c.last_state.terminated if c.last_state else None
+        if t is not None:
+            out.append(f"{pod.metadata.name}/{c.name}: restarts {c.restart_count}, last ended {t.reason} "
+                       f"(exit {t.exit_code}) {t.started_at} .. {t.finished_at} {t.message or ''}")
+        try:
+            prev = kube.core.read_namespaced_pod_log(pod.metadata.name, pod.metadata.namespace, container=c.name,
+                                                     previous=True, tail_lines=20, _preload_content=False,
+                                                     _request_timeout=10).data.decode(errors="replace")
+        except ApiException as exc:
+            prev = f"(previous log: {exc.status})"
+        out.append(prev)
+    events = kube.core.list_namespaced_event(pod.metadata.namespace,
+                                             field_selector=f"involvedObject.name={pod.metadata.name}")
+    out += [f"event {e.reason}: {e.message}" for e in events.items if e.type == "Warning"]
+    return "\n".join(out)
 
 
 class ReadyWatch:
