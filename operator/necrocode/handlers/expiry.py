@@ -85,7 +85,10 @@ def schedule_expiry(memo: kopf.Memo, event: kopf.RawEvent, body: kopf.Body) -> N
             return
         if current[0] > now_utc():  # still waiting: replaced (one already deleting is left to finish)
             current[1].cancel()
-    plain = {"kind": body["kind"], "metadata": dict(meta)}
+    # what the deletion needs, no more: a pending deletion lives as long as the TTL (7 days by
+    # default), one per finished record, and the whole metadata (managedFields, kopf's
+    # last-handled-configuration) would be kilobytes each
+    plain = {"kind": body["kind"], "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid")}}
     task = asyncio.create_task(_expire_when_due(service.kube, expiries, uid, plain, due, ttl, default),
                                name=f"ttl {meta.get('namespace')}/{meta.get('name')}")
     expiries[uid] = (due, task)
