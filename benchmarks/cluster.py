@@ -14,7 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from benchmarks.common import NODES, NS_PREFIX, REPO
+from benchmarks.common import NODES, REPO
 from hack.localcluster import LocalCluster, bin_dir, free_port
 from tests.support.kube import Kubectl  # the harness's one import from tests/
 
@@ -31,7 +31,7 @@ def install_crds(kubeconfig: Path) -> None:
 
 
 class Operator:
-    """`python -m necrocode.main` serving nb-* (optionally under py-spy); its API calls by verb
+    """`python -m necrocode.main` serving the whole cluster (optionally under py-spy); its API calls by verb
     from its /metrics, its memory from /proc."""
 
     def __init__(self, kubeconfig: Path, out: Path, env: dict[str, str | None] | None = None,
@@ -51,7 +51,9 @@ class Operator:
                 env.pop(k, None)
             else:
                 env[k] = v
-        cmd = [sys.executable, "-m", "necrocode.main", "--namespace", f"{NS_PREFIX}*", "--liveness", "",
+        # the whole cluster, as the chart installs it by default (watchNamespaces empty); the
+        # benchmark's namespaces (nb-*) are the only ones with cancellations in them
+        cmd = [sys.executable, "-m", "necrocode.main", "--liveness", "",
                "--log-format", "json"]
         if profile:
             cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--rate", "200", "--format", "raw",

@@ -16,7 +16,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 Obj = dict[str, Any]
 NODES = 10
-NS_PREFIX = "nb-"  # the operator serves nb-*
+NS_PREFIX = "nb-"  # the benchmark's namespaces (the operator serves the whole cluster)
 TERMINAL = {"Completed", "PartiallyCompleted", "Failed", "Rejected"}
 GRACE = 30
 SELECTOR = "necrocode.io/job=job"  # the runners of the one job a size's world holds

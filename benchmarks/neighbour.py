@@ -22,7 +22,7 @@ from hack.localcluster import LocalCluster
 from necrocode.kube import Credentials, Kube, core_path, nc_path
 from necrocode.planning import RetryPolicy
 
-PREFIX = "neighbour-"  # not nb-*: the operator does not serve it
+PREFIX = "neighbour-"  # not nb-*: no cancellation there (the operator serves the whole cluster)
 LABEL = "app=neighbour"
 BUDGET_KEYS = {"qps": "NECROCODE_API_QPS", "burst": "NECROCODE_API_BURST", "concurrency": "NECROCODE_CONCURRENCY",
                "cancellation_concurrency": "NECROCODE_CANCELLATION_CONCURRENCY",
@@ -190,7 +190,7 @@ async def run(h: Harness, cluster: LocalCluster, *, runners: int, approaches: li
     """Each rep: an idle window, then each approach cancelling `runners` runners (ours once per
     budget, each with an operator of its own started with the budget's variables) while the load
     runs; samples are filed by the approach's timed window. The suite's operator must be stopped
-    (only one may serve nb-*)."""
+    (only one may serve the cluster)."""
     plan: list[tuple[str, str, dict[str, str | None] | None]] = [
         (f"ours [{label}]", "ours", env) for label, env in parse_budgets(budgets) if "ours" in approaches]
     plan += [(name, name, None) for name in approaches if name != "ours"]
