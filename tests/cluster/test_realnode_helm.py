@@ -107,9 +107,9 @@ def release(cluster: ClusterInfo, kube: Kubectl, real_node_handle: RealNodeHandl
         "image": {"repository": repo, "tag": tag, "pullPolicy": "Never"},
         "watchNamespaces": [ns],
         # the chart's lease (15 s; renew deadline 10 s): a takeover here follows a graceful stop,
-        # which releases the Lease, so a short one buys nothing and, on a loaded 2-core CI machine,
-        # let a leader miss its renew deadline (3.3 s at 5 s) and exit, which the kubelet counts
-        # as a restart
+        # which releases the Lease, so a short one buys nothing, and on a loaded 2-core CI
+        # machine a 5 s lease's 3.3 s renew deadline can be missed: the leader exits, which the
+        # kubelet counts as a restart (the likely cause of one CI saw, not confirmed)
         "leaderElection": {"enabled": True},
         "tolerations": [{"key": realnode.TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}],
         # the real node first; another node only when it cannot take the pod (cordoned, for the drain)
