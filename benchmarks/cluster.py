@@ -172,13 +172,18 @@ def delta(a: dict[str, float], b: dict[str, float]) -> dict[str, int]:
     return {k: int(b.get(k, 0) - a.get(k, 0)) for k in sorted(set(a) | set(b)) if b.get(k, 0) - a.get(k, 0)}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 class CpuMeter:
     """CPU seconds (user + system) of each control-plane process, the operator and this harness,
     so each figure says which component was busy: on a 2-core machine that is what bounds it."""
 
     def __init__(self, cluster: LocalCluster, op: Operator):
         self.cluster, self.op = cluster, op
-        self.tick = os.sysconf("SC_CLK_TCK")
 
     def _pids(self) -> dict[str, int]:
         pids = dict(self.cluster._pids())
@@ -191,8 +196,7 @@ class CpuMeter:
         out = {"_wall": time.perf_counter()}
         for name, pid in self._pids().items():
             with contextlib.suppress(OSError, ValueError, IndexError):
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                out[name] = (int(fields[11]) + int(fields[12])) / self.tick  # utime + stime
+                out[name] = cpu_seconds(pid)
         return out
 
     def since(self, before: dict[str, float]) -> dict[str, float]:

@@ -6,11 +6,10 @@ long before it would take an operator down in production."""
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from pathlib import Path
 
-from benchmarks.cluster import Operator
+from benchmarks.cluster import Operator, cpu_seconds
 from benchmarks.common import Obj, say
 from benchmarks.world import World, wait_phases
 from necrocode.kube import Kube, nc_path
@@ -20,20 +19,15 @@ WARMUP = 10
 are meant to stay (imports, connection pools, kopf's per-resource state)."""
 
 
-def _cpu_seconds(op: Operator) -> float:
-    fields = Path(f"/proc/{op.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
 async def _snapshot(op: Operator, quiet_seconds: float = 5.0, timeout: float = 120) -> Obj:  # noqa: ASYNC109
     """The reading once the operator has been idle (under 1 % of a core) for `quiet_seconds`:
     kopf works through the last events of each object, then keeps a worker per object for a
     few seconds more (its batching idle timeout); read earlier, that work in progress shows as
     growth (seen: half the removed records' state still held 2 s after the last was gone)."""
-    deadline, quiet, last = time.monotonic() + timeout, 0.0, _cpu_seconds(op)
+    deadline, quiet, last = time.monotonic() + timeout, 0.0, cpu_seconds(op.pid)
     while quiet < quiet_seconds and time.monotonic() < deadline:
         await asyncio.sleep(1.0)
-        now = _cpu_seconds(op)
+        now = cpu_seconds(op.pid)
         quiet = quiet + 1.0 if now - last < 0.01 else 0.0
         last = now
     return {"rss_mib": op.memory().get("VmRSS"), **op.connections()}

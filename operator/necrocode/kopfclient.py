@@ -32,10 +32,16 @@ REQUEST_CONNECTIONS = 32
 beside its watch streams. Our own client (necrocode.kube.Kube) has its separate pool."""
 
 
+def patterns(namespaces: Sequence[str]) -> bool:
+    """Whether any of kopf's namespaces is a pattern (globs, negations, lists), whose matches
+    are found at run time."""
+    return any(c in n for n in namespaces for c in "!*?,")
+
+
 def connection_limit(namespaces: Sequence[str], scanning: bool) -> int:
     """The size of kopf's pool for these namespaces (empty: the whole cluster); 0 (unbounded)
     when a namespace is a pattern."""
-    if any(c in n for n in namespaces for c in "!*?,"):
+    if patterns(namespaces):
         return 0
     streams = WATCHED_RESOURCES * max(1, len(namespaces)) + (SCAN_STREAMS if scanning else 0)
     return streams + REQUEST_CONNECTIONS

@@ -46,11 +46,11 @@ def kopf_settings(conf: Settings, namespaces: Sequence[str]) -> kopf.OperatorSet
     # Exact namespaces (no patterns) need no cluster-wide read: kopf's observation of namespaces
     # and CRDs is off, which the chart's namespaced RBAC relies on (without it kopf retries the
     # forbidden lists for about a minute before it serves anything; docs/rbac.md).
-    settings.scanning.disabled = bool(namespaces) and not any(c in n for n in namespaces for c in "!*?,")
+    settings.scanning.disabled = bool(namespaces) and not kopfclient.patterns(namespaces)
     return settings
 
 
-def new_memo(conf: Settings, kopf_connections: int = 0) -> kopf.Memo:
+def new_memo(conf: Settings, kopf_connections: int) -> kopf.Memo:
     """The operator-wide memo (passed to `kopf.operator(memo=...)`), one per run of kopf."""
     return kopf.Memo(conf=conf, service=None, expiries={}, kopf_connections=kopf_connections)
 
@@ -79,8 +79,7 @@ async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.AiohttpSession | None:
     info = credentials(**kwargs)
     if info is None:
         return None
-    tlsbuffers.install()  # kopf's first connections open right after login
-    return kopfclient.bounded_session(info, getattr(memo, "kopf_connections", 0))
+    return kopfclient.bounded_session(info, memo.kopf_connections)
 
 
 def credentials(**kwargs: Any) -> kopf.ConnectionInfo | None:
