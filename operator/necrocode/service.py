@@ -45,6 +45,7 @@ from necrocode.policies.resume import (
     time_left,
 )
 from necrocode.policies.status_writes import interval_for
+from necrocode.runnerwatch import RunnerWatches
 from necrocode.settings import Settings
 from necrocode.steps import Ctx, StepDef, StepResult, restore_affected, steps_for
 from necrocode.taskregistry import TaskRegistry
@@ -57,6 +58,7 @@ class CancellationService:
     def __init__(self, kube: Kube, settings: Settings, clock: Clock | None = None):
         self.kube, self.settings = kube, settings
         self.clock: Clock = clock or SystemClock()
+        self.runner_watches = RunnerWatches(kube, self.clock) if settings.shared_runner_watch else None
         self.running: dict[str, Ctx] = {}
         """The cancellations at work in this process, by uid (a forced request escalates one here)."""
 
@@ -115,7 +117,7 @@ class CancellationService:
             cleaner=ResourceCleaner(self.kube, meta["namespace"], log=log, concurrency=s.concurrency,
                                     include_secrets=s.include_secrets),
             changed=tracker.changed, flush=tracker.flush, body=body, wrote_record=tracker.saw,
-            escalate_other=self.escalate,
+            escalate_other=self.escalate, runner_watches=self.runner_watches,
             requester=requester_of(meta, spec.requested_by, policy_installed=s.requester_policy),
         )
         escalated_by = (meta.get("annotations") or {}).get(ANNOTATION_ESCALATED_BY)

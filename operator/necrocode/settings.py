@@ -99,6 +99,9 @@ class Settings:
     """Per-task Events for at most this many tasks of one cancellation (and RunnerForced Events
     for this many forced runners); beyond it one summary Event says how many more (as
     client-go's event spam filter would)."""
+    shared_runner_watch: bool = True
+    """Cancellations in one namespace follow their runners through one shared watch
+    (runnerwatch.py); off: a watch each, as before (kept to measure the difference)."""
     include_secrets: bool = False
     """Also delete Secrets labelled as the job's scratch (needs RBAC on secrets)."""
     requester_policy: bool = False
@@ -146,6 +149,7 @@ class Settings:
             request_timeout=float(_env("NECROCODE_REQUEST_TIMEOUT_SECONDS", "30")),
             status_list_limit=max(1, int(_env("NECROCODE_STATUS_LIST_LIMIT", "100"))),
             task_events_limit=max(0, int(_env("NECROCODE_TASK_EVENTS_LIMIT", "100"))),
+            shared_runner_watch=_flag("NECROCODE_SHARED_RUNNER_WATCH", "true"),
             include_secrets=_flag("NECROCODE_INCLUDE_SECRETS", "false"),
             requester_policy=_flag("NECROCODE_REQUESTER_POLICY", "false"),
             default_ttl_seconds=_ttl(_env("NECROCODE_DEFAULT_TTL_SECONDS", "")),

@@ -81,6 +81,7 @@ from necrocode.policies.drain import DrainTally, drain_split
 from necrocode.policies.resume import deferral_limit, prior_termination
 from necrocode.policies.termination import Termination, repair_grace
 from necrocode.policies.window import WINDOW_END_WORDS
+from necrocode.runnerwatch import RunnerWatches
 from necrocode.settings import Settings
 from necrocode.taskregistry import TaskRegistry
 from necrocode.terminator import RunnerTerminator
@@ -141,6 +142,8 @@ class Ctx:
     force_recorded: bool = False
     """force_set has recorded the change of spec.force in this run."""
     escalate_other: Callable[[str, str], bool] = lambda uid, by: False
+    runner_watches: RunnerWatches | None = None
+    """The process's shared runner watches (None: each terminator watches for itself)."""
     """Escalate the running cancellation with this uid, if it runs in this process (the service
     wires it); the annotation on that object covers a restart."""
     durable_total: int | None = None
@@ -633,7 +636,7 @@ def _terminator(ctx: Ctx, state: Termination) -> RunnerTerminator:
         concurrency=ctx.settings.concurrency, clock=ctx.clock, log=ctx.log, on_progress=progress,
         on_forced=forced, adopt_new=ctx.is_job, owner=ctx.me, task_filter=ctx.cancelled_task_ids(),
         live_requests=ctx.live_requests, belongs=ctx.mine, finished_tasks=lambda: _finished_task_ids(ctx),
-        before_force=keeping.log_again(ctx),
+        before_force=keeping.log_again(ctx), watches=ctx.runner_watches,
     )
 
 

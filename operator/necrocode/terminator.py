@@ -23,6 +23,7 @@ from necrocode.logs import Bound
 from necrocode.model import ANNOTATION_CANCEL_REQUESTED, LABEL_TASK, Ref, clip, iso
 from necrocode.planning import foreign_marker, marker_is, marker_of
 from necrocode.policies.termination import Schedule, Termination, count_away, delete_needed
+from necrocode.runnerwatch import RunnerWatches
 
 Obj = dict[str, Any]
 
@@ -35,13 +36,16 @@ class RunnerTerminator:
                  live_requests: Callable[[], Awaitable[Mapping[str, str]]] | None = None,
                  belongs: Callable[[Obj], bool] = lambda pod: True,
                  finished_tasks: Callable[[], Awaitable[frozenset[str]]] | None = None,
-                 before_force: Callable[[str], Awaitable[None]] | None = None):
+                 before_force: Callable[[str], Awaitable[None]] | None = None,
+                 watches: RunnerWatches | None = None):
         self.kube, self.namespace, self.selector = kube, namespace, selector
         self.grace, self.escalate_after, self.stuck_timeout = grace, escalate_after, stuck_timeout
         self.concurrency, self.clock, self.log = concurrency, clock, log
         self.on_progress, self.on_forced, self.adopt_new = on_progress, on_forced, adopt_new
         self.owner, self.task_filter, self.belongs = owner, task_filter, belongs
         self.before_force = before_force
+        self.watches = watches
+        """The namespace's shared runner watch (runnerwatch.py); None: a watch of its own."""
         """Runs right before a runner is force-deleted (its log read once more; bounded by the caller)."""
         self.foreign: set[str] = set()
         self.seen: set[str] = set()
@@ -365,6 +369,11 @@ class RunnerTerminator:
                 await self._delete(p, remaining, state)
 
     async def _watch(self, out: asyncio.Queue[Obj], rv: list[str]) -> None:
+        if self.watches is not None:
+            async with self.watches.subscribe(self.namespace, self.selector, rv[0]) as shared:
+                if shared is not None:  # its events, and RESYNC when it had to start over
+                    async for ev in shared:
+                        await out.put(ev)
         backoff = 0.2
         while True:
             try:
