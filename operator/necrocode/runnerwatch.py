@@ -39,7 +39,7 @@ from necrocode.budget import CURRENT
 from necrocode.clock import Clock
 from necrocode.kube import ApiError, Gone, Kube, core_path
 from necrocode.logs import Bound
-from necrocode.model import LABEL_ROLE, ROLE_RUNNER
+from necrocode.model import LABEL_JOB, LABEL_ROLE, ROLE_RUNNER
 
 Obj = dict[str, Any]
 RUNNERS = f"{LABEL_ROLE}={ROLE_RUNNER}"
@@ -80,6 +80,8 @@ class Subscription:
 
     def __init__(self, labels: dict[str, str], since: str):
         self.labels = labels
+        self.job = labels.get(LABEL_JOB)
+        """The runners' job, by which the shared watch finds a pod's subscribers (None: any job)."""
         self.since = _number(since)
         self.queue: asyncio.Queue[Obj] = asyncio.Queue()
 
@@ -110,7 +112,10 @@ class NamespaceWatch:
         self.kube, self.namespace, self.clock, self.log = kube, namespace, clock, log
         self.rv = since
         self.subscribers: set[Subscription] = set()
-        self.recent: deque[tuple[int | None, Obj]] = deque(maxlen=RECENT_EVENTS)
+        self.by_job: dict[str | None, set[Subscription]] = {}
+        """The subscribers by their runners' job: a pod event is matched against its job's only
+        (a thousand subscribers would otherwise each test every event)."""
+        self.recent: deque[tuple[int | None, str | None, Obj]] = deque(maxlen=RECENT_EVENTS)
         self.covers_from = _number(since)
         """Every event newer than this resourceVersion is in `recent` (None: not known)."""
         self._on_idle = on_idle
@@ -126,13 +131,19 @@ class NamespaceWatch:
         if sub.since is None or self.covers_from is None or sub.since < self.covers_from:
             sub.queue.put_nowait(RESYNC)  # what happened since its list is not all kept here
         else:
-            for _, ev in self.recent:
-                if sub.wants(ev):
+            for _, job, ev in self.recent:
+                if (sub.job is None or job == sub.job) and sub.wants(ev):
                     sub.give(ev)
         self.subscribers.add(sub)
+        self.by_job.setdefault(sub.job, set()).add(sub)
 
     def remove(self, sub: Subscription) -> None:
         self.subscribers.discard(sub)
+        same_job = self.by_job.get(sub.job)
+        if same_job is not None:
+            same_job.discard(sub)
+            if not same_job:
+                del self.by_job[sub.job]
         if not self.subscribers:
             if self.task is not None:
                 self.task.cancel()
@@ -140,14 +151,18 @@ class NamespaceWatch:
 
     def _keep(self, ev: Obj) -> None:
         meta = (ev.get("object") or {}).get("metadata")
+        job = None
         if isinstance(meta, dict):
             meta.pop("managedFields", None)  # read by no subscriber; most of what a kept event holds
+            labels = meta.get("labels")
+            job = labels.get(LABEL_JOB) if isinstance(labels, dict) else None
         if len(self.recent) == self.recent.maxlen:
             self.covers_from = self.recent[0][0]
-        self.recent.append((_rv(ev), ev))
-        for sub in self.subscribers:
-            if sub.wants(ev):
-                sub.give(ev)
+        self.recent.append((_rv(ev), job, ev))
+        for group in {job, None}:
+            for sub in self.by_job.get(group, ()):
+                if sub.wants(ev):
+                    sub.give(ev)
 
     def _restart(self, rv: str) -> None:
         """The watch goes on from `rv` with what happened before it unknown: every subscriber

@@ -62,6 +62,21 @@ def test_a_subscriber_gets_its_own_runners_newer_than_its_list_only() -> None:
     assert "managedFields" not in got[0]["object"]["metadata"]
 
 
+def test_a_subscriber_of_every_job_is_handed_every_runner_and_leaving_forgets_it() -> None:
+    w = shared("100")
+    every, only_a = Subscription({"necrocode.io/role": "runner"}, "100"), Subscription(JOB_A, "100")
+    w.add(every)
+    w.add(only_a)
+    w._keep(event("a-1", 101))
+    w._keep(event("b-1", 102, job="b"))
+    assert names(drained(every)) == ["a-1", "b-1"]
+    assert names(drained(only_a)) == ["a-1"]
+    w.remove(only_a)
+    assert set(w.by_job) == {None}
+    w._keep(event("a-2", 103))
+    assert names(drained(only_a)) == [] and names(drained(every)) == ["a-2"]
+
+
 def test_each_subscriber_gets_a_copy_it_may_change() -> None:
     w = shared("100")
     one, two = Subscription(JOB_A, "100"), Subscription(JOB_A, "100")
@@ -71,7 +86,7 @@ def test_each_subscriber_gets_a_copy_it_may_change() -> None:
     mine = drained(one)[0]
     mine["object"]["metadata"]["name"] = "changed"
     assert names(drained(two)) == ["a-1"]
-    assert names([w.recent[0][1]]) == ["a-1"]
+    assert names([w.recent[0][2]]) == ["a-1"]
 
 
 def test_a_late_subscriber_is_handed_what_happened_since_its_list() -> None:
