@@ -17,6 +17,7 @@ from necrocode.clock import SystemClock
 from necrocode.kube import Kube, core_path, load_credentials
 from necrocode.planning import RetryPolicy
 from necrocode.runnerwatch import RESYNC, RunnerWatches, Subscription
+from tests.cluster.test_metrics_and_logs import delta, scrape
 from tests.support.faultproxy import FaultProxy, proxy_kubeconfig
 from tests.support.kube import ClusterInfo, Kubectl
 
@@ -120,3 +121,27 @@ async def test_a_broken_shared_watch_makes_every_subscriber_list_again_and_goes_
                 await next_event(a, "ja-t1-runner")
         finally:
             await api.close()
+
+
+@pytest.mark.usefixtures("operator")
+def test_the_operator_follows_the_runners_of_concurrent_cancellations_in_a_namespace_with_one_watch(
+        kube: Kubectl, namespace: str, metrics_port: int) -> None:
+    """Three JobCancellations at once in one namespace, their runners on a lost node (they go
+    only when forced, after the grace): while all three wait, the operator holds one watch of
+    the namespace's runners, and every runner is gone at the end."""
+    jobs = ("j1", "j2", "j3")
+    for job in jobs:
+        kube.create_job(namespace, job)
+        for t in ("a", "b"):
+            kube.create_runner(namespace, job, t, stop="never", grace=10)
+            kube.create_task(namespace, job, t, "Running", runner=f"{job}-{t}-runner")
+    before = scrape(metrics_port)
+    for job in jobs:
+        kube.cancel_job(namespace, f"stop-{job}", job, gracePeriodSeconds=10, escalateAfterSeconds=1)
+    for job in jobs:
+        status = kube.wait_phase("jobcancellations", namespace, f"stop-{job}", timeout=90)["status"]
+        assert status["phase"] == "Completed", status
+        assert status["progress"]["runnersForced"] == 2
+    after = scrape(metrics_port)
+    assert kube.pods(namespace, "necrocode.io/role=runner") == []
+    assert delta(before, after, "necrocode_api_requests_total", verb="WATCH", resource="pods") == 1
