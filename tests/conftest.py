@@ -21,12 +21,20 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.kube import SHARED_NS_PREFIX, ClusterInfo, Kubectl, create_unreachable_node, operator_env
+from necrocode.kube import Kube
+from tests.support.kube import (
+    SHARED_NS_PREFIX,
+    ClusterInfo,
+    Kubectl,
+    api_client,
+    create_unreachable_node,
+    operator_env,
+)
 
 # This test run's id, inherited by every process it starts (control plane, real node, operators):
 # hack/check-leftovers.sh reports only processes carrying it. `make test` sets it for both.
@@ -100,6 +108,14 @@ def kube(cluster: ClusterInfo) -> Kubectl:
     k = Kubectl(cluster.kubeconfig)
     k.install_crds()
     return k
+
+
+@pytest.fixture
+async def api(cluster: ClusterInfo) -> AsyncIterator[Kube]:
+    """The operator's own client (necrocode.kube.Kube), with the test session's short retries."""
+    k = api_client(cluster.kubeconfig)
+    yield k
+    await k.close()
 
 
 @pytest.fixture

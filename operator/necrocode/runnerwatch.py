@@ -65,13 +65,13 @@ def equality_selector(selector: str) -> dict[str, str] | None:
     return out or None
 
 
-def _rv(ev: Obj) -> int | None:
-    raw = ((ev.get("object") or {}).get("metadata") or {}).get("resourceVersion")
-    return int(raw) if isinstance(raw, str) and raw.isdigit() else None
-
-
 def _number(rv: str) -> int | None:
     return int(rv) if rv.isdigit() else None
+
+
+def _rv(ev: Obj) -> int | None:
+    raw = ((ev.get("object") or {}).get("metadata") or {}).get("resourceVersion")
+    return _number(raw) if isinstance(raw, str) else None
 
 
 class Subscription:

@@ -142,10 +142,10 @@ class Ctx:
     force_recorded: bool = False
     """force_set has recorded the change of spec.force in this run."""
     escalate_other: Callable[[str, str], bool] = lambda uid, by: False
-    runner_watches: RunnerWatches | None = None
-    """The process's shared runner watches (None: each terminator watches for itself)."""
     """Escalate the running cancellation with this uid, if it runs in this process (the service
     wires it); the annotation on that object covers a restart."""
+    runner_watches: RunnerWatches | None = None
+    """The process's shared runner watches (None: each terminator watches for itself)."""
     durable_total: int | None = None
     """The runners' total this run has written to the stored status (make_total_durable)."""
     terminator: RunnerTerminator | None = None

@@ -44,9 +44,9 @@ class RunnerTerminator:
         self.on_progress, self.on_forced, self.adopt_new = on_progress, on_forced, adopt_new
         self.owner, self.task_filter, self.belongs = owner, task_filter, belongs
         self.before_force = before_force
+        """Runs right before a runner is force-deleted (its log read once more; bounded by the caller)."""
         self.watches = watches
         """The namespace's shared runner watch (runnerwatch.py); None: a watch of its own."""
-        """Runs right before a runner is force-deleted (its log read once more; bounded by the caller)."""
         self.foreign: set[str] = set()
         self.seen: set[str] = set()
         """Every runner this terminator has had in hand: a watch replaying an old event of one

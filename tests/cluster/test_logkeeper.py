@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from hack.localcluster import runner_log_text
 from necrocode.cleaner import ResourceCleaner
-from necrocode.kube import Kube, load_credentials
+from necrocode.kube import Kube
 from necrocode.logkeeper import keep_logs
 from necrocode.logs import Bound
 from necrocode.naming import kept_log_name
-from necrocode.planning import RetryPolicy
 from tests.support.kube import ClusterInfo, Kubectl, kubectl, wait_for
 
 JOB_UID = "0c0ffee0-1111-2222-3333-444455556666"
@@ -31,14 +29,6 @@ def kwok_serves_logs(cluster: ClusterInfo) -> None:
     ClusterLogs); another cluster ($KUBECONFIG) need not serve any."""
     if not cluster.local:
         pytest.skip("needs the local control plane's kwok, which serves the runners' logs")
-
-
-@pytest.fixture
-async def api(cluster: ClusterInfo) -> AsyncIterator[Kube]:
-    """The operator's own client, with the test session's short retry policy."""
-    k = Kube(load_credentials(str(cluster.kubeconfig)), timeout=5.0, retry=RetryPolicy(attempts=3, base_seconds=0.2))
-    yield k
-    await k.close()
 
 
 def running_runner(kube: Kubectl, ns: str, job: str, task: str, node: str = "kwok-node-0") -> dict[str, Any]:

@@ -7,26 +7,17 @@ its promises are checked one by one."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from necrocode.clock import SystemClock
-from necrocode.kube import Kube, core_path, load_credentials
-from necrocode.planning import RetryPolicy
+from necrocode.kube import Kube, core_path
 from necrocode.runnerwatch import RESYNC, RunnerWatches, Subscription
 from tests.cluster.test_metrics_and_logs import delta, scrape
 from tests.support.faultproxy import FaultProxy, proxy_kubeconfig
-from tests.support.kube import ClusterInfo, Kubectl
-
-
-@pytest.fixture
-async def api(cluster: ClusterInfo) -> AsyncIterator[Kube]:
-    k = Kube(load_credentials(str(cluster.kubeconfig)), timeout=5.0, retry=RetryPolicy(attempts=3, base_seconds=0.2))
-    yield k
-    await k.close()
+from tests.support.kube import ClusterInfo, Kubectl, api_client
 
 
 def runners(kube: Kubectl, ns: str, job: str, *tasks: str) -> None:
@@ -106,7 +97,7 @@ async def test_a_broken_shared_watch_makes_every_subscriber_list_again_and_goes_
     host, port = kube.api.configuration.host.removeprefix("https://").rsplit(":", 1)
     with FaultProxy(host, int(port)) as proxy:
         kc = proxy_kubeconfig(cluster.kubeconfig, tmp_path / "proxied.kubeconfig", proxy)
-        api = Kube(load_credentials(str(kc)), timeout=5.0, retry=RetryPolicy(attempts=3, base_seconds=0.2))
+        api = api_client(kc)
         try:
             watches = RunnerWatches(api, SystemClock())
             since = await listed(api, namespace, "ja")

@@ -16,6 +16,9 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+from necrocode.kube import Kube, load_credentials
+from necrocode.planning import RetryPolicy
+
 REPO = Path(__file__).resolve().parents[2]
 G, V = "necrocode.io", "v1alpha1"
 # The namespaces the session's operator serves; tests that run their own operator use others.
@@ -368,3 +371,8 @@ def create_unreachable_node(kube: Kubectl, name: str) -> int:
         "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": name}],
         "daemonEndpoints": {"kubeletEndpoint": {"Port": port}}}})
     return port
+
+
+def api_client(kubeconfig: Path) -> Kube:
+    """The operator's own client, with the test session's short retry policy."""
+    return Kube(load_credentials(str(kubeconfig)), timeout=5.0, retry=RetryPolicy(attempts=3, base_seconds=0.2))
