@@ -96,6 +96,15 @@ class Operator:
                 out[key] = out.get(key, 0) + float(line.rsplit(" ", 1)[1])
         return out
 
+    def gauge(self, name: str) -> float | None:
+        """A label-free metric's value from the operator's /metrics (None: not exported)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        for line in text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return None
+
     def memory(self) -> dict[str, float]:
         out: dict[str, float] = {}
         with contextlib.suppress(OSError):

@@ -30,7 +30,8 @@ async def _snapshot(op: Operator, quiet_seconds: float = 5.0, timeout: float = 1
         now = cpu_seconds(op.pid)
         quiet = quiet + 1.0 if now - last < 0.01 else 0.0
         last = now
-    return {"rss_mib": op.memory().get("VmRSS"), **op.connections()}
+    return {"rss_mib": op.memory().get("VmRSS"), **op.connections(),
+            "kopf_memories": op.gauge("necrocode_kopf_memories")}
 
 
 async def _remove_records(kube: Kube, ns: str, timeout: float = 300) -> None:  # noqa: ASYNC109
@@ -97,7 +98,7 @@ async def run(kube: Kube, world: World, kubeconfig: Path, out: Path, cancellatio
             f"{second['rss_mib']} MiB after {cancellations} more, {second_removed['rss_mib']} MiB once those were "
             f"removed; TCP connections {before['tcp']} -> {after['tcp']} -> {removed['tcp']} -> {second['tcp']} -> "
             f"{second_removed['tcp']}, fds {before['fds']} -> {after['fds']} -> {removed['fds']} -> {second['fds']} -> "
-            f"{second_removed['fds']}")
+            f"{second_removed['fds']}; kopf memories kept {before['kopf_memories']} -> {after['kopf_memories']}")
         return {"cancellations": cancellations, "runners_per_job": runners, "warmup": WARMUP, "seconds": seconds,
                 "before": before, "after": after, "growth": growth(after), "records_removed": removed,
                 "growth_records_removed": growth(removed), "kib_per_record_kept": per_record,

@@ -313,6 +313,15 @@ class Kube:
                 await self._sleep(policy.delay(attempt, self._jitter(), exc.retry_after))
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def reconnect_pause(self, breaks: int, exc: BaseException | None = None) -> float:
+        """The pause before a watch that broke `breaks` times in a row is opened again: the
+        retry policy's backoff (with its jitter, and a server's Retry-After), growing no further
+        than its last attempt's. A watch is opened again for as long as its owner wants it (a
+        terminator until its runners are gone, the shared runner watch while it has
+        subscribers), so the number of reopenings is bounded by the owner, not here."""
+        attempt = min(max(breaks, 1), self.retry.attempts)
+        return self.retry.delay(attempt, self._jitter(), getattr(exc, "retry_after", None))
+
     async def read_tail(self, path: str, limit: int, *, params: Mapping[str, Any] | None = None) -> TailBuffer:
         """GET a body that is not JSON (a pod's log) and keep only its last `limit` bytes, read
         chunk by chunk: whatever the body's size, no more than `limit` plus one chunk is held.

@@ -44,6 +44,9 @@ API_BUDGET_WAIT = Counter("necrocode_api_budget_wait_seconds_total",
                           "Seconds the operator's requests waited for the API budget (an in-flight slot or a "
                           "token of the rate), by scope: global (all cancellations together) or cancellation "
                           "(each one's own).", ["scope"])
+KOPF_MEMORIES = Gauge("necrocode_kopf_memories", "Objects kopf keeps a memory of in this operator: the cancellation "
+                      "records it still has work for (a finished record's goes once its daemon has; "
+                      "necrocode.kopfmemory).")
 LEADER = Gauge("necrocode_leader", "1 while this replica holds the leader Lease and acts, 0 while it stands by "
                "(without leader election: 1 while the operator runs).")
 

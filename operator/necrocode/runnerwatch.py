@@ -175,7 +175,7 @@ class NamespaceWatch:
 
     async def _run(self) -> None:
         path = core_path(self.namespace, "pods")
-        backoff = 0.2
+        breaks = 0  # in a row
         while True:
             try:
                 if not self.rv:
@@ -188,20 +188,20 @@ class NamespaceWatch:
                         self.rv = rv
                     if ev.get("type") != "BOOKMARK":
                         self._keep(ev)
-                    backoff = 0.2
+                    breaks = 0
             except Gone:
                 self.log.info("runner watch expired, starting over", namespace=self.namespace)
                 self.rv = ""
             except ApiError as exc:
                 self.log.warning("runner watch broken, resuming", namespace=self.namespace, error=str(exc))
-                await self.clock.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                breaks += 1
+                await self.clock.sleep(self.kube.reconnect_pause(breaks, exc))
                 for sub in self.subscribers:
                     sub.queue.put_nowait(RESYNC)
             except Exception as exc:  # a bug must not leave the subscribers without news for good
                 self.log.error("runner watch failed, starting over", namespace=self.namespace, error=repr(exc))
-                await self.clock.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                breaks += 1
+                await self.clock.sleep(self.kube.reconnect_pause(breaks, exc))
                 self.rv = ""
 
 

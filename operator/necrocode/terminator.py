@@ -374,7 +374,7 @@ class RunnerTerminator:
                 if shared is not None:  # its events, and RESYNC when it had to start over
                     async for ev in shared:
                         await out.put(ev)
-        backoff = 0.2
+        breaks = 0  # in a row
         while True:
             try:
                 async for ev in self.kube.watch(self.pods_path, label_selector=self.selector,
@@ -384,14 +384,14 @@ class RunnerTerminator:
                         rv[0] = meta["resourceVersion"]
                     if ev.get("type") != "BOOKMARK":
                         await out.put(ev)
-                    backoff = 0.2
+                    breaks = 0
             except Gone:
                 _, rv[0] = await self.list_runners()
                 await out.put({"type": "RESYNC"})
             except (TransientError, ApiError) as exc:
                 self.log.warning("runner watch broken, resuming", error=str(exc))
-                await self.clock.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                breaks += 1
+                await self.clock.sleep(self.kube.reconnect_pause(breaks, exc))
                 await out.put({"type": "RESYNC"})
 
 

@@ -56,6 +56,20 @@ def test_the_retry_budget_bounds_every_call() -> None:
     assert sum(p.delay(a, 0.999, retry_after=1e6) for a in range(1, p.attempts)) <= (p.attempts - 1) * p.max_seconds
 
 
+def test_a_broken_watch_is_reopened_after_the_policys_backoff_growing_no_further_than_its_last_attempt() -> None:
+    from necrocode.kube import Credentials, Kube, TransientError
+
+    jitter = iter([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.999999, 0.0])
+    kube = Kube(Credentials(host="https://127.0.0.1:1", ssl=False, configuration=None),  # type: ignore[arg-type]
+                retry=RetryPolicy(attempts=4, base_seconds=0.5, max_seconds=30), jitter=lambda: next(jitter))
+    # 1, 2, 3 breaks in a row: the policy's pauses; beyond its attempts the pause stops growing
+    assert [kube.reconnect_pause(b) for b in (1, 2, 3, 4, 50)] == [0.25, 0.5, 1.0, 2.0, 2.0]
+    assert kube.reconnect_pause(0) == 0.25  # never no pause at all
+    assert kube.reconnect_pause(50) == pytest.approx(4.0, abs=1e-5)  # jittered within the upper half
+    # a server that says when to come back is heard (up to the policy's cap)
+    assert kube.reconnect_pause(1, TransientError(429, "TooManyRequests", "slow down", {}, retry_after=12)) == 12
+
+
 # ----------------------------------------------------------------------------- markers
 @pytest.mark.parametrize("value", [None, "", "false", "[]", "0", "null", '"text"', "not json at all",
                                    '{"reason": "x"}', '{"by": ""}', '{"by": 7}', "{"])

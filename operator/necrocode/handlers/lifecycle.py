@@ -25,6 +25,7 @@ from prometheus_client import start_http_server
 
 from necrocode import kopfclient, metrics, tlsbuffers
 from necrocode.budget import Budget
+from necrocode.kopfmemory import LeanMemories
 from necrocode.kube import Kube, load_credentials
 from necrocode.logs import log
 from necrocode.model import FINALIZER, parse_time
@@ -58,11 +59,15 @@ def new_memo(conf: Settings, kopf_connections: int) -> kopf.Memo:
 def operate(conf: Settings, namespaces: Sequence[str], *, liveness: str | None,
             stop_flag: asyncio.Event | threading.Event | None = None) -> Coroutine[Any, Any, None]:
     """kopf running this package's handlers, with our settings and memo: what `necrocode-operator`
-    runs (alone, or while it leads), and what the tests run in a thread."""
+    runs (alone, or while it leads), and what the tests run in a thread. kopf keeps its memory of
+    each object in a LeanMemories (necrocode.kopfmemory: not for finished records)."""
     settings = kopf_settings(conf, namespaces)
     limit = kopfclient.connection_limit(namespaces, scanning=not settings.scanning.disabled)
+    memories = LeanMemories()
+    metrics.KOPF_MEMORIES.set_function(memories.kept)  # this process's operator (the latest, in tests)
     return kopf.operator(clusterwide=not namespaces, namespaces=list(namespaces), settings=settings,
-                         memo=new_memo(conf, limit), liveness_endpoint=liveness, stop_flag=stop_flag)
+                         memo=new_memo(conf, limit), memories=memories, liveness_endpoint=liveness,
+                         stop_flag=stop_flag)
 
 
 def service_of(memo: kopf.Memo) -> CancellationService:
