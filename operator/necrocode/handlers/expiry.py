@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections.abc import Mapping
 from datetime import datetime, timedelta
@@ -89,8 +90,11 @@ def schedule_expiry(memo: kopf.Memo, event: kopf.RawEvent, body: kopf.Body) -> N
     # default), one per finished record, and the whole metadata (managedFields, kopf's
     # last-handled-configuration) would be kilobytes each
     plain = {"kind": body["kind"], "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid")}}
+    # in a context of its own: a task copies the current one, and kopf's holds this event's cause
+    # (the record's whole body, its patch, its logger), which would live as long as the TTL does:
+    # ~27 KiB per finished record for 7 days (the leak check, docs/benchmarks.md "Session 10")
     task = asyncio.create_task(_expire_when_due(service.kube, expiries, uid, plain, due, ttl, default),
-                               name=f"ttl {meta.get('namespace')}/{meta.get('name')}")
+                               name=f"ttl {meta.get('namespace')}/{meta.get('name')}", context=contextvars.Context())
     expiries[uid] = (due, task)
 
 
