@@ -92,7 +92,7 @@ def schedule_expiry(memo: kopf.Memo, event: kopf.RawEvent, body: kopf.Body) -> N
     plain = {"kind": body["kind"], "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid")}}
     # in a context of its own: a task copies the current one, and kopf's holds this event's cause
     # (the record's whole body, its patch, its logger), which would live as long as the TTL does:
-    # ~27 KiB per finished record for 7 days (the leak check, docs/benchmarks.md "Session 10")
+    # ~19 KiB of live heap per finished record for 7 days (docs/benchmarks.md "Session 10")
     task = asyncio.create_task(_expire_when_due(service.kube, expiries, uid, plain, due, ttl, default),
                                name=f"ttl {meta.get('namespace')}/{meta.get('name')}", context=contextvars.Context())
     expiries[uid] = (due, task)
