@@ -53,6 +53,8 @@ def main() -> int:
     ap.add_argument("--neighbour-read-rate", type=float, default=40, help="neighbour reads a second")
     ap.add_argument("--leak-cancellations", type=int, default=500, help="sequential cancellations of the leak check (0: skip)")
     ap.add_argument("--leak-runners", type=int, default=2, help="runners per job in the leak check")
+    ap.add_argument("--leak-reps", type=int, default=3,
+                    help="leak checks, each with a fresh operator (the median one by RSS growth is reported)")
     ap.add_argument("--rss-pods", type=int, default=10_000, help="unrelated pods for the RSS run (0: skip)")
     ap.add_argument("--kubectl-max-n", type=int, default=1000,
                     help="run kubectl only up to this N (it deletes and waits one pod at a time: ~0.2 s a pod here)")

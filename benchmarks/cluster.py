@@ -109,10 +109,18 @@ class Operator:
         out: dict[str, float] = {}
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                if line.startswith(("VmHWM:", "VmRSS:")):
+                if line.startswith(("VmHWM:", "VmRSS:", "RssAnon:", "RssFile:")):
                     k, v = line.split(":", 1)
                     out[k] = round(int(v.split()[0]) / 1024, 1)  # MiB
         return out
+
+    def threads(self) -> int | None:
+        """Its OS threads: each can hold a malloc arena of its own."""
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                if line.startswith("Threads:"):
+                    return int(line.split()[1])
+        return None
 
     def connections(self) -> dict[str, int]:
         """Its open file descriptors, sockets among them, and its TCP connections (the socket

@@ -6,6 +6,7 @@ long before it would take an operator down in production."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from pathlib import Path
 
@@ -30,7 +31,9 @@ async def _snapshot(op: Operator, quiet_seconds: float = 5.0, timeout: float = 1
         now = cpu_seconds(op.pid)
         quiet = quiet + 1.0 if now - last < 0.01 else 0.0
         last = now
-    return {"rss_mib": op.memory().get("VmRSS"), **op.connections(),
+    mem = op.memory()
+    return {"rss_mib": mem.get("VmRSS"), "anon_mib": mem.get("RssAnon"), "file_mib": mem.get("RssFile"),
+            "threads": op.threads(), **op.connections(),
             "kopf_memories": op.gauge("necrocode_kopf_memories")}
 
 
@@ -44,14 +47,22 @@ async def _remove_records(kube: Kube, ns: str, timeout: float = 300) -> None:  #
         await asyncio.sleep(1.0)
 
 
+def median_run(runs: list[Obj]) -> Obj:
+    """The run whose RSS growth after its cancellations is the median (the lower middle one of an
+    even count): a whole run, so that its readings stay those of one operator."""
+    ranked = sorted(runs, key=lambda r: r["growth"]["rss_mib"] if r["growth"]["rss_mib"] is not None else math.inf)
+    return {**ranked[(len(ranked) - 1) // 2], "of_runs": [r["growth"]["rss_mib"] for r in runs]}
+
+
 async def run(kube: Kube, world: World, kubeconfig: Path, out: Path, cancellations: int = 500, runners: int = 2,
-              batch: int = 50) -> Obj:
+              batch: int = 50, tag: str = "operator-leak") -> Obj:
     """`cancellations` JobCancellations of `runners` runners each, one at a time (each Completed
     before the next is created), their worlds built `batch` jobs at a time so that the reading
     before and the one after see the same state: no live job in the namespace."""
     ns = await world.namespace("leak")  # before the operator: it finds it in its first listing
-    op = Operator(kubeconfig, out, tag="operator-leak")
+    op = Operator(kubeconfig, out, tag=tag)
     made = 0
+    curve: list[Obj] = []  # RSS after each batch, read at once (not idle): the shape of any growth
 
     async def cancel_all(count: int) -> None:
         nonlocal made
@@ -67,6 +78,9 @@ async def run(kube: Kube, world: World, kubeconfig: Path, out: Path, cancellatio
             made += len(jobs)
             left = await world.count(ns, "necrocode.io/role=runner")
             assert left == 0, left
+            mem = op.memory()
+            curve.append({"made": made, "rss_mib": mem.get("VmRSS"), "anon_mib": mem.get("RssAnon"),
+                          "file_mib": mem.get("RssFile"), "threads": op.threads()})
 
     try:
         op.start()
@@ -103,7 +117,8 @@ async def run(kube: Kube, world: World, kubeconfig: Path, out: Path, cancellatio
                 "before": before, "after": after, "growth": growth(after), "records_removed": removed,
                 "growth_records_removed": growth(removed), "kib_per_record_kept": per_record,
                 "second_round": second, "growth_second_round": growth(second),
-                "second_round_removed": second_removed, "growth_second_round_removed": growth(second_removed)}
+                "second_round_removed": second_removed, "growth_second_round_removed": growth(second_removed),
+                "curve": curve}
     finally:
         op.stop()
         await world.drop_namespace(ns, wait=300)
