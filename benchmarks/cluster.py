@@ -105,22 +105,21 @@ class Operator:
                 return float(line.rsplit(" ", 1)[1])
         return None
 
-    def memory(self) -> dict[str, float]:
-        out: dict[str, float] = {}
+    def status(self) -> dict[str, int]:
+        """The numbers of its /proc status: memory fields in kB, Threads (each can hold a malloc
+        arena of its own) a count."""
+        out: dict[str, int] = {}
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                if line.startswith(("VmHWM:", "VmRSS:", "RssAnon:", "RssFile:")):
-                    k, v = line.split(":", 1)
-                    out[k] = round(int(v.split()[0]) / 1024, 1)  # MiB
+                k, _, v = line.partition(":")
+                if v.split() and v.split()[0].isdigit():
+                    out[k] = int(v.split()[0])
         return out
 
-    def threads(self) -> int | None:
-        """Its OS threads: each can hold a malloc arena of its own."""
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                if line.startswith("Threads:"):
-                    return int(line.split()[1])
-        return None
+    def memory(self) -> dict[str, float]:
+        """Its VmHWM, VmRSS, RssAnon and RssFile in MiB."""
+        st = self.status()
+        return {k: round(st[k] / 1024, 1) for k in ("VmHWM", "VmRSS", "RssAnon", "RssFile") if k in st}
 
     def connections(self) -> dict[str, int]:
         """Its open file descriptors, sockets among them, and its TCP connections (the socket

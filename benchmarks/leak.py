@@ -31,10 +31,14 @@ async def _snapshot(op: Operator, quiet_seconds: float = 5.0, timeout: float = 1
         now = cpu_seconds(op.pid)
         quiet = quiet + 1.0 if now - last < 0.01 else 0.0
         last = now
-    mem = op.memory()
-    return {"rss_mib": mem.get("VmRSS"), "anon_mib": mem.get("RssAnon"), "file_mib": mem.get("RssFile"),
-            "threads": op.threads(), **op.connections(),
-            "kopf_memories": op.gauge("necrocode_kopf_memories")}
+    return {**_memory(op), **op.connections(), "kopf_memories": op.gauge("necrocode_kopf_memories")}
+
+
+def _memory(op: Operator) -> Obj:
+    """Its RSS (anonymous and file-backed apart) and its threads, read at once."""
+    st = op.status()
+    mib = {k: round(st[k] / 1024, 1) if k in st else None for k in ("VmRSS", "RssAnon", "RssFile")}
+    return {"rss_mib": mib["VmRSS"], "anon_mib": mib["RssAnon"], "file_mib": mib["RssFile"], "threads": st.get("Threads")}
 
 
 async def _remove_records(kube: Kube, ns: str, timeout: float = 300) -> None:  # noqa: ASYNC109
@@ -78,9 +82,7 @@ async def run(kube: Kube, world: World, kubeconfig: Path, out: Path, cancellatio
             made += len(jobs)
             left = await world.count(ns, "necrocode.io/role=runner")
             assert left == 0, left
-            mem = op.memory()
-            curve.append({"made": made, "rss_mib": mem.get("VmRSS"), "anon_mib": mem.get("RssAnon"),
-                          "file_mib": mem.get("RssFile"), "threads": op.threads()})
+            curve.append({"made": made, **_memory(op)})
 
     try:
         op.start()

@@ -98,8 +98,9 @@ async def run(a: argparse.Namespace, out: Path, cluster: LocalCluster, kubeconfi
         report.write(results, out)
     if "leak" in a.scenarios and a.leak_cancellations:
         runs: list[Obj] = []
-        for rep in range(max(1, a.leak_reps)):
-            say(f"leak check {rep + 1}/{max(1, a.leak_reps)}: a fresh operator, {a.leak_cancellations} sequential "
+        reps = max(1, a.leak_reps)
+        for rep in range(reps):
+            say(f"leak check {rep + 1}/{reps}: a fresh operator, {a.leak_cancellations} sequential "
                 f"cancellations of {a.leak_runners} runners")
             try:
                 runs.append(await leak.run(kube, world, kubeconfig, out, a.leak_cancellations, a.leak_runners,
@@ -109,8 +110,8 @@ async def run(a: argparse.Namespace, out: Path, cluster: LocalCluster, kubeconfi
                 say(f"leak check FAILED: {exc!r}"[:400])
                 break
             results["leak_runs"], results["leak"] = runs, leak.median_run(runs)
-            report.write(results, out)
-        report.write(results, out)
+            report.write(results, out)  # each run's readings kept as soon as it ends
+        report.write(results, out)  # a failure's, too
     if "neighbour" in a.scenarios and a.neighbour_reps:
         say(f"good neighbour: {a.neighbour_write_rate}/s pod writes, {a.neighbour_read_rate}/s reads beside "
             f"{a.neighbour_runners}-runner cancellations by {','.join(a.neighbour_approaches)}; budgets {a.budgets}")
