@@ -7,6 +7,7 @@
     python -m hack.realnode run  --cluster-dir DIR                  up, wait for Ctrl-C/SIGTERM, down
     python -m hack.realnode check                                   what this host lacks (exit 1 if anything)
     python -m hack.realnode import IMAGE.tar [--state-dir S]        ctr import into the node's containerd
+    python -m hack.realnode reclaim                                 stop a node whose owner and processes died
 
 The node:
   - name `necrocode-real-0`, label `necrocode.io/node-kind=real`, taint
@@ -29,8 +30,10 @@ host paths the kubelet and containerd create), puts back every kernel setting th
 changed as soon as the node is Ready, and `down` kills every process, unmounts, removes the
 bridge, veths, cgroups, iptables chains and rules, directories and sysctl changes, then compares
 the host with the snapshot and prints any difference (exit 1 if one is left). `down` is
-idempotent and also runs after Ctrl-C or SIGTERM during `up`/`run`. Only the standard library is
-used.
+idempotent and also runs after Ctrl-C or SIGTERM during `up`/`run`. A node whose owner was killed
+with no chance to run `down` (kill -9, the machine's processes lost) leaves its bridge, cgroups,
+shims and mounts: `up` finds it through POINTER and stops it first (`reclaim_abandoned`), once
+its owner and every process it started are gone. Only the standard library is used.
 """
 
 from __future__ import annotations
@@ -78,6 +81,10 @@ HOST_PATHS = ("/var/log/containers", "/var/log/pods", "/var/lib/cni", "/run/cont
               "/var/lib/containerd", "/etc/cni", "/usr/libexec/kubernetes", "/run/netns", "/var/run/netns",
               "/etc/kubernetes", "/run/runc", "/opt/cni")
 SHIM_SOCKETS = Path("/run/containerd/s")
+# Which state dir the node on this host (there is one bridge name, so one node) was started
+# from: how the next `up` finds a node whose owner died without `down`. In /run, which a reboot
+# empties together with the bridge and cgroups it speaks of.
+POINTER = Path("/run/necrocode-realnode.json")
 # Sysctls that move by themselves (counters, random state): never compared, never restored.
 VOLATILE_SYSCTL = ("kernel.random.", "fs.dentry-state", "fs.inode-", "fs.file-nr", "kernel.ns_last_pid",
                    "net.netfilter.nf_conntrack_count", "kernel.pty.nr", "fs.quota.", "kernel.sched_domain",
@@ -132,6 +139,20 @@ def alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def start_time(pid: int) -> str | None:
+    """The process's start time (clock ticks since boot, /proc/<pid>/stat field 22): with the
+    pid, it names one process, not whichever one reuses the pid later."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def alive_as_recorded(pid: int, start: str | None) -> bool:
+    return alive(pid) and (start is None or start_time(pid) == start)
 
 
 def kill(pid: int, sig: int) -> None:
@@ -414,11 +435,13 @@ def conflicts() -> list[str]:
     """What on this host stops a real node from starting right now (another one running, an
     address collision)."""
     out: list[str] = []
+    owner = read_pointer()
+    down = f"`python -m hack.realnode down --state-dir {owner}`" if owner else "`python -m hack.realnode down`"
     if Path(f"/sys/class/net/{BRIDGE}").exists():
-        out.append(f"interface {BRIDGE} exists (another real node is running; `python -m hack.realnode down`)")
+        out.append(f"interface {BRIDGE} exists (another real node is running; {down})")
     for h in cgroup_hierarchies():
         if (h / CGROUP_ROOT).exists():
-            out.append(f"cgroup {h / CGROUP_ROOT} exists (another real node; `python -m hack.realnode down`)")
+            out.append(f"cgroup {h / CGROUP_ROOT} exists (another real node; {down})")
             break
     for line in run("ip", "-o", "route", "show", "table", "all", check=False).stdout.splitlines():
         dest = line.split()[0] if line.split() else ""
@@ -431,6 +454,35 @@ def conflicts() -> list[str]:
         if dest != "default" and net.version == 4 and net.overlaps(SUBNET):
             out.append(f"route `{line.strip()}` overlaps the node subnet {SUBNET}")
     return out
+
+
+def read_pointer() -> Path | None:
+    """The state dir POINTER names (None: no node started here, or an unreadable pointer)."""
+    try:
+        return Path(json.loads(POINTER.read_text())["state_dir"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def reclaim_abandoned() -> list[str]:
+    """Stop the node POINTER names if it is abandoned: its owner and every process it started
+    are gone (`RealNode.abandoned`). A node that still has one of them is somebody's and is left
+    alone. Returns what its `down` could not put back (empty: the host is as before its `up`, or
+    there was nothing to reclaim)."""
+    state_dir = read_pointer()
+    if state_dir is None:
+        if POINTER.exists():
+            log(f"{POINTER} names no state dir; removing it")
+            POINTER.unlink(missing_ok=True)
+        return []
+    node = RealNode(state_dir=state_dir)
+    if not node.state:  # its `down` ended after removing the state file and before the pointer
+        POINTER.unlink(missing_ok=True)
+        return []
+    if not node.abandoned():
+        return []
+    log(f"node {node.state.get('name')} of {state_dir}: its owner and its processes are gone; stopping it")
+    return node.down(verify=True)
 
 
 # ----------------------------------------------------------------------------- the node
@@ -507,6 +559,9 @@ class RealNode:
         if gaps:
             raise SystemExit("this host cannot run the real node; missing:\n  - " + "\n  - ".join(gaps))
         self.down(verify=False, quiet=True)  # anything half-started before
+        left = reclaim_abandoned()
+        if left:
+            raise SystemExit("an abandoned real node was stopped but left the host changed:\n  - " + "\n  - ".join(left))
         problems = conflicts()
         if problems:
             raise SystemExit("cannot start the real node:\n  - " + "\n  - ".join(problems))
@@ -514,8 +569,10 @@ class RealNode:
         self._build()
         for d in (self.dir, self.logs):
             d.mkdir(parents=True, exist_ok=True)
-        self.state = {"name": self.name, "cluster_dir": str(self.cluster_dir), "pids": {}, "cgroups": [],
-                      "bridge": False, "sysctls_restored": {}}
+        me = os.getpid()
+        self.state = {"name": self.name, "cluster_dir": str(self.cluster_dir), "pids": {}, "starts": {},
+                      "owner": {"pid": me, "start": start_time(me)}, "cgroups": [], "bridge": False,
+                      "sysctls_restored": {}}
         before = snapshot(self.dir)
         (self.dir / "host-before.json").write_text(json.dumps(before, indent=1))
         self.state["sysctls_before"] = before["sysctls"]
@@ -523,6 +580,7 @@ class RealNode:
         self.state["shim_sockets_before"] = before["shim_sockets"]
         self.state["iptables_before"] = before["iptables"]
         self._save()
+        self._point_here()
         try:
             self._certs()
             self._rbac()
@@ -637,6 +695,7 @@ class RealNode:
         proc = subprocess.Popen(args, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 preexec_fn=_preexec(self.tie_to_parent), cwd=self.dir)
         self.state["pids"][name] = proc.pid
+        self.state.setdefault("starts", {})[name] = start_time(proc.pid)
         self._save()
         return proc.pid
 
@@ -825,6 +884,25 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         pids = self.state.get("pids") or {}
         return bool(pids) and all(alive(p) for p in pids.values()) and self.node_ready()
 
+    def abandoned(self) -> bool:
+        """Nobody can be using this node: the process that ran `up` is gone, and so are the
+        kubelet and containerd. (A node of `up` from the command line outlives that command,
+        its kubelet and containerd keep it; a test's node while its kubelet is stopped has its
+        owner.) Processes are compared by pid and start time, so a reused pid does not count."""
+        st = self.state
+        recorded = [(int(p), (st.get("starts") or {}).get(n)) for n, p in (st.get("pids") or {}).items()]
+        owner = st.get("owner") or {}
+        if "pid" in owner:
+            recorded.append((int(owner["pid"]), owner.get("start")))
+        elif not recorded:
+            return False  # a state file without any process recorded: not ours to judge
+        return not any(alive_as_recorded(pid, start) for pid, start in recorded)
+
+    def _point_here(self) -> None:
+        tmp = POINTER.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"state_dir": str(self.dir)}))
+        tmp.replace(POINTER)
+
     # ------------------------------------------------------------ down
     def down(self, verify: bool = True, quiet: bool = False) -> list[str]:
         """Stop everything and put the host back; idempotent. Returns the differences left
@@ -899,6 +977,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                 log("host restored: sysctls, iptables, links, addresses, routes, mounts, cgroups, "
                     "host paths and processes as before `up`")
         self.state_file.unlink(missing_ok=True)
+        if read_pointer() == self.dir:
+            POINTER.unlink(missing_ok=True)
         self.state = {}
         return diffs
 
@@ -1023,7 +1103,7 @@ def _interruptible() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=["up", "down", "status", "run", "check", "import", "verify"])
+    ap.add_argument("command", choices=["up", "down", "status", "run", "check", "import", "verify", "reclaim"])
     ap.add_argument("image", nargs="?", type=Path, help="(import) an OCI image tarball")
     ap.add_argument("--cluster-dir", type=Path, default=None,
                     help=f"state dir of the running local control plane (default {DEFAULT_CLUSTER})")
@@ -1037,6 +1117,10 @@ def main(argv: list[str] | None = None) -> int:
         for c in conflicts():
             print(f"conflict: {c}")
         return 1 if gaps else 0
+    if a.command == "reclaim":
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        return 1 if reclaim_abandoned() else 0
     cluster_dir = a.cluster_dir or (DEFAULT_CLUSTER if a.command in ("up", "run") else None)
     node = RealNode(state_dir=a.state_dir, cluster_dir=cluster_dir, name=a.name)
     if a.command in ("up", "run"):

@@ -87,6 +87,9 @@ def start_real_node(cluster: ClusterInfo, kube: Kubectl) -> Iterator[RealNodeHan
     gaps = realnode.missing(cluster.state_dir, cluster.bins)
     if gaps:
         pytest.skip("real node: this host lacks " + "; ".join(gaps))
+    left = realnode.reclaim_abandoned()  # a node of a run that was killed before its `down`
+    if left:
+        pytest.fail("an abandoned real node was stopped but left the host changed:\n" + "\n".join(left))
     busy = realnode.conflicts()
     if busy:
         pytest.skip("real node: " + "; ".join(busy))
