@@ -250,7 +250,7 @@ class RunnerTerminator:
         state.errors.pop(name, None)
         if grace == 0 and name not in state.forced:  # force: true, no grace at all
             state.forced.add(name)
-            remaining.forced_at[name] = self.clock.monotonic()
+            remaining.mark_forced(name, self.clock.monotonic())
             await self.on_forced(name)
         self.log.info("runner deleted", runner=name, task=_task(pod), grace_period_seconds=grace,
                       answer="gone" if out is None else "terminating")
@@ -275,7 +275,7 @@ class RunnerTerminator:
         spare = [n for n in due if _task(remaining.get(n)) in finished]
         for name in spare:
             state.let_go.add(name)
-            remaining.forced_at[name] = self.clock.monotonic()  # from now on, the stuck timeout applies
+            remaining.mark_forced(name, self.clock.monotonic())  # from now on, the stuck timeout applies
             self.log.info("runner's task finished: let go with its grace, not forced", runner=name,
                           task=_task(remaining.get(name)))
         return [n for n in due if n not in state.let_go]
@@ -289,7 +289,7 @@ class RunnerTerminator:
             return
         if self.before_force is not None:
             await self.before_force(name)
-        remaining.forced_at[name] = self.clock.monotonic()
+        remaining.mark_forced(name, self.clock.monotonic())
         try:
             out = await self.kube.delete(core_path(self.namespace, "pods", name), grace_period_seconds=0,
                                          uid=pod["metadata"].get("uid"), meta_only=True)

@@ -90,7 +90,8 @@ def test_a_runner_that_went_is_never_due() -> None:
 ])
 def test_a_forced_runner_still_there_after_the_stuck_timeout_is_checked(seconds: float, stuck: list[str]) -> None:
     s = schedule(pod("a", grace_end=0), pod("b", grace_end=0))
-    s.forced_at = {"a": 10.0, "gone": 0.0}  # "gone" is no longer in the schedule
+    s.mark_forced("a", 10.0)
+    s.mark_forced("gone", 0.0)  # "gone" is no longer in the schedule
     assert s.stuck(at(seconds).monotonic()) == stuck
 
 
@@ -109,7 +110,8 @@ def test_the_terminator_wakes_for_the_nearest_deadline(seconds: float, pods: lis
                                                        wake: Wake) -> None:
     clock = at(seconds)
     s = schedule(*pods, undeleted_deadline=undeleted_deadline)
-    s.forced_at = forced_at
+    for name, t in forced_at.items():
+        s.mark_forced(name, t)
     forced = set(forced_at)
     assert s.wake(clock.now(), clock.monotonic(), forced) == wake
 
@@ -159,3 +161,41 @@ def test_runners_that_went_while_no_operator_watched_are_counted_once(
     assert len(state.gone - gone) == away
     assert len(state.forced) == away_forced
     assert state.terminated + present >= state.total  # every runner of the total is accounted for
+
+
+# ----------------------------------------------------------------------------- what the schedule keeps
+# (kept as runners change, not scanned for at every watch event: these are its transitions)
+def test_a_runner_once_deleted_no_longer_awaits_its_delete() -> None:
+    clock = at(37)
+    s = schedule(pod("a", GRACE), pod("b"), undeleted_deadline=39)
+    assert s.awaits_delete("b", set()) and s.undeleted(set()) == ["b"]
+    assert s.wake(clock.now(), clock.monotonic(), set()) == Wake(2.0, resync=True)  # b's delete, tried again
+    s["b"] = pod("b", grace_end=GRACE)  # its delete went through: the watch saw its deletionTimestamp
+    assert not s.awaits_delete("b", set()) and s.undeleted(set()) == []
+    assert s.wake(clock.now(), clock.monotonic(), set()) == Wake(3.0, resync=False)  # a's and b's escalation
+    clock.advance(3)
+    assert s.due(clock.now(), clock.monotonic(), set(), False) == ["a", "b"]  # not as undeleted: by their clock
+
+
+def test_a_runner_that_left_is_forgotten_by_the_stuck_check_and_the_wake_up() -> None:
+    clock = at(38)
+    s = schedule(pod("a", 0), pod("b", 0))
+    s.mark_forced("a", 20.0)
+    s.mark_forced("b", 22.0)
+    assert s.wake(clock.now(), clock.monotonic(), {"a", "b"}) == Wake(2.0, resync=False)
+    s.pop("a")
+    assert s.wake(clock.now(), clock.monotonic(), {"a", "b"}) == Wake(4.0, resync=False)  # b's stuck timeout
+    assert s.stuck(clock.monotonic() + 5) == ["b"]
+    del s["b"]
+    assert s.stuck(clock.monotonic() + 5) == [] and s.forced_at == {}
+    assert s.wake(clock.now(), clock.monotonic(), {"a", "b"}) == Wake(CEILING, resync=True)
+
+
+def test_a_runner_forced_again_counts_its_stuck_timeout_from_the_last_force() -> None:
+    clock = at(38)
+    s = schedule(pod("a", 0))
+    s.mark_forced("a", 10.0)
+    s.mark_forced("a", 21.0)  # let go first, then forced: the timeout runs from the force
+    assert s.stuck(clock.monotonic()) == []
+    assert s.wake(clock.now(), clock.monotonic(), {"a"}) == Wake(3.0, resync=False)
+    assert s.stuck(41.0) == ["a"]
