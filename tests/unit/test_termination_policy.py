@@ -6,6 +6,7 @@ prove the terminator carries these decisions out against a real API server."""
 from __future__ import annotations
 
 import math
+import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -199,3 +200,38 @@ def test_a_runner_forced_again_counts_its_stuck_timeout_from_the_last_force() ->
     assert s.stuck(clock.monotonic()) == []
     assert s.wake(clock.now(), clock.monotonic(), {"a"}) == Wake(3.0, resync=False)
     assert s.stuck(41.0) == ["a"]
+
+
+def test_the_kept_bookkeeping_answers_as_a_scan_of_every_runner_would() -> None:
+    """Random turns (pods deleted, gone, forced; time passing), seeded: after each, the schedule's
+    answers equal those of a scan of every runner, which is what it kept them to avoid."""
+    rng = random.Random(19)
+    for _ in range(300):
+        s = schedule(*(pod(f"r{i}", None if rng.random() < 0.5 else rng.randint(0, 60)) for i in range(8)),
+                     undeleted_deadline=rng.choice([math.inf, rng.uniform(0, 80)]))
+        forced_at: dict[str, float] = {}
+        forced: set[str] = set()
+        mono = 0.0
+        for _turn in range(30):
+            mono += rng.uniform(0, 5)
+            here = sorted(s)
+            action = rng.random()
+            if here and action < 0.25:
+                name = rng.choice(here)
+                s[name] = pod(name, grace_end=rng.randint(0, 80))
+            elif here and action < 0.4:
+                s.pop(rng.choice(here))
+            elif here and action < 0.55:
+                name = rng.choice(here)
+                s.mark_forced(name, mono)
+                forced_at[name] = mono
+                if rng.random() < 0.7:
+                    forced.add(name)
+            undeleted = [n for n in s if "deletionTimestamp" not in s[n]["metadata"] and n not in forced]
+            assert s.undeleted(forced) == undeleted
+            assert all(s.awaits_delete(n, forced) == (n in undeleted) for n in s)
+            assert s.stuck(mono) == [n for n, t in forced_at.items() if n in s and mono - t >= STUCK]
+            stuck_waits = [STUCK - (mono - t) for n, t in forced_at.items() if n in s]
+            wake = s.wake(T0 + timedelta(seconds=mono), mono, forced)
+            assert wake.resync == (bool(undeleted) or wake.seconds >= CEILING)
+            assert wake.seconds <= max(0.01, min([CEILING, *(max(0.0, w) for w in stuck_waits)]))
