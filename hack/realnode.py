@@ -1101,6 +1101,13 @@ def _interruptible() -> None:
         signal.signal(sig, handler)
 
 
+def _uninterruptible() -> None:
+    """A teardown (`down`, a reclaim, `run` after its signal) ignores SIGINT and SIGTERM: a second
+    Ctrl-C must not leave the host half restored."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", choices=["up", "down", "status", "run", "check", "import", "verify", "reclaim"])
@@ -1118,8 +1125,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"conflict: {c}")
         return 1 if gaps else 0
     if a.command == "reclaim":
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _uninterruptible()
         return 1 if reclaim_abandoned() else 0
     cluster_dir = a.cluster_dir or (DEFAULT_CLUSTER if a.command in ("up", "run") else None)
     node = RealNode(state_dir=a.state_dir, cluster_dir=cluster_dir, name=a.name)
@@ -1136,13 +1142,11 @@ def main(argv: list[str] | None = None) -> int:
             log("interrupted")
         # `run` after Ctrl-C/SIGTERM, or `up` interrupted (it already tore down what it started;
         # this finds nothing, or what a second signal interrupted)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break the teardown
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _uninterruptible()
         diffs = node.down()
         return 1 if diffs else (0 if a.command == "run" else 130)
     if a.command == "down":
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _uninterruptible()
         return 1 if node.down() else 0
     if a.command == "import":
         if not a.image:

@@ -19,7 +19,7 @@ import pytest
 from kubernetes.client.rest import ApiException
 
 from tests.support.kube import ClusterInfo, Kubectl, wait_for
-from tests.support.realnode import REPO, runner_pod, wait_working
+from tests.support.realnode import REPO, host_ready_for_a_node, runner_pod, wait_working
 
 pytestmark = [pytest.mark.realnode, pytest.mark.localnode]
 
@@ -42,14 +42,8 @@ def test_a_node_whose_owner_was_killed_is_stopped_by_the_next_run_and_only_then(
 
     if not cluster.local:
         pytest.skip("needs a node this session starts itself (hack/realnode.py)")
+    host_ready_for_a_node(cluster)
     assert cluster.state_dir is not None
-    gaps = realnode.missing(cluster.state_dir, cluster.bins)
-    if gaps:
-        pytest.skip("real node: this host lacks " + "; ".join(gaps))
-    assert realnode.reclaim_abandoned() == []
-    busy = realnode.conflicts()
-    if busy:
-        pytest.skip("real node: " + "; ".join(busy))
     ns, runner = solo_namespace, "orphan-runner"
     state = Path(tempfile.mkdtemp(prefix="necrocode-realnode-")).resolve()
     owner = subprocess.Popen(

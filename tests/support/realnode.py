@@ -72,6 +72,23 @@ class RealNodeHandle:
     node: Any  # realnode.RealNode when this session started it; None on a $KUBECONFIG cluster
 
 
+def host_ready_for_a_node(cluster: ClusterInfo) -> None:
+    """Before this session starts a node of its own: skip with what the host lacks or what holds
+    it, after stopping a node that a run killed before its `down` left behind."""
+    from hack import realnode
+
+    assert cluster.state_dir is not None
+    gaps = realnode.missing(cluster.state_dir, cluster.bins)
+    if gaps:
+        pytest.skip("real node: this host lacks " + "; ".join(gaps))
+    left = realnode.reclaim_abandoned()
+    if left:
+        pytest.fail("an abandoned real node was stopped but left the host changed:\n" + "\n".join(left))
+    busy = realnode.conflicts()
+    if busy:
+        pytest.skip("real node: " + "; ".join(busy))
+
+
 def start_real_node(cluster: ClusterInfo, kube: Kubectl) -> Iterator[RealNodeHandle]:
     """The body of a real-node fixture: skip with what is missing, start the node, yield it, stop
     it and fail if the host was left changed."""
@@ -83,16 +100,7 @@ def start_real_node(cluster: ClusterInfo, kube: Kubectl) -> Iterator[RealNodeHan
             pytest.skip(f"no node labelled {realnode.LABEL}=real in the $KUBECONFIG cluster")
         yield RealNodeHandle(nodes[0].metadata.name, None)
         return
-    assert cluster.state_dir is not None
-    gaps = realnode.missing(cluster.state_dir, cluster.bins)
-    if gaps:
-        pytest.skip("real node: this host lacks " + "; ".join(gaps))
-    left = realnode.reclaim_abandoned()  # a node of a run that was killed before its `down`
-    if left:
-        pytest.fail("an abandoned real node was stopped but left the host changed:\n" + "\n".join(left))
-    busy = realnode.conflicts()
-    if busy:
-        pytest.skip("real node: " + "; ".join(busy))
+    host_ready_for_a_node(cluster)
     state = Path(tempfile.mkdtemp(prefix="necrocode-realnode-"))
     node = realnode.RealNode(state_dir=state, cluster_dir=cluster.state_dir, bins=cluster.bins, tie_to_parent=True)
     started = time.monotonic()
