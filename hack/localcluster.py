@@ -142,16 +142,20 @@ class LocalCluster:
         return self.kubeconfig
 
     def down(self) -> None:
-        """Stop every process recorded in `pids`: SIGTERM to its process group, then SIGKILL."""
+        """Stop every process recorded in `pids`: SIGTERM to its process group, then SIGKILL
+        after 10 s. etcd goes last: kube-apiserver's graceful shutdown ends in about a second
+        while etcd answers, and waits out the 10 s (then is killed) when etcd went with it."""
         pids = self._pids()
-        for pid in pids.values():
-            _signal_group(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(_alive(p) for p in pids.values()):
-            time.sleep(0.1)
-        for pid in pids.values():
-            if _alive(pid):
-                _signal_group(pid, signal.SIGKILL)
+        etcd = {k: v for k, v in pids.items() if k == "etcd"}
+        for group in ({k: v for k, v in pids.items() if k != "etcd"}, etcd):
+            for pid in group.values():
+                _signal_group(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and any(_alive(p) for p in group.values()):
+                time.sleep(0.05)
+            for pid in group.values():
+                if _alive(pid):
+                    _signal_group(pid, signal.SIGKILL)
         pid_file = self.dir / "pids"
         if pid_file.exists():
             pid_file.unlink()

@@ -1046,18 +1046,21 @@ async def _repair(ctx: Ctx, f: VerifyFindings) -> None:
     never takes grace away). Slots go back only when their runner is gone."""
     pods = {p["metadata"]["name"]: p for p in (await _terminator(ctx, Termination()).list_runners())[0]}
     finished = await _finished_task_ids(ctx) if pods else frozenset()
-    for name in f.runner_pods:
+
+    async def repair_runner(name: str) -> None:
         pod = pods.get(name)
         if pod is None or (pod["metadata"].get("labels") or {}).get(LABEL_TASK) in finished:
-            continue  # gone; or its task finished by itself: let go, never forced (cancel versus complete)
+            return  # gone; or its task finished by itself: let go, never forced (cancel versus complete)
         grace = repair_grace(pod, ctx.spec.escalate_after_seconds, ctx.grace, ctx.clock.now())
         if grace is None:
-            continue
+            return
         try:
             await ctx.kube.delete(core_path(ctx.namespace, "pods", name), uid=pod["metadata"].get("uid"),
                                   grace_period_seconds=grace, meta_only=True)
         except ApiError as exc:
             ctx.log.warning("verify: runner delete failed", runner=name, error=str(exc), attempts=exc.attempts)
+
+    await bounded(f.runner_pods, repair_runner, ctx.settings.concurrency)
     if f.held_leases:
         out = CleanupOutcome()
         await ctx.cleaner.release_leases(ctx.job_selector, out, only=ctx.cancelled_task_ids(), by_uid=ctx.uid,

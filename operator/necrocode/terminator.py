@@ -186,8 +186,9 @@ class RunnerTerminator:
                     await bounded(due, lambda n: self._force(n, remaining, state), self.concurrency)
                     self._settle(remaining, state, started)
                     continue
-                for name in remaining.stuck(self.clock.monotonic()):
-                    await self._check_stuck(name, remaining, state, started)
+                # asked about at once, within the budget: one by one, 5,000 stuck runners took 29 s
+                await bounded(remaining.stuck(self.clock.monotonic()),
+                              lambda n: self._check_stuck(n, remaining, state, started), self.concurrency)
                 if not remaining:
                     break
                 wake = remaining.wake(now, self.clock.monotonic(), state.not_forceable)

@@ -47,7 +47,7 @@ def test_a_cooperative_runner_stops_in_the_window_the_other_is_deleted_after_it(
     kube.create_job(ns, "cw")
     coop = running_task(kube, ns, "cw", "coop", "cooperative", after=1)
     deaf = running_task(kube, ns, "cw", "deaf", "immediate")
-    kube.cancel_job(ns, "stop-cw", "cw", cooperativeSeconds=30, reason="wrong branch")
+    kube.cancel_job(ns, "stop-cw", "cw", cooperativeSeconds=15, reason="wrong branch")
     st = window_started(kube, ns, "stop-cw")
     assert st["cooperative"]["deadline"] > st["cooperative"]["startedAt"]
     # the runners that read their task see the signal there too; the task's state is not changed

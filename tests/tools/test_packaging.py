@@ -70,6 +70,7 @@ def test_default_render_is_cluster_wide_hardened_and_single_replica() -> None:
     assert c["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                     "capabilities": {"drop": ["ALL"]}}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert c["startupProbe"]["httpGet"] == c["livenessProbe"]["httpGet"] and c["startupProbe"]["periodSeconds"] == 1
     assert c["resources"]["limits"]["memory"]
     rules = [r for d in docs if d["kind"] == "ClusterRole" for r in d["rules"]]
     resources = {res for r in rules for res in r["resources"]}
@@ -128,6 +129,7 @@ def test_api_render_plain_http_with_a_body_limit_and_vouch() -> None:
     assert env["NECROCODE_API_MAX_BODY_BYTES"] == "65536"
     assert "NECROCODE_API_AUDIENCES" not in env and "NECROCODE_API_TLS_CERT_FILE" not in env
     assert c["livenessProbe"]["httpGet"]["scheme"] == c["readinessProbe"]["httpGet"]["scheme"] == "HTTP"
+    assert c["startupProbe"]["httpGet"]["scheme"] == "HTTP"
     assert [v["name"] for v in pod["volumes"]] == ["tmp"]
     assert svc["spec"]["ports"][0]["appProtocol"] == "http"
     # the API creates on its callers' behalf: the requester policy keeps what it records only with `vouch`
@@ -151,6 +153,7 @@ def test_api_render_with_tls_audiences_and_a_smaller_limit() -> None:
     assert vol["secret"] == {"secretName": "api-tls", "defaultMode": 0o440}
     assert pod["securityContext"]["fsGroup"] == 10001  # what makes the 0440 key readable to the server
     assert c["livenessProbe"]["httpGet"]["scheme"] == c["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert c["startupProbe"]["httpGet"]["scheme"] == "HTTPS"
     assert svc["spec"]["ports"][0]["appProtocol"] == "https"
     # a multi-replica API is rendered the same way (each pod mounts the Secret)
     assert _api(template("api.tls.secretName=api-tls", "api.replicaCount=3"))[1]["volumes"][-1] == vol

@@ -21,11 +21,14 @@ TICK = 0.001
 GRACE, ESCALATE, STUCK = 30, 10, 20.0
 
 
-def pod(name: str = "r", grace_end: float | None = None) -> dict[str, Any]:
-    """A runner; with `grace_end` (seconds after T0) deleted, its grace ending then."""
+def pod(name: str = "r", grace_end: float | None = None, deletion_grace: int | None = None) -> dict[str, Any]:
+    """A runner; with `grace_end` (seconds after T0) deleted, its grace ending then (with
+    `deletion_grace`, the deletionGracePeriodSeconds the API server stamped)."""
     meta: dict[str, Any] = {"name": name}
     if grace_end is not None:
         meta["deletionTimestamp"] = iso(T0 + timedelta(seconds=grace_end))
+    if deletion_grace is not None:
+        meta["deletionGracePeriodSeconds"] = deletion_grace
     return {"metadata": meta}
 
 
@@ -131,17 +134,22 @@ def test_a_runner_is_deleted_unless_it_has_no_more_grace_than_ours(grace_end: fl
     assert delete_needed(pod(grace_end=grace_end), grace, T0) is needed
 
 
-@pytest.mark.parametrize(("grace_end", "seconds", "grace", "repair"), [
-    (None, 0, GRACE, GRACE),          # never deleted: deleted with the request's grace
-    (None, 0, 0, 0),                  # ... a forced request's: none
-    (GRACE, 0, GRACE, None),          # inside its grace: left alone
-    (GRACE, 40 - 1, GRACE, None),     # one second before grace + escalation ran out
-    (GRACE, 40, GRACE, 0),            # exactly then: forced
-    (GRACE, 400, GRACE, 0),
+@pytest.mark.parametrize(("grace_end", "deletion_grace", "seconds", "grace", "repair"), [
+    (None, None, 0, GRACE, GRACE),          # never deleted: deleted with the request's grace
+    (None, None, 0, 0, 0),                  # ... a forced request's: none
+    (GRACE, GRACE, 0, GRACE, None),         # inside its grace: left alone
+    (GRACE, GRACE, 40 - 1, GRACE, None),    # one second before grace + escalation ran out
+    (GRACE, GRACE, 40, GRACE, 0),           # exactly then: forced
+    (GRACE, GRACE, 400, GRACE, 0),
+    (GRACE, None, 400, GRACE, 0),           # no deletionGracePeriodSeconds seen: forced as well
+    (0, 0, 400, GRACE, None),               # force-deleted already (a finalizer holds it): nothing to add
+    (0, 0, 400, 0, None),                   # ... whatever the request's grace
+    (-30, 0, 0, 0, None),
 ])
-def test_verify_repairs_a_runner_without_taking_grace_away(grace_end: float | None, seconds: float, grace: int,
-                                                           repair: int | None) -> None:
-    assert repair_grace(pod(grace_end=grace_end), ESCALATE, grace, at(seconds).now()) == repair
+def test_verify_repairs_a_runner_without_taking_grace_away(grace_end: float | None, deletion_grace: int | None,
+                                                           seconds: float, grace: int, repair: int | None) -> None:
+    runner = pod(grace_end=grace_end, deletion_grace=deletion_grace)
+    assert repair_grace(runner, ESCALATE, grace, at(seconds).now()) == repair
 
 
 # ----------------------------------------------------------------------------- resuming
