@@ -31,10 +31,8 @@ from necrocode.model import (
     ANNOTATION_ESCALATED_BY,
     FINISHED_TASK_STATES,
     JOB_CANCELLATION,
-    LABEL_ARTIFACT,
     LABEL_JOB,
     LABEL_ROLE,
-    LABEL_SCRATCH,
     LABEL_SIGNAL,
     LABEL_TASK,
     PLURAL,
@@ -505,8 +503,7 @@ async def _dry_run(ctx: Ctx, affected: list[AffectedTask]) -> None:
     pods, _ = await term.list_runners()
     sel = ctx.job_selector
     leases = await ctx.cleaner.held_leases(sel, only, job=ctx.instance)
-    scratch = await ctx.cleaner.labelled(sel, LABEL_SCRATCH, only, job=ctx.instance)
-    every_artifact = await ctx.cleaner.labelled(sel, LABEL_ARTIFACT, only, job=ctx.instance)
+    scratch, every_artifact = await ctx.cleaner.marked(sel, only, job=ctx.instance)
     deletable = await deletable_artifacts(ctx)
     results = await _results_keeper(ctx) if deletable else _keep_none
 
