@@ -19,7 +19,7 @@ from typing import Any
 
 from necrocode.kube import Gone, Kube, NotFound, core_path, load_credentials, nc_path
 from necrocode.model import (
-    LABEL_DISPATCH_BLOCKED,
+    BLOCKED_DISPATCH,
     LABEL_JOB,
     LABEL_ROLE,
     PLURAL,
@@ -75,8 +75,7 @@ class CancellationClient:
 
     async def block_job_assignment(self, namespace: str, job: str) -> None:
         """Stop dispatch for a job without cancelling it (what BlockDispatch does first)."""
-        await self.kube.merge_patch(nc_path(namespace, "agentjobs", job), {
-            "metadata": {"labels": {LABEL_DISPATCH_BLOCKED: "true"}}, "spec": {"dispatch": {"blocked": True}}})
+        await self.kube.merge_patch(nc_path(namespace, "agentjobs", job), BLOCKED_DISPATCH)
 
     # ---- monitor (seed 8)
     async def get_job_runners(self, namespace: str, job: str) -> list[RunnerState]:

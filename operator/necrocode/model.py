@@ -28,6 +28,10 @@ LABEL_SLOT_STATE = "necrocode.io/slot-state"
 LABEL_ARTIFACT = "necrocode.io/artifact"
 LABEL_SCRATCH = "necrocode.io/scratch"
 LABEL_DISPATCH_BLOCKED = "necrocode.io/dispatch-blocked"
+BLOCKED_DISPATCH: dict[str, Any] = {"metadata": {"labels": {LABEL_DISPATCH_BLOCKED: "true"}},
+                                    "spec": {"dispatch": {"blocked": True}}}
+"""A job's dispatch blocked, as a merge patch: the label the admission policy for new runner
+pods reads, and the field the dispatcher reads."""
 LABEL_RELEASED_BY = "necrocode.io/released-by"
 """On a repo slot Lease we released: the uid of the cancellation that released it, so the count
 of released slots is exact even when the operator died between a release and a status write."""

@@ -18,6 +18,7 @@ from necrocode.model import (
     FINISHED_JOB_PHASES,
     FINISHED_TASK_STATES,
     JOB_CANCELLATION,
+    LABEL_DISPATCH_BLOCKED,
     LABEL_JOB_UID,
     LABEL_SIGNAL,
     PENDING_TASK_STATES,
@@ -475,6 +476,15 @@ class Claim(enum.StrEnum):
     DUPLICATE = "duplicate"  # claimed by a request in flight or Completed: act on nothing
     TAKE = "take"            # the claimer ended Failed or PartiallyCompleted, or is gone: act on what is left
     FINISHED = "finished"    # the job is finished and no request of ours has work left on it
+
+
+def dispatch_blocked(job: Obj) -> bool:
+    """Does the job, as read, carry both marks of a blocked dispatch (model.BLOCKED_DISPATCH)?
+    Then BlockDispatch has nothing to block (the claim blocked it in the same write)."""
+    labels = (job.get("metadata") or {}).get("labels") or {}
+    spec = job.get("spec")
+    dispatch = spec.get("dispatch") if isinstance(spec, dict) else None
+    return labels.get(LABEL_DISPATCH_BLOCKED) == "true" and isinstance(dispatch, dict) and dispatch.get("blocked") is True
 
 
 def claim_decision(me: Ref, claim_name: str | None, claim_uid: str | None, claimer: Obj | None,

@@ -345,7 +345,9 @@ async def validate(ctx: Ctx) -> StepResult:
             if res is not None:
                 return res
         if ctx.is_job and not spec.dry_run and decision != Claim.MINE:
-            ctx.job = await ctx.registry.claim_job(job, ctx.me)  # 409: the job changed; decide again
+            # 409: the job changed; decide again. Claimed and blocked in one write (BlockDispatch
+            # then writes the phase only)
+            ctx.job = await ctx.registry.claim_job(job, ctx.me, block=True)
             if decision == Claim.TAKE:
                 ctx.log.info("job taken over from an earlier request that did not finish it",
                              earlier=f"jobcancellation/{claim_name}")
@@ -429,7 +431,7 @@ async def _label_self(ctx: Ctx) -> None:
 async def block_dispatch(ctx: Ctx) -> StepResult:
     if ctx.spec.dry_run:
         return StepResult(StepState.SKIPPED, "dry run: dispatch left open")
-    job = await ctx.registry.block_dispatch(ctx.spec.job_name)
+    job = ctx.job = await ctx.registry.block_dispatch(ctx.spec.job_name, known=ctx.job)
     await ctx.events.emit(job, "job-cancelling", "Cancelling",
                           f"{ctx.ref}{_for(ctx)} blocked dispatch: {ctx.spec.reason or 'no reason given'}")
     return StepResult(message="dispatch blocked; AgentJob phase Cancelling; new runner pods are refused at admission")

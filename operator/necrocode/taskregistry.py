@@ -14,13 +14,13 @@ from typing import Any
 
 from necrocode.clock import Clock
 from necrocode.concurrency import bounded
-from necrocode.kube import ApiError, Kube, NotFound, TransientError, nc_path
+from necrocode.kube import ApiError, Forbidden, Invalid, Kube, NotFound, TransientError, nc_path
 from necrocode.logs import Bound
 from necrocode.model import (
     ANNOTATION_CANCELLED_BY,
     ANNOTATION_CANCELLED_BY_UID,
+    BLOCKED_DISPATCH,
     FINISHED_TASK_STATES,
-    LABEL_DISPATCH_BLOCKED,
     AffectedTask,
     JobPhase,
     Ref,
@@ -28,7 +28,7 @@ from necrocode.model import (
     TaskState,
     iso,
 )
-from necrocode.planning import JobInstance, belongs_to, changed_by, task_state
+from necrocode.planning import JobInstance, belongs_to, changed_by, dispatch_blocked, task_state
 
 Obj = dict[str, Any]
 
@@ -126,17 +126,30 @@ class TaskRegistry:
         return {**task, "metadata": meta, "status": status}
 
     # ------------------------------------------------------------------ job
-    async def claim_job(self, job: Obj, by: Ref) -> Obj:
-        """Mark the job as being cancelled by `by` (atomic: fails with Conflict if it changed)."""
-        return await self.kube.merge_patch(self.job_path(job["metadata"]["name"]), {"metadata": {
-            "resourceVersion": job["metadata"]["resourceVersion"],
-            "annotations": {ANNOTATION_CANCELLED_BY: by.name, ANNOTATION_CANCELLED_BY_UID: by.uid}}})
+    async def claim_job(self, job: Obj, by: Ref, *, block: bool = False) -> Obj:
+        """Mark the job as being cancelled by `by` (atomic: fails with Conflict if it changed).
+        `block`: the same write blocks dispatch, so no runner can be dispatched between the claim
+        and the block (and the cancellation makes one write to the job, not two). Where that
+        write is refused (an admission policy that forbids blocking dispatch: Forbidden or
+        Invalid), the claim is made alone and BlockDispatch meets the refusal as its own."""
+        meta: Obj = {"resourceVersion": job["metadata"]["resourceVersion"],
+                     "annotations": {ANNOTATION_CANCELLED_BY: by.name, ANNOTATION_CANCELLED_BY_UID: by.uid}}
+        if block:
+            try:
+                return await self.kube.merge_patch(self.job_path(job["metadata"]["name"]), {
+                    **BLOCKED_DISPATCH, "metadata": {**meta, **BLOCKED_DISPATCH["metadata"]}})
+            except (Forbidden, Invalid) as exc:
+                self.log.info("claim and block refused together; claiming alone", error=exc.message)
+        return await self.kube.merge_patch(self.job_path(job["metadata"]["name"]), {"metadata": meta})
 
-    async def block_dispatch(self, job_name: str) -> Obj:
-        blocked = await self.kube.merge_patch(self.job_path(job_name), {
-            "metadata": {"labels": {LABEL_DISPATCH_BLOCKED: "true"}},
-            "spec": {"dispatch": {"blocked": True}},
-        })
+    async def block_dispatch(self, job_name: str, known: Obj | None = None) -> Obj:
+        """Block dispatch and set the phase Cancelling. `known`: the job as a write just answered;
+        already blocked (the claim blocked it, or an earlier run of this step did), only the
+        phase is written, from it."""
+        if known is not None and dispatch_blocked(known):
+            blocked = known
+        else:
+            blocked = await self.kube.merge_patch(self.job_path(job_name), BLOCKED_DISPATCH)
         return await self.set_job_phase(job_name, JobPhase.CANCELLING, "cancellation in progress", known=blocked)
 
     async def set_job_phase(self, job_name: str, phase: JobPhase, message: str, known: Obj | None = None) -> Obj:

@@ -102,7 +102,8 @@ def _released(kube: Kubectl, ns: str) -> bool:
 # the first write of each step, as seen in the cluster (None: the step writes only its status)
 FIRST_WRITE: dict[str, Callable[[Kubectl, str], bool] | None] = {
     "Validate": lambda k, ns: "necrocode.io/cancelled-by" in (_job(k, ns)["metadata"].get("annotations") or {}),
-    "BlockDispatch": lambda k, ns: bool(_job(k, ns)["spec"].get("dispatch", {}).get("blocked")),
+    # the claim blocked dispatch in Validate's write: BlockDispatch writes the phase
+    "BlockDispatch": lambda k, ns: (_job(k, ns).get("status") or {}).get("phase") == "Cancelling",
     "ClassifyTasks": None,
     "SignalRunners": lambda k, ns: any("necrocode.io/cancel-requested" in (p.metadata.annotations or {})
                                        for p in _runners(k, ns)),

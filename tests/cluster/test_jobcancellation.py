@@ -7,9 +7,10 @@ import time
 from typing import Any
 
 import pytest
+from kubernetes import watch
 from kubernetes.client.rest import ApiException
 
-from tests.support.kube import Kubectl, wait_for
+from tests.support.kube import G, Kubectl, V, wait_for
 
 pytestmark = pytest.mark.usefixtures("operator")
 
@@ -204,6 +205,32 @@ def test_a_second_cancellation_of_the_same_job_is_a_duplicate(kube: Kubectl, nam
     kube.cancel_job(ns, "third", "job3")  # after it is done
     third = kube.wait_phase("jobcancellations", ns, "third", timeout=30)["status"]
     assert third["duplicateOf"] == "jobcancellation/first"
+
+
+def test_the_job_is_never_claimed_and_still_open_for_dispatch(kube: Kubectl, namespace: str) -> None:
+    """The claim (necrocode.io/cancelled-by) and the block (spec.dispatch.blocked and the label the
+    admission policy reads) are one write: no version of the job carries the claim while a
+    dispatcher could still start a runner for it."""
+    ns = namespace
+    kube.create_job(ns, "claimed")
+    kube.create_runner(ns, "claimed", "t0")
+    kube.create_task(ns, "claimed", "t0", "Running", runner="claimed-t0-runner")
+    rv = kube.get("agentjobs", ns, "claimed")["metadata"]["resourceVersion"]
+    kube.cancel_job(ns, "stop", "claimed")
+    assert kube.wait_phase("jobcancellations", ns, "stop", timeout=30)["status"]["phase"] == "Completed"
+    versions = []
+    stream = watch.Watch().stream(kube.custom.list_namespaced_custom_object, G, V, ns, "agentjobs",
+                                  field_selector="metadata.name=claimed", resource_version=rv, timeout_seconds=10)
+    for ev in stream:
+        job = ev["object"]
+        versions.append(job)
+        if (job.get("status") or {}).get("phase") == "Cancelled":
+            break
+    claimed = [j for j in versions if "necrocode.io/cancelled-by" in (j["metadata"].get("annotations") or {})]
+    assert claimed and (claimed[-1].get("status") or {}).get("phase") == "Cancelled", versions
+    for j in claimed:
+        assert j["spec"]["dispatch"]["blocked"] is True, j
+        assert j["metadata"]["labels"]["necrocode.io/dispatch-blocked"] == "true", j
 
 
 def test_concurrent_cancellations_act_once(kube: Kubectl, namespace: str) -> None:

@@ -9,13 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from necrocode.model import CancellationStatus, Phase
+from necrocode.model import BLOCKED_DISPATCH, CancellationStatus, Phase
 from necrocode.planning import (
     RetryPolicy,
     VerifyFindings,
     annotates,
     classify_tasks,
     compute_cascade,
+    dispatch_blocked,
     earlier_task_cancellations,
     escalation_delay,
     final_phase,
@@ -286,3 +287,24 @@ def test_only_runners_that_can_read_the_signal_get_the_annotation(
 def test_a_runner_with_odd_metadata_is_not_annotated() -> None:
     assert annotates("JobCancellation", 0, False, {"metadata": {"labels": ["necrocode.io/signal"]}}) is False
     assert annotates("JobCancellation", 0, False, {"metadata": None}) is False
+
+
+@pytest.mark.parametrize(("labels", "spec", "blocked"), [
+    ({"necrocode.io/dispatch-blocked": "true"}, {"dispatch": {"blocked": True}}, True),
+    # one mark alone: BlockDispatch writes both (the admission policy reads the label, the dispatcher the field)
+    ({"necrocode.io/dispatch-blocked": "true"}, {"dispatch": {"blocked": False}}, False),
+    ({}, {"dispatch": {"blocked": True}}, False),
+    ({"necrocode.io/dispatch-blocked": "false"}, {"dispatch": {"blocked": True}}, False),
+    # written by someone else: anything may be there
+    ({"necrocode.io/dispatch-blocked": "true"}, {"dispatch": {"blocked": "true"}}, False),
+    (None, None, False),
+    ({"necrocode.io/dispatch-blocked": "true"}, {"dispatch": None}, False),
+    ({"necrocode.io/dispatch-blocked": "true"}, {"dispatch": "blocked"}, False),
+    ({"necrocode.io/dispatch-blocked": "true"}, "blocked", False),
+])
+def test_dispatch_is_blocked_only_with_both_marks(labels: dict[str, str] | None, spec: object,
+                                                  blocked: bool) -> None:
+    job = {"metadata": {"name": "j", "labels": labels}, "spec": spec}
+    assert dispatch_blocked(job) is blocked
+    assert dispatch_blocked({**job, "metadata": {**job["metadata"], **BLOCKED_DISPATCH["metadata"]},
+                             "spec": BLOCKED_DISPATCH["spec"]}) is True
