@@ -38,6 +38,9 @@ def main() -> int:
                     help="repetitions of each many-at-once shape, ours and the floor (0: skip)")
     ap.add_argument("--many-shapes", default="100x50,1000x5",
                     help="many at once: JOBSxRUNNERS, comma-separated (JobCancellations of RUNNERS runners each)")
+    ap.add_argument("--many-contract", action=argparse.BooleanOptionalAction, default=True,
+                    help="many at once: also the contract's floor (the requests created and each cancellation's own "
+                         "promised writes by a bare client, the operator stopped meanwhile)")
     ap.add_argument("--many-create-concurrency", type=int, default=50,
                     help="clients creating the many JobCancellations at once (the spread is recorded)")
     ap.add_argument("--neighbour-reps", type=int, default=3, help="repetitions of the good-neighbour run (0: skip)")

@@ -81,7 +81,8 @@ async def ours(h: Harness, jobs: int, per_job: int, create_concurrency: int = 50
             calls[verb] = calls.get(verb, 0) + n
         pods_left, held = await _left(h, ns)
         assert pods_left == 0 and held == 0, (pods_left, held)
-        return {"seconds": seconds, "creation_spread_seconds": max(created),
+        last = await h.kube.get(nc_path(ns, "jobcancellations", names[-1]))
+        return {"_final_status": last.get("status"), "seconds": seconds, "creation_spread_seconds": max(created),
                 "first_completed_seconds": min(done.values()) - t0,
                 "median_completed_seconds": median([v - t0 for v in done.values()]),
                 "api_calls": calls, "api_calls_total": sum(calls.values()),
@@ -94,11 +95,17 @@ async def ours(h: Harness, jobs: int, per_job: int, create_concurrency: int = 50
         await h.world.drop_namespace(ns, wait=600)
 
 
-async def floor(h: Harness, jobs: int, per_job: int) -> Obj:
+async def floor(h: Harness, jobs: int, per_job: int, contract: bool = False, create_concurrency: int = 50,
+                final_status: Obj | None = None) -> Obj:
     """The floor over the same jobs (approaches.floor.many: each job's promised writes as if
     alone, all jobs at once, one client of raw_concurrency connections), timed from the first
-    write until the last job's last write; every runner checked gone and every lease released."""
-    ns = await _world(h, "manyfloor", jobs, per_job)
+    write until the last job's last write; every runner checked gone and every lease released.
+    `contract`: the contract's floor instead (approaches.floor.many_contract: the requests
+    created too, at the same concurrency as ours, and each cancellation's own promised writes),
+    with the operator stopped meanwhile (it would act on those requests)."""
+    ns = await _world(h, "manycontract" if contract else "manyfloor", jobs, per_job)
+    if contract:
+        h.op.stop()
     try:
         watch = GoneWatch(h.kube, ns, RUNNERS)
         pods = await watch.start()
@@ -108,9 +115,13 @@ async def floor(h: Harness, jobs: int, per_job: int) -> Obj:
         client = Kube(h.kube.creds, concurrency=h.raw_concurrency, timeout=120)
         try:
             cpu = h.cpu_start()
-            prof = h.pprof(f"many-floor-{jobs}x{per_job}")
+            prof = h.pprof(f"many-{'contract' if contract else 'floor'}-{jobs}x{per_job}")
             t0 = time.perf_counter()
-            calls = await floor_approach.many(client, ns, pods_of, watch, h.raw_concurrency)
+            if contract:
+                calls = await floor_approach.many_contract(client, ns, pods_of, watch, h.raw_concurrency,
+                                                           create_concurrency, final_status)
+            else:
+                calls = await floor_approach.many(client, ns, pods_of, watch, h.raw_concurrency)
             seconds = time.perf_counter() - t0
             cpu_used = h.cpu_since(cpu)
             if prof is not None:
@@ -124,28 +135,37 @@ async def floor(h: Harness, jobs: int, per_job: int) -> Obj:
                 "cpu_seconds": cpu_used, "pods_left": pods_left, "leases_held": held}
     finally:
         await h.world.drop_namespace(ns, wait=600)
+        if contract:
+            h.op.start()
 
 
 async def run(h: Harness, shapes: list[tuple[int, int]], reps: int, with_floor: bool = True,
-              create_concurrency: int = 50) -> Obj:
-    """Each shape `reps` times, ours and the floor interleaved; a failed run is recorded and
-    counted (the goal is every run terminal with every runner gone)."""
+              create_concurrency: int = 50, contract: bool = True) -> Obj:
+    """Each shape `reps` times, ours, the floor and (`contract`) the contract's floor
+    interleaved; a failed run is recorded and counted (the goal is every run terminal with
+    every runner gone)."""
     out: Obj = {}
+    names = ("ours", "floor", "contract") if with_floor and contract else ("ours", "floor") if with_floor else ("ours",)
     for jobs, per_job in shapes:
         shape: Obj = out.setdefault(f"{jobs}x{per_job}", {"jobs": jobs, "runners_per_job": per_job,
                                                           "create_concurrency": create_concurrency})
+        final_status: Obj | None = None  # the record ours wrote last: the contract floor writes the same
         for rep in range(reps):
-            for name in ("ours", "floor") if with_floor else ("ours",):
+            for name in names:
                 r: Obj = shape.setdefault(name, {"runs": [], "failed_runs": []})
                 try:
-                    res = await (ours(h, jobs, per_job, create_concurrency) if name == "ours"
-                                 else floor(h, jobs, per_job))
+                    if name == "ours":
+                        res = await ours(h, jobs, per_job, create_concurrency)
+                        final_status = res.pop("_final_status", None) or final_status
+                    else:
+                        res = await floor(h, jobs, per_job, contract=name == "contract",
+                                          create_concurrency=create_concurrency, final_status=final_status)
                 except Exception as exc:  # recorded and reported, and the run goes on
                     r["failed_runs"].append(repr(exc)[:1000])
                     say(f"many {jobs}x{per_job} rep {rep + 1} {name} FAILED: {exc!r}"[:400])
                     continue
                 r["runs"].append(res)
-                say(f"many {jobs}x{per_job} rep {rep + 1}/{reps} {name:<5} {res['seconds']:8.2f} s, "
+                say(f"many {jobs}x{per_job} rep {rep + 1}/{reps} {name:<8} {res['seconds']:8.2f} s, "
                     f"{res['api_calls_per_runner']} calls/runner"
                     + (f", created within {res['creation_spread_seconds']:.2f} s, operator "
                        f"{res['operator_cpu_seconds']} CPU-s, peak RSS {res['operator_peak_rss_mib']} MiB"

@@ -117,3 +117,106 @@ class Writes:
         x["metadata"]["labels"] = {**labels, "necrocode.io/slot-state": "dirty"}
         x["spec"] = {k: v for k, v in x["spec"].items() if k != "holderIdentity"}
         return self.client.request("PUT", lease_path(self.ns, x["metadata"]["name"]), body=x)
+
+
+CONTRACT_STEPS = ("Validate", "BlockDispatch", "ClassifyTasks", "SignalRunners", "TerminateRunners",
+                  "UpdateTaskStates", "CleanupResources", "Verify")
+
+
+async def many_contract(client: Kube, ns: str, pods_of: dict[str, list[str]], watch: GoneWatch, concurrency: int,
+                        create_concurrency: int, final_status: Obj | None = None) -> int:
+    """The contract's floor for many jobs at once: what `many` writes, plus what the contract
+    promises per cancellation and the floor leaves out, each once, by a bare client. Per job:
+    the JobCancellation created (the request itself, `create_concurrency` at once, as ours'
+    are); the job claimed with its dispatch blocked (one PATCH), its phase Cancelling (a status
+    PATCH); the record's status before the first delete (the total, as ours makes it durable);
+    the graceful DELETEs; once that job's runners are gone, its tasks and leases (as `many`),
+    its phase Cancelled, an Event per task and one for the cancellation (the seed's "event
+    emission" and "cancellation events"), and the record's final status (every step, the
+    counts: `final_status`, the one ours wrote, when given). No reads besides the two lists
+    the floor makes, no checks, no retries. Run with no operator serving the namespace.
+    Returns the API calls made; done when the last job's last write is."""
+    w = Writes(client, ns, concurrency)
+    creating = asyncio.Semaphore(create_concurrency)
+    job_of = {p: j for j, ps in pods_of.items() for p in ps}
+    left = {j: len(ps) for j, ps in pods_of.items()}
+    gone = {j: asyncio.Event() for j in pods_of}
+    for j, k in left.items():
+        if k == 0:
+            gone[j].set()
+    calls = [0]
+
+    async def call(req: Awaitable[Any]) -> Any:
+        calls[0] += 1
+        return await req
+
+    async def one(job: str) -> None:
+        rec_path = nc_path(ns, "jobcancellations", f"stop-{job}")
+        async with creating:
+            rec = await call(client.create(nc_path(ns, "jobcancellations"), {
+                "apiVersion": "necrocode.io/v1alpha1", "kind": "JobCancellation",
+                "metadata": {"name": f"stop-{job}"}, "spec": {"jobName": job, "reason": "benchmark"}}))
+        job_path = nc_path(ns, "agentjobs", job)
+        await call(client.merge_patch(job_path, {"metadata": {
+            "annotations": {"necrocode.io/cancelled-by": f"stop-{job}",
+                            "necrocode.io/cancelled-by-uid": rec["metadata"]["uid"]},
+            "labels": {"necrocode.io/dispatch-blocked": "true"}}, "spec": {"dispatch": {"blocked": True}}},
+            meta_only=True))
+        await call(client.merge_patch(nc_path(ns, "agentjobs", job, "status"), _job_phase("Cancelling", w.stamp),
+                                      meta_only=True))
+        pods = pods_of[job]
+        await call(client.merge_patch(rec_path + "/status", {"status": {
+            "phase": "Running", "progress": {"runnersTotal": len(pods)},
+            "steps": [{"name": s, "state": "Succeeded" if i < 4 else "Running" if i == 4 else "Pending",
+                       **({"startedAt": w.stamp} if i <= 4 else {})} for i, s in enumerate(CONTRACT_STEPS)]}},
+            meta_only=True))
+        await bounded(pods, w.stop, concurrency)
+        calls[0] += len(pods)
+        await gone[job].wait()
+        finished = await w.finish(f"necrocode.io/job={job}")
+        calls[0] += finished  # not `+= await`: that reads the count before it waits, and loses others' calls
+        await call(client.merge_patch(nc_path(ns, "agentjobs", job, "status"), _job_phase("Cancelled", w.stamp),
+                                      meta_only=True))
+        task_names = [p.rsplit("-", 1)[0] for p in pods]  # <job>-<task>-runner -> the task <job>-<task>
+        await asyncio.gather(*(call(_event(client, ns, "AgentTask", t, "Cancelled")) for t in task_names),
+                             call(_event(client, ns, "JobCancellation", f"stop-{job}", "Completed")))
+        status = final_status or {"phase": "Completed", "progress": {"runnersTotal": len(pods),
+                                                                     "runnersTerminated": len(pods)},
+                                  "steps": [{"name": s, "state": "Succeeded", "startedAt": w.stamp,
+                                             "finishedAt": w.stamp} for s in CONTRACT_STEPS]}
+        await call(client.merge_patch(rec_path + "/status", {"status": status}, meta_only=True))
+
+    async def follow() -> None:
+        seen = 0
+        while not all(e.is_set() for e in gone.values()):
+            await watch.until(functools.partial(_more, watch, seen), timeout=900)
+            for p in watch.gone[seen:]:
+                j = job_of.get(p)
+                if j is not None:
+                    left[j] -= 1
+                    if left[j] == 0:
+                        gone[j].set()
+            seen = len(watch.gone)
+
+    follower = asyncio.create_task(follow())
+    try:
+        await asyncio.gather(*(one(j) for j in pods_of))
+    finally:
+        follower.cancel()
+    return calls[0]
+
+
+def _job_phase(phase: str, stamp: str) -> Obj:
+    """The job's phase and its Cancelled condition (what the contract's `is_job_cancelled` reads)."""
+    return {"status": {"phase": phase, "conditions": [{
+        "type": "Cancelled", "status": "True" if phase == "Cancelled" else "False", "reason": phase,
+        "message": "benchmark", "lastTransitionTime": stamp}]}}
+
+
+def _event(client: Kube, ns: str, kind: str, name: str, reason: str) -> Awaitable[Any]:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return client.create(core_path(ns, "events"), {
+        "apiVersion": "v1", "kind": "Event", "metadata": {"generateName": f"{name}."},
+        "involvedObject": {"apiVersion": "necrocode.io/v1alpha1", "kind": kind, "name": name, "namespace": ns},
+        "reason": reason, "message": f"{reason} by the floor: benchmark", "type": "Normal",
+        "source": {"component": "floor"}, "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1})

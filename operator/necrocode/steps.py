@@ -860,7 +860,10 @@ async def update_task_states(ctx: Ctx) -> StepResult:
     await _task_events(ctx, res.changed)
     if ctx.is_job:
         words = f"cancelled by {ctx.ref}{_for(ctx)}: {reason}"
-        job = await ctx.registry.set_job_phase(ctx.spec.job_name, JobPhase.CANCELLED, words)
+        # from the job as our last write left it (BlockDispatch's): dispatch is blocked, so
+        # nothing is expected to change it meanwhile; if something did, the write's
+        # resourceVersion makes it 409 and the job is read again
+        job = ctx.job = await ctx.registry.set_job_phase(ctx.spec.job_name, JobPhase.CANCELLED, words, known=ctx.job)
         await ctx.events.emit(job, "job-cancelled", "Cancelled", words)
     msg = f"{p.tasks_cancelled} task(s) cancelled"
     if p.tasks_blocked:

@@ -22,7 +22,7 @@ from necrocode.kube import ApiError, Conflict, Gone, Kube, NotFound, TransientEr
 from necrocode.logs import Bound
 from necrocode.model import ANNOTATION_CANCEL_REQUESTED, LABEL_TASK, Ref, clip, iso
 from necrocode.planning import foreign_marker, marker_is, marker_of
-from necrocode.policies.termination import Schedule, Termination, count_away, delete_needed
+from necrocode.policies.termination import Schedule, Termination, count_away, delete_needed, finished_list_fresh
 from necrocode.runnerwatch import RunnerWatches
 
 Obj = dict[str, Any]
@@ -58,7 +58,10 @@ class RunnerTerminator:
         self._events: asyncio.Queue[Obj] | None = None
         self._finished_tasks = finished_tasks
         """The ids of the tasks that reached Done or Failed by themselves, asked once per round of
-        forcing (one label-selector list of the job's tasks, not one per runner)."""
+        forcing (one label-selector list of the job's tasks, not one per runner), and answering
+        the rounds that follow within policies.termination.FINISHED_REUSE."""
+        self._finished: frozenset[str] = frozenset()
+        self._finished_at: float | None = None
 
     @property
     def pods_path(self) -> str:
@@ -264,15 +267,21 @@ class RunnerTerminator:
         """Of the runners due to be forced, those whose task finished by itself (Done or Failed)
         are let go instead: deleted with their grace already (or tried again, if that delete has
         not gone through), never forced; the stuck timeout still bounds them. Returns the rest.
-        The tasks are listed once for the whole round; if that list fails, everyone due is forced
-        as without the rule (the cancellation's bound comes first)."""
+        The tasks are listed once for the whole round (and that list answers the rounds within
+        FINISHED_REUSE after it); if that list fails, everyone due is forced as without the rule
+        (the cancellation's bound comes first)."""
         if self._finished_tasks is None:
             return due
-        try:
-            finished = await self._finished_tasks()
-        except ApiError as exc:
-            self.log.warning("listing the tasks before forcing failed; forcing as due", error=str(exc))
-            return due
+        asked = self.clock.monotonic()
+        if finished_list_fresh(self._finished_at, asked):
+            finished = self._finished
+        else:
+            try:
+                finished = self._finished = await self._finished_tasks()
+            except ApiError as exc:
+                self.log.warning("listing the tasks before forcing failed; forcing as due", error=str(exc))
+                return due
+            self._finished_at = asked  # as of when it was asked for, not answered
         spare = [n for n in due if _task(remaining.get(n)) in finished]
         for name in spare:
             state.let_go.add(name)

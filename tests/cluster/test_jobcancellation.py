@@ -233,6 +233,28 @@ def test_the_job_is_never_claimed_and_still_open_for_dispatch(kube: Kubectl, nam
         assert j["metadata"]["labels"]["necrocode.io/dispatch-blocked"] == "true", j
 
 
+def test_what_the_dispatcher_writes_to_the_job_meanwhile_is_kept(kube: Kubectl, namespace: str) -> None:
+    """The phase Cancelled is written from the job as BlockDispatch left it; a condition the
+    dispatcher added in between is kept (the write's resourceVersion makes it read the job again)."""
+    ns = namespace
+    kube.create_job(ns, "busy")
+    kube.create_runner(ns, "busy", "t0", stop="slow", after=3)
+    kube.create_task(ns, "busy", "t0", "Running", runner="busy-t0-runner")
+    kube.cancel_job(ns, "stop", "busy")
+    wait_for(lambda: (kube.get("agentjobs", ns, "busy").get("status") or {}).get("phase") == "Cancelling",
+             what="the job Cancelling")
+    job = kube.get("agentjobs", ns, "busy")
+    theirs = {"type": "Dispatched", "status": "False", "reason": "Blocked", "message": "by the dispatcher",
+              "lastTransitionTime": "2026-12-03T00:00:00Z"}
+    kube.patch_status("agentjobs", ns, "busy", {"conditions": [*job["status"]["conditions"], theirs]})
+    assert kube.wait_phase("jobcancellations", ns, "stop", timeout=30)["status"]["phase"] == "Completed"
+    st = kube.get("agentjobs", ns, "busy")["status"]
+    assert st["phase"] == "Cancelled"
+    conds = {c["type"]: c for c in st["conditions"]}
+    assert conds["Dispatched"]["message"] == "by the dispatcher", st
+    assert (conds["Cancelled"]["status"], conds["Cancelled"]["reason"]) == ("True", "Cancelled"), st
+
+
 def test_concurrent_cancellations_act_once(kube: Kubectl, namespace: str) -> None:
     ns = namespace
     kube.create_job(ns, "job4")

@@ -5,16 +5,30 @@ prove the terminator carries these decisions out against a real API server."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from necrocode.clock import ManualClock
-from necrocode.model import iso
-from necrocode.policies.termination import CEILING, Schedule, Termination, Wake, count_away, delete_needed, repair_grace
+from necrocode.kube import Kube
+from necrocode.logs import Bound
+from necrocode.model import Ref, iso
+from necrocode.policies.termination import (
+    CEILING,
+    FINISHED_REUSE,
+    Schedule,
+    Termination,
+    Wake,
+    count_away,
+    delete_needed,
+    finished_list_fresh,
+    repair_grace,
+)
+from necrocode.terminator import RunnerTerminator
 
 T0 = datetime(2026, 12, 2, 4, 0, 0, tzinfo=UTC)
 TICK = 0.001
@@ -243,3 +257,54 @@ def test_the_kept_bookkeeping_answers_as_a_scan_of_every_runner_would() -> None:
             wake = s.wake(T0 + timedelta(seconds=mono), mono, forced)
             assert wake.resync == (bool(undeleted) or wake.seconds >= CEILING)
             assert wake.seconds <= max(0.01, min([CEILING, *(max(0.0, w) for w in stuck_waits)]))
+
+
+# ----------------------------------------------------------------------------- finished tasks before forcing
+@pytest.mark.parametrize(("listed_at", "mono", "fresh"), [
+    (None, 0.0, False),                            # never listed: list
+    (10.0, 10.0, True),                            # the same round
+    (10.0, 10.0 + FINISHED_REUSE - TICK, True),    # a round just inside the window
+    (10.0, 10.0 + FINISHED_REUSE, False),          # at its end: listed again
+    (10.0, 60.0, False),
+    (10.0, 9.0, False),                            # a clock that went back: listed again
+])
+def test_one_list_of_finished_tasks_answers_the_forcing_rounds_of_a_short_window(
+        listed_at: float | None, mono: float, fresh: bool) -> None:
+    assert finished_list_fresh(listed_at, mono) is fresh
+
+
+def test_the_terminator_lists_finished_tasks_once_per_window_of_forcing_rounds() -> None:
+    """Rounds of forcing within FINISHED_REUSE of a list use it; the first after asks again;
+    a task listed as finished lets its runner go, one that finished after the list does not."""
+    clock = ManualClock(T0)
+    lists: list[float] = []
+    finished = {"t-a"}
+
+    async def finished_tasks() -> frozenset[str]:
+        lists.append(clock.monotonic())
+        return frozenset(finished)
+
+    term = RunnerTerminator(cast(Kube, None), "ns", "necrocode.io/job=j", grace=GRACE, escalate_after=ESCALATE,
+                            stuck_timeout=STUCK, concurrency=1, clock=clock, log=Bound(),
+                            on_progress=lambda t: None, on_forced=_nothing, adopt_new=False,
+                            owner=Ref("JobCancellation", "c", "uid"), finished_tasks=finished_tasks)
+    runners = {n: {"metadata": {"name": n, "labels": {"necrocode.io/task": t}}}
+               for n, t in (("ra", "t-a"), ("rb", "t-b"), ("rc", "t-c"))}
+    remaining, state = schedule(*runners.values()), Termination()
+
+    async def rounds() -> list[list[str]]:
+        out = [await term._spare_finished(["ra"], remaining, state)]
+        finished.add("t-b")  # finished after the list: its runner is forced within the window
+        clock.advance(FINISHED_REUSE - TICK)
+        out.append(await term._spare_finished(["rb"], remaining, state))
+        clock.advance(TICK)
+        out.append(await term._spare_finished(["rc"], remaining, state))
+        return out
+
+    assert asyncio.run(rounds()) == [[], ["rb"], ["rc"]]
+    assert lists == [0.0, FINISHED_REUSE], lists
+    assert state.let_go == {"ra"}
+
+
+async def _nothing(name: str) -> None:
+    return None

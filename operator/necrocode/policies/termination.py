@@ -24,6 +24,15 @@ Pod = dict[str, Any]
 CEILING = 5.0
 """The longest the terminator waits for news before it lists the runners again (a missed event)."""
 
+FINISHED_REUSE = 2.0
+"""How long (monotonic seconds from when it was asked for) one list of the job's finished tasks
+answers the forcing rounds that follow. Runners come due one after the other as their own
+deadlines pass, so a big cancellation whose control plane is slow forces in many small rounds:
+5,000 runners forced over ~8 s made about twenty lists of all 5,000 tasks (megabytes each), one
+per round. A task that finished within the window before its runner came due is then forced
+like one that finished a moment after the list: the rule (a finished task's runner is let go
+with its grace) was always as of the latest list."""
+
 
 @dataclass
 class Termination:
@@ -51,6 +60,12 @@ class Termination:
     @property
     def terminated(self) -> int:
         return len(self.gone)
+
+
+def finished_list_fresh(listed_at: float | None, mono: float, reuse: float = FINISHED_REUSE) -> bool:
+    """May the finished tasks listed at `listed_at` answer a forcing round at `mono`? (None:
+    never listed; a clock that went back: not fresh.)"""
+    return listed_at is not None and 0.0 <= mono - listed_at < reuse
 
 
 def count_away(state: Termination, present: int, forced_only: bool) -> None:
