@@ -7,7 +7,7 @@ import asyncio
 import functools
 import json
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from benchmarks.common import GRACE, SELECTOR, Obj
@@ -15,6 +15,7 @@ from benchmarks.harness import Harness
 from benchmarks.world import GoneWatch
 from necrocode.concurrency import bounded
 from necrocode.kube import Kube, core_path, lease_path, nc_path
+from necrocode.model import ANNOTATION_CANCELLED_BY, ANNOTATION_CANCELLED_BY_UID, BLOCKED_DISPATCH
 
 
 async def run(h: Harness, n: int) -> Obj:
@@ -51,23 +52,36 @@ async def many(client: Kube, ns: str, pods_of: dict[str, list[str]], watch: Gone
     `concurrency` connections shared by all (the operator's, too, is one client). Returns the
     API calls made; done when the last job's last write is."""
     w = Writes(client, ns, concurrency)
+    finishing: list[asyncio.Task[int]] = []
+    signalled = asyncio.create_task(bounded([p for ps in pods_of.values() for p in ps], w.stop, concurrency))
+    # each job finishes as soon as its own runners are gone
+    await each_job_gone(watch, pods_of,
+                        lambda j: finishing.append(asyncio.create_task(w.finish(f"necrocode.io/job={j}"))))
+    await signalled
+    return w.per_runner * sum(len(ps) for ps in pods_of.values()) + sum(await asyncio.gather(*finishing))
+
+
+async def each_job_gone(watch: GoneWatch, pods_of: dict[str, list[str]], on_gone: Callable[[str], None]) -> None:
+    """Call `on_gone(job)` for each job of `pods_of` as soon as the watch has seen the last of its
+    runners DELETED (at once for a job with none); return once every job has been called."""
     job_of = {p: j for j, ps in pods_of.items() for p in ps}
     left = {j: len(ps) for j, ps in pods_of.items()}
-    finishing: list[asyncio.Task[int]] = [
-        asyncio.create_task(w.finish(f"necrocode.io/job={j}")) for j, k in left.items() if k == 0]
-    signalled = asyncio.create_task(bounded([p for ps in pods_of.values() for p in ps], w.stop, concurrency))
+    done = 0
+    for j, k in left.items():
+        if k == 0:
+            on_gone(j)
+            done += 1
     seen = 0
-    while len(finishing) < len(left):  # each job finishes as soon as its own runners are gone
+    while done < len(left):
         await watch.until(functools.partial(_more, watch, seen), timeout=900)
         for p in watch.gone[seen:]:
-            j = job_of.get(p)
-            if j is not None:
-                left[j] -= 1
-                if left[j] == 0:
-                    finishing.append(asyncio.create_task(w.finish(f"necrocode.io/job={j}")))
+            job = job_of.get(p)
+            if job is not None:
+                left[job] -= 1
+                if left[job] == 0:
+                    on_gone(job)
+                    done += 1
         seen = len(watch.gone)
-    await signalled
-    return w.per_runner * len(job_of) + sum(await asyncio.gather(*finishing))
 
 
 def _more(watch: GoneWatch, seen: int) -> bool:
@@ -138,12 +152,7 @@ async def many_contract(client: Kube, ns: str, pods_of: dict[str, list[str]], wa
     Returns the API calls made; done when the last job's last write is."""
     w = Writes(client, ns, concurrency)
     creating = asyncio.Semaphore(create_concurrency)
-    job_of = {p: j for j, ps in pods_of.items() for p in ps}
-    left = {j: len(ps) for j, ps in pods_of.items()}
     gone = {j: asyncio.Event() for j in pods_of}
-    for j, k in left.items():
-        if k == 0:
-            gone[j].set()
     calls = [0]
 
     async def call(req: Awaitable[Any]) -> Any:
@@ -157,10 +166,9 @@ async def many_contract(client: Kube, ns: str, pods_of: dict[str, list[str]], wa
                 "apiVersion": "necrocode.io/v1alpha1", "kind": "JobCancellation",
                 "metadata": {"name": f"stop-{job}"}, "spec": {"jobName": job, "reason": "benchmark"}}))
         job_path = nc_path(ns, "agentjobs", job)
-        await call(client.merge_patch(job_path, {"metadata": {
-            "annotations": {"necrocode.io/cancelled-by": f"stop-{job}",
-                            "necrocode.io/cancelled-by-uid": rec["metadata"]["uid"]},
-            "labels": {"necrocode.io/dispatch-blocked": "true"}}, "spec": {"dispatch": {"blocked": True}}},
+        await call(client.merge_patch(job_path, {**BLOCKED_DISPATCH, "metadata": {
+            **BLOCKED_DISPATCH["metadata"],
+            "annotations": {ANNOTATION_CANCELLED_BY: f"stop-{job}", ANNOTATION_CANCELLED_BY_UID: rec["metadata"]["uid"]}}},
             meta_only=True))
         await call(client.merge_patch(nc_path(ns, "agentjobs", job, "status"), _job_phase("Cancelling", w.stamp),
                                       meta_only=True))
@@ -186,19 +194,7 @@ async def many_contract(client: Kube, ns: str, pods_of: dict[str, list[str]], wa
                                              "finishedAt": w.stamp} for s in CONTRACT_STEPS]}
         await call(client.merge_patch(rec_path + "/status", {"status": status}, meta_only=True))
 
-    async def follow() -> None:
-        seen = 0
-        while not all(e.is_set() for e in gone.values()):
-            await watch.until(functools.partial(_more, watch, seen), timeout=900)
-            for p in watch.gone[seen:]:
-                j = job_of.get(p)
-                if j is not None:
-                    left[j] -= 1
-                    if left[j] == 0:
-                        gone[j].set()
-            seen = len(watch.gone)
-
-    follower = asyncio.create_task(follow())
+    follower = asyncio.create_task(each_job_gone(watch, pods_of, lambda j: gone[j].set()))
     try:
         await asyncio.gather(*(one(j) for j in pods_of))
     finally:

@@ -132,15 +132,16 @@ class TaskRegistry:
         and the block (and the cancellation makes one write to the job, not two). Where that
         write is refused (an admission policy that forbids blocking dispatch: Forbidden or
         Invalid), the claim is made alone and BlockDispatch meets the refusal as its own."""
+        path = self.job_path(job["metadata"]["name"])
         meta: Obj = {"resourceVersion": job["metadata"]["resourceVersion"],
                      "annotations": {ANNOTATION_CANCELLED_BY: by.name, ANNOTATION_CANCELLED_BY_UID: by.uid}}
         if block:
             try:
-                return await self.kube.merge_patch(self.job_path(job["metadata"]["name"]), {
-                    **BLOCKED_DISPATCH, "metadata": {**meta, **BLOCKED_DISPATCH["metadata"]}})
+                return await self.kube.merge_patch(path, {**BLOCKED_DISPATCH,
+                                                          "metadata": {**meta, **BLOCKED_DISPATCH["metadata"]}})
             except (Forbidden, Invalid) as exc:
                 self.log.info("claim and block refused together; claiming alone", error=exc.message)
-        return await self.kube.merge_patch(self.job_path(job["metadata"]["name"]), {"metadata": meta})
+        return await self.kube.merge_patch(path, {"metadata": meta})
 
     async def block_dispatch(self, job_name: str, known: Obj | None = None) -> Obj:
         """Block dispatch and set the phase Cancelling. `known`: the job as a write just answered;
