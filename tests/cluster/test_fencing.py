@@ -16,6 +16,7 @@ from hack.localcluster import free_port
 from tests.cluster.test_high_availability import holder
 from tests.cluster.test_metrics_and_logs import Samples, scrape
 from tests.support.kube import ClusterInfo, Kubectl, json_lines, operator_env, wait_for
+from tests.support.operators import stop
 
 LEASE, DEADLINE, RETRY = 6, 4.0, 0.5
 RUNNERS = 4
@@ -136,11 +137,8 @@ def test_a_paused_leader_makes_no_write_after_resuming(kube: Kubectl, cluster: C
         assert holder(kube, ns) == taken
         assert new.poll() is None, "the new leader must go on leading"
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGCONT)
-                p.terminate()
-                p.wait(timeout=20)
+        for name, p in procs.items():
+            stop(p, logs[name])
 
     old_log = json_lines(logs["a"])
     tail = "\n".join(json.dumps(e) for e in old_log[-30:])

@@ -14,6 +14,7 @@ from typing import Any
 from hack.localcluster import free_port
 from tests.cluster.test_metrics_and_logs import scrape
 from tests.support.kube import ClusterInfo, Kubectl, operator_env, wait_for
+from tests.support.operators import stop
 
 
 def replica(cluster: ClusterInfo, ns: str, log: Path, metrics_port: int) -> subprocess.Popen[bytes]:
@@ -73,10 +74,8 @@ def test_standby_finishes_when_the_leader_is_killed(kube: Kubectl, cluster: Clus
         st = kube.wait_phase("jobcancellations", ns, "stop", timeout=90)["status"]
         metrics = wait_for(lambda: scrape(ports[standby]), timeout=10, what="the new leader's /metrics")
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.terminate()
-                p.wait(timeout=20)
+        for name, p in procs.items():
+            stop(p, logs[0 if name == "a" else 1])
     assert st["phase"] == "Completed", st
     p = st["progress"]
     assert (p["runnersTotal"], p["runnersTerminated"], p["runnersForced"], p["tasksCancelled"]) == (3, 3, 2, 3)

@@ -16,6 +16,7 @@ from typing import Any
 from hack.localcluster import free_port
 from tests.cluster.test_metrics_and_logs import scrape
 from tests.support.kube import ClusterInfo, Kubectl, operator_env, wait_for
+from tests.support.operators import stop
 
 
 def start_operator(cluster: ClusterInfo, ns: str, log: Path, metrics_port: int = 0) -> subprocess.Popen[bytes]:
@@ -61,8 +62,7 @@ def test_operator_killed_during_terminate_runners_resumes(kube: Kubectl, cluster
         st = kube.wait_phase("jobcancellations", ns, "stop", timeout=60)["status"]
         metrics = wait_for(lambda: scrape(port), timeout=10, what="the second operator's /metrics")
     finally:
-        second.terminate()
-        second.wait(timeout=20)
+        stop(second, log)
     assert st["phase"] == "Completed", (st, log.read_text()[-3000:])
     p = st["progress"]
     assert (p["runnersTotal"], p["runnersTerminated"], p["runnersForced"]) == (3, 3, 2)
@@ -138,5 +138,4 @@ def test_the_oldest_running_age_goes_on_across_a_restart(kube: Kubectl, cluster:
         assert kube.wait_phase("jobcancellations", ns, "long", timeout=60)["status"]["phase"] == "Completed"
         wait_for(lambda: scrape(second_port)[job_age] == 0, timeout=10, what="the age back to 0")
     finally:
-        second.terminate()
-        second.wait(timeout=20)
+        stop(second, log)

@@ -61,19 +61,40 @@ def populate(kube: Kubectl, ns: str, n: int, job: str = "job", grace: int = 20) 
 @contextmanager
 def run_operator(cluster: ClusterInfo, ns: str, log: Path, **env: str) -> Iterator[subprocess.Popen[bytes]]:
     """The operator as a subprocess serving `ns`, stopped (SIGTERM, then SIGKILL) on exit."""
-    full = {**os.environ, **operator_env(cluster), **PRODUCTION_RETRY,
-            "PYTHONFAULTHANDLER": "1", **env}  # a crash in native code still leaves a traceback
+    full = {**os.environ, **operator_env(cluster), **PRODUCTION_RETRY, **env}
     proc = subprocess.Popen([sys.executable, "-m", "necrocode.main", "--namespace", ns, "--liveness", ""],
                             env=full, stdout=log.open("ab"), stderr=subprocess.STDOUT)
     try:
         yield proc
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop(proc, log)
+
+
+STOP_BOUND = 20.0
+"""Seconds an operator process has to exit after SIGTERM: its daemons' cancellation_timeout
+(10 s), then the Lease given up (two requests of at most the renew deadline), with room for a
+slow machine; the chart's pod has 30 s (the default terminationGracePeriodSeconds)."""
+
+
+def stop(proc: subprocess.Popen[bytes], log: Path, bound: float = STOP_BOUND) -> None:
+    """SIGTERM (and SIGCONT, for a paused one); an operator still running after `bound` seconds
+    is a defect: SIGABRT makes it print every thread's traceback into its log (faulthandler,
+    PYTHONFAULTHANDLER in operator_env), then it is killed and the test fails with that log."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGCONT)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=bound)
+        return
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+    raise AssertionError(f"the operator did not exit within {bound:.0f} s of SIGTERM\n{evidence(log, 80)}")
 
 
 def alive(proc: subprocess.Popen[bytes], log: Path) -> None:

@@ -8,6 +8,7 @@ of them share these objects):
   memo.service   the CancellationService (set by startup, None after cleanup)
   memo.expiries  the pending TTL deletions of this process (handlers/common.py)
   memo.kopf_connections  the size of kopf's connection pool (necrocode.kopfclient; 0: unbounded)
+  memo.stop_flag the flag given to kopf.operator (None: signals alone stop it); cleanup raises it
 """
 
 from __future__ import annotations
@@ -51,9 +52,10 @@ def kopf_settings(conf: Settings, namespaces: Sequence[str]) -> kopf.OperatorSet
     return settings
 
 
-def new_memo(conf: Settings, kopf_connections: int) -> kopf.Memo:
+def new_memo(conf: Settings, kopf_connections: int,
+             stop_flag: asyncio.Event | threading.Event | None = None) -> kopf.Memo:
     """The operator-wide memo (passed to `kopf.operator(memo=...)`), one per run of kopf."""
-    return kopf.Memo(conf=conf, service=None, expiries={}, kopf_connections=kopf_connections)
+    return kopf.Memo(conf=conf, service=None, expiries={}, kopf_connections=kopf_connections, stop_flag=stop_flag)
 
 
 def operate(conf: Settings, namespaces: Sequence[str], *, liveness: str | None,
@@ -66,7 +68,7 @@ def operate(conf: Settings, namespaces: Sequence[str], *, liveness: str | None,
     memories = LeanMemories()
     metrics.KOPF_MEMORIES.set_function(memories.kept)  # this process's operator (the latest, in tests)
     return kopf.operator(clusterwide=not namespaces, namespaces=list(namespaces), settings=settings,
-                         memo=new_memo(conf, limit), memories=memories, liveness_endpoint=liveness,
+                         memo=new_memo(conf, limit, stop_flag), memories=memories, liveness_endpoint=liveness,
                          stop_flag=stop_flag)
 
 
@@ -166,4 +168,11 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     memo.service = None
     if service is not None:
         await service.kube.close()
+    # kopf waits on a stop flag in a task of its own ("stop-flag waiter"), which a signal's stop
+    # leaves pending; its shutdown then gives such leftover tasks 5 s before it cancels them, so
+    # every SIGTERM of a leader-elected replica (whose flag is the elector's) took 5 s longer.
+    # The operator is stopping either way: raising the flag ends that task at once.
+    flag: asyncio.Event | threading.Event | None = memo.get("stop_flag")
+    if flag is not None:
+        flag.set()
     log("operator stopped")
