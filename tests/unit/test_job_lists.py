@@ -83,6 +83,19 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+Asked = asyncio.Future[tuple[list[Obj], str]]
+
+
+async def behind_one(lists: JobLists, lister: Lister, first: str, *jobs: str) -> tuple[Asked, list[Asked]]:
+    """A list of `first` in flight (held by the gate), then lists of `jobs` asked meanwhile."""
+    lister.gate.clear()
+    head = asyncio.ensure_future(lists.list_job("/p", first, "", None, False))
+    await settle()
+    rest = [asyncio.ensure_future(lists.list_job("/p", j, "", None, False)) for j in jobs]
+    await settle()
+    return head, rest
+
+
 async def test_a_lone_list_goes_at_once_as_asked() -> None:
     lister = Lister([obj("a", "a1"), obj("b", "b1")])
     lists = JobLists(lister)
@@ -94,11 +107,7 @@ async def test_a_lone_list_goes_at_once_as_asked() -> None:
 async def test_lists_asked_during_one_go_out_together_and_each_gets_its_own() -> None:
     lister = Lister([obj(j, f"{j}{i}") for j in "abcd" for i in range(2)])
     lists = JobLists(lister)
-    lister.gate.clear()
-    first = asyncio.ensure_future(lists.list_job("/p", "a", "", None, False))
-    await settle()
-    others = [asyncio.ensure_future(lists.list_job("/p", j, "", None, False)) for j in "dbc"]
-    await settle()
+    first, others = await behind_one(lists, lister, "a", *"dbc")
     assert lister.asked == ["necrocode.io/job=a"]  # the others wait: the first is in flight
     lister.gate.set()
     got = [await f for f in (first, *others)]
@@ -139,11 +148,7 @@ async def test_other_kinds_do_not_wait_for_each_other() -> None:
 async def test_a_failed_request_fails_each_of_its_askers_and_the_next_goes() -> None:
     lister = Lister([obj("a", "a1"), obj("b", "b1")])
     lists = JobLists(lister)
-    lister.gate.clear()
-    first = asyncio.ensure_future(lists.list_job("/p", "a", "", None, False))
-    await settle()
-    b, c = (asyncio.ensure_future(lists.list_job("/p", j, "", None, False)) for j in "bc")
-    await settle()
+    first, (b, c) = await behind_one(lists, lister, "a", "b", "c")
     lister.fail = RuntimeError("500 InternalError")
     lister.gate.set()
     for f in (first, b, c):
@@ -157,11 +162,7 @@ async def test_a_failed_request_fails_each_of_its_askers_and_the_next_goes() -> 
 async def test_a_cancelled_asker_leaves_the_others_their_answer() -> None:
     lister = Lister([obj("a", "a1"), obj("b", "b1")])
     lists = JobLists(lister)
-    lister.gate.clear()
-    first = asyncio.ensure_future(lists.list_job("/p", "a", "", None, False))
-    await settle()
-    gone, stays = (asyncio.ensure_future(lists.list_job("/p", j, "", None, False)) for j in "ab")
-    await settle()
+    first, (gone, stays) = await behind_one(lists, lister, "a", "a", "b")
     gone.cancel()
     lister.gate.set()
     await first
@@ -172,11 +173,7 @@ async def test_a_cancelled_asker_leaves_the_others_their_answer() -> None:
 async def test_at_most_max_jobs_per_request() -> None:
     lister = Lister([obj(f"j{i}", f"o{i}") for i in range(5)])
     lists = JobLists(lister, max_jobs=2)
-    lister.gate.clear()
-    first = asyncio.ensure_future(lists.list_job("/p", "j0", "", None, False))
-    await settle()
-    rest = [asyncio.ensure_future(lists.list_job("/p", f"j{i}", "", None, False)) for i in range(5)]
-    await settle()
+    first, rest = await behind_one(lists, lister, "j0", *(f"j{i}" for i in range(5)))
     lister.gate.set()
     await asyncio.gather(first, *rest)
     assert lister.asked[1:] == ["necrocode.io/job in (j0,j1)", "necrocode.io/job in (j2,j3)", "necrocode.io/job=j4"]
@@ -185,11 +182,7 @@ async def test_at_most_max_jobs_per_request() -> None:
 async def test_two_asks_of_one_job_get_their_own_objects() -> None:
     lister = Lister([obj("a", "a1")])
     lists = JobLists(lister)
-    lister.gate.clear()
-    first = asyncio.ensure_future(lists.list_job("/p", "b", "", None, False))
-    await settle()
-    x, y = (asyncio.ensure_future(lists.list_job("/p", "a", "", None, False)) for _ in range(2))
-    await settle()
+    first, (x, y) = await behind_one(lists, lister, "b", "a", "a")
     lister.gate.set()
     await first
     (xs, _), (ys, _) = await x, await y
