@@ -26,7 +26,7 @@ from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
 from necrocode.budget import CURRENT, Budget
-from necrocode.listbatch import JobLists, job_term
+from necrocode.listbatch import ListCoalescer
 from necrocode.logtail import TailBuffer
 from necrocode.model import FIELD_MANAGER, GROUP, VERSION
 from necrocode.planning import RetryPolicy
@@ -231,8 +231,8 @@ class Kube:
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self._sleep, self._jitter = sleep, jitter
-        self.job_lists: JobLists | None = None
-        """Set by coalesce_job_lists."""
+        self.lists: ListCoalescer | None = None
+        """Set by coalesce_lists."""
         self.fenced = True
         """Whether Kube.guard applies to this client (the leader elector's own client is not
         fenced: it must be able to renew the lease that lifts the fence)."""
@@ -421,20 +421,20 @@ class Kube:
             "limit": limit, "continue": continue_,
         }, accept=META_ONLY_LIST if meta_only else None)
 
-    def coalesce_job_lists(self) -> JobLists:
-        """From now on, lists of one job's objects asked together go as one request
-        (necrocode.listbatch: the operator's client, where hundreds of cancellations may list at
-        once; not a client acting for one requester)."""
-        self.job_lists = JobLists(lambda path, sel, fields, meta: self._list_pages(
+    def coalesce_lists(self) -> ListCoalescer:
+        """From now on, lists asked together go as one request (necrocode.listbatch): for the
+        operator's client, where hundreds of cancellations may list at once; not for a client
+        acting for one requester."""
+        self.lists = ListCoalescer(lambda path, sel, fields, meta: self._list_pages(
             path, label_selector=sel, field_selector=fields, meta_only=meta))
-        return self.job_lists
+        return self.lists
 
     async def list_all(self, path: str, *, label_selector: str | None = None,
                        field_selector: str | None = None, page: int = 500,
                        meta_only: bool = False) -> tuple[list[Obj], str]:
         """All items across pages, and the list's resourceVersion (to start a watch from)."""
-        if self.job_lists is not None and (term := job_term(label_selector)) is not None:
-            return await self.job_lists.list_job(path, term[0], term[1], field_selector, meta_only)
+        if self.lists is not None:
+            return await self.lists.list(path, label_selector, field_selector, meta_only)
         return await self._list_pages(path, label_selector=label_selector, field_selector=field_selector, page=page,
                                       meta_only=meta_only)
 

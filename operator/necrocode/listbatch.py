@@ -1,11 +1,15 @@
-"""One job's label-selector lists, made together for the jobs that ask at once.
+"""Lists asked at once, made as one request: one job's objects together with other jobs', and
+identical lists together.
 
 Why: a budget cut stops hundreds of jobs of one namespace at once (issue 19). Each cancellation
-lists its job's tasks, runners, slots and scratch objects by `necrocode.io/job=<name>`; each such
+lists its job's tasks, runners, slots and scratch objects by `necrocode.io/job=<name>`, the slots
+it released by `necrocode.io/released-by=<uid>`, and the namespace's TaskCancellations; each such
 list costs the API server a request, and a pass over every object of that kind in the namespace.
-Here, a list asked while one of the same kind (path, the rest of the selector, field selector,
-metadata only) is in flight waits for that one to end, then goes out with the others that came
-meanwhile as one request, `necrocode.io/job in (a,b,...)`; each asker gets its own job's items.
+Here, a list asked while one of the same kind (path, batched label, the rest of the selector,
+field selector, metadata only) is in flight waits for that one to end, then goes out with the
+others that came meanwhile as one request, `necrocode.io/job in (a,b,...)`, each asker getting
+its own set's items; identical lists with no batched label share one request, each asker getting
+every item.
 
 What it keeps:
   - freshness: an ask is never answered by a request that started before it was asked, so each
@@ -26,14 +30,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from necrocode.model import LABEL_JOB, LABEL_RELEASED_BY
+
 Obj = dict[str, Any]
 Lister = Callable[[str, str, "str | None", bool], Awaitable[tuple[list[Obj], str]]]
 """(path, label selector, field selector, metadata only) -> (items, the list's resourceVersion)"""
 
-JOB_LABEL = "necrocode.io/job"
-MAX_JOBS = 100
-"""Jobs in one request: the selector stays a few KiB (names of at most 63 characters), and one
-answer at most 100 jobs' objects."""
+BATCHED = (LABEL_JOB, LABEL_RELEASED_BY)
+"""Labels whose single-value lists are batched: a job's objects, the slots one cancellation
+released (necrocode.cleaner)."""
+MAX_VALUES = 100
+"""Values in one request: the selector stays a few KiB (values of at most 63 characters), and one
+answer holds at most 100 jobs' (or cancellations') objects."""
 
 _VALUE = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 """A label value that needs no quoting in a set-based term."""
@@ -58,25 +66,31 @@ def terms(selector: str) -> list[str]:
     return [t for t in out if t]
 
 
-def job_term(selector: str | None) -> tuple[str, str] | None:
-    """(job, the selector's other terms) when the selector names one job by equality
-    (`necrocode.io/job=<name>` or `==`) and says nothing else of that label; else None (the
-    list is made as asked)."""
-    if not selector:
-        return None
-    job: str | None = None
+def batchable_term(selector: str | None) -> tuple[str, str, str] | None:
+    """(label, value, the selector's other terms) when the selector names one object set by
+    equality on a label of BATCHED (`necrocode.io/job=<name>` or `==`) and says nothing else of
+    that label; else None (the list can only be shared with identical ones)."""
+    for label in BATCHED:
+        found = _term_of(selector or "", label)
+        if found is not None:
+            return (label, *found)
+    return None
+
+
+def _term_of(selector: str, label: str) -> tuple[str, str] | None:
+    value: str | None = None
     rest: list[str] = []
     for t in terms(selector):
-        key, op, value = _split(t)
-        if key != JOB_LABEL:
-            if JOB_LABEL in t:  # `!necrocode.io/job`, `necrocode.io/job in (...)`, `!=`
+        key, op, v = _split(t)
+        if key != label:
+            if label in t and key.lstrip("!").split(" ")[0].strip() == label:  # `!label`, `label in (...)`
                 return None
             rest.append(t)
-        elif op in ("=", "==") and job is None and _VALUE.match(value):
-            job = value
+        elif op in ("=", "==") and value is None and _VALUE.match(v):
+            value = v
         else:
             return None
-    return (job, ",".join(rest)) if job is not None else None
+    return (value, ",".join(rest)) if value is not None else None
 
 
 def _split(term: str) -> tuple[str, str, str]:
@@ -87,26 +101,28 @@ def _split(term: str) -> tuple[str, str, str]:
     return term, "", ""
 
 
-def joined(jobs: list[str], rest: str) -> str:
-    """The selector of one request for `jobs` (sorted, distinct) and the other terms."""
-    sel = f"{JOB_LABEL}={jobs[0]}" if len(jobs) == 1 else f"{JOB_LABEL} in ({','.join(jobs)})"
+def joined(label: str, values: list[str], rest: str) -> str:
+    """The selector of one request for `values` (sorted, distinct) of `label` and the other terms."""
+    sel = f"{label}={values[0]}" if len(values) == 1 else f"{label} in ({','.join(values)})"
     return f"{sel},{rest}" if rest else sel
 
 
 @dataclass
 class _Ask:
-    job: str
+    value: str
     answer: asyncio.Future[tuple[list[Obj], str]]
 
 
-Key = tuple[str, str, "str | None", bool]
+Key = tuple[str, str, str, "str | None", bool]
+"""(path, the batched label or "" for a list shared only with identical ones, the selector's
+other terms, the field selector, metadata only)"""
 
 
-class JobLists:
-    """The lists of one client (necrocode.kube.Kube.list_all sends those `job_term` accepts here)."""
+class ListCoalescer:
+    """The lists of one client (necrocode.kube.Kube.list_all, once coalesce_lists was called)."""
 
-    def __init__(self, lister: Lister, max_jobs: int = MAX_JOBS):
-        self._lister, self.max_jobs = lister, max_jobs
+    def __init__(self, lister: Lister, max_values: int = MAX_VALUES):
+        self._lister, self.max_values = lister, max_values
         self._queued: dict[Key, list[_Ask]] = {}
         self._busy: set[Key] = set()
         self._drains: set[asyncio.Task[None]] = set()
@@ -115,10 +131,12 @@ class JobLists:
         self.sent = 0
         """requests made for them"""
 
-    async def list_job(self, path: str, job: str, rest: str, field_selector: str | None,
+    async def list(self, path: str, selector: str | None, field_selector: str | None,
                    meta_only: bool) -> tuple[list[Obj], str]:
-        key: Key = (path, rest, field_selector, meta_only)
-        ask = _Ask(job, asyncio.get_running_loop().create_future())
+        term = batchable_term(selector)
+        label, value, rest = term if term is not None else ("", "", selector or "")
+        key: Key = (path, label, rest, field_selector, meta_only)
+        ask = _Ask(value, asyncio.get_running_loop().create_future())
         self.asked += 1
         self._queued.setdefault(key, []).append(ask)
         if key not in self._busy:
@@ -133,19 +151,20 @@ class JobLists:
         """Send what is queued for `key`, again while more came during the last request."""
         try:
             while asks := [a for a in self._queued.pop(key, []) if not a.answer.done()]:
-                jobs = sorted({a.job for a in asks})
-                chunks = [jobs[i:i + self.max_jobs] for i in range(0, len(jobs), self.max_jobs)]
-                await asyncio.gather(*(self._send(key, set(c), [a for a in asks if a.job in c]) for c in chunks))
+                values = sorted({a.value for a in asks})
+                chunks = [values[i:i + self.max_values] for i in range(0, len(values), self.max_values)]
+                await asyncio.gather(*(self._send(key, c, [a for a in asks if a.value in c]) for c in chunks))
         finally:
             self._busy.discard(key)
             for a in self._queued.pop(key, []):  # only when the drain itself was cancelled
                 a.answer.cancel()
 
-    async def _send(self, key: Key, jobs: set[str], asks: list[_Ask]) -> None:
-        path, rest, field_selector, meta_only = key
+    async def _send(self, key: Key, values: list[str], asks: list[_Ask]) -> None:
+        path, label, rest, field_selector, meta_only = key
         self.sent += 1
         try:
-            items, rv = await self._lister(path, joined(sorted(jobs), rest), field_selector, meta_only)
+            items, rv = await self._lister(path, joined(label, values, rest) if label else (rest or None),
+                                           field_selector, meta_only)
         except BaseException as exc:
             for a in asks:
                 if not a.answer.done():
@@ -156,15 +175,15 @@ class JobLists:
             if not isinstance(exc, Exception):
                 raise
             return
-        by_job: dict[str, list[Obj]] = {}
+        by_value: dict[str, list[Obj]] = {}
         for o in items:
             labels = (o.get("metadata") or {}).get("labels") or {}
-            by_job.setdefault(str(labels.get(JOB_LABEL)), []).append(o)
+            by_value.setdefault(str(labels.get(label)) if label else "", []).append(o)
         answered: set[str] = set()
         for a in asks:
             if a.answer.done():
                 continue
-            mine = by_job.get(a.job, [])
-            # two asks of one job get their own copies: a caller may change what it listed
-            a.answer.set_result((copy.deepcopy(mine) if a.job in answered else list(mine), rv))
-            answered.add(a.job)
+            mine = by_value.get(a.value, [])
+            # two asks of one set get their own copies: a caller may change what it listed
+            a.answer.set_result((copy.deepcopy(mine) if a.value in answered else list(mine), rv))
+            answered.add(a.value)

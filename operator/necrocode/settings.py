@@ -102,9 +102,10 @@ class Settings:
     shared_runner_watch: bool = True
     """Cancellations in one namespace follow their runners through one shared watch
     (runnerwatch.py); off: a watch each, as before (kept to measure the difference)."""
-    coalesce_job_lists: bool = True
-    """Lists of one job's objects (by `necrocode.io/job=<name>`) asked while one of the same kind
-    is in flight go out together as one request (listbatch.py); off: a request each, as before."""
+    coalesce_lists: bool = True
+    """Lists asked while one of the same kind is in flight go out together as one request: one
+    job's objects with other jobs' (`necrocode.io/job in (...)`), identical lists as one
+    (listbatch.py); off: a request each, as before."""
     include_secrets: bool = False
     """Also delete Secrets labelled as the job's scratch (needs RBAC on secrets)."""
     requester_policy: bool = False
@@ -153,7 +154,7 @@ class Settings:
             status_list_limit=max(1, int(_env("NECROCODE_STATUS_LIST_LIMIT", "100"))),
             task_events_limit=max(0, int(_env("NECROCODE_TASK_EVENTS_LIMIT", "100"))),
             shared_runner_watch=_flag("NECROCODE_SHARED_RUNNER_WATCH", "true"),
-            coalesce_job_lists=_flag("NECROCODE_COALESCE_JOB_LISTS", "true"),
+            coalesce_lists=_flag("NECROCODE_COALESCE_LISTS", "true"),
             include_secrets=_flag("NECROCODE_INCLUDE_SECRETS", "false"),
             requester_policy=_flag("NECROCODE_REQUESTER_POLICY", "false"),
             default_ttl_seconds=_ttl(_env("NECROCODE_DEFAULT_TTL_SECONDS", "")),

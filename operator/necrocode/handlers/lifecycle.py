@@ -113,8 +113,8 @@ async def startup(memo: kopf.Memo, **_: Any) -> None:
     Budget.on_wait = lambda scope, seconds: metrics.API_BUDGET_WAIT.labels(scope=scope).inc(seconds)
     kube = Kube(load_credentials(os.environ.get("NECROCODE_KUBECONFIG") or None), concurrency=conf.concurrency,
                 timeout=conf.request_timeout, retry=conf.retry, qps=conf.api_qps, burst=conf.api_burst)
-    if conf.coalesce_job_lists:
-        kube.coalesce_job_lists()
+    if conf.coalesce_lists:
+        kube.coalesce_lists()
     service = memo.service = CancellationService(kube, conf)
     metrics.OLDEST_RUNNING.source = lambda: running_ages(service)
     metrics.LEADER.set(1)  # without leader election this process acts (with it, the elector's gauge wins)

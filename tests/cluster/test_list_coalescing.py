@@ -23,7 +23,7 @@ async def test_lists_asked_at_once_are_one_request_each_answer_its_own_job(
             kube.create_runner(namespace, job, t, stop="never")
             kube.create_task(namespace, job, t, "Running", runner=f"{job}-{t}-runner")
     kube.create_configmap(namespace, "j1-scratch", "j1", "scratch")  # not a runner: the role term excludes it
-    lists = api.coalesce_job_lists()
+    lists = api.coalesce_lists()
     pods = core_path(namespace, "pods")
     before = api.calls.get("GET", 0)
     got = await asyncio.gather(*(api.list_all(pods, label_selector=f"necrocode.io/job={j},necrocode.io/role=runner",

@@ -10,34 +10,41 @@ from typing import Any
 import pytest
 
 from necrocode.budget import CURRENT, Budget
-from necrocode.listbatch import JobLists, job_term, joined, terms
+from necrocode.listbatch import ListCoalescer, batchable_term, joined, terms
 
 Obj = dict[str, Any]
 
 
+J, R = "necrocode.io/job", "necrocode.io/released-by"
+
+
 @pytest.mark.parametrize(("selector", "expected"), [
-    ("necrocode.io/job=a", ("a", "")),
-    ("necrocode.io/job==a", ("a", "")),
-    ("necrocode.io/job=a,necrocode.io/role=runner", ("a", "necrocode.io/role=runner")),
-    ("necrocode.io/role=runner,necrocode.io/job=a", ("a", "necrocode.io/role=runner")),
-    ("necrocode.io/job=a,necrocode.io/repo-pool", ("a", "necrocode.io/repo-pool")),
-    ("necrocode.io/job=a, x in (1,2)", ("a", "x in (1,2)")),
+    ("necrocode.io/job=a", (J, "a", "")),
+    ("necrocode.io/job==a", (J, "a", "")),
+    ("necrocode.io/job=a,necrocode.io/role=runner", (J, "a", "necrocode.io/role=runner")),
+    ("necrocode.io/role=runner,necrocode.io/job=a", (J, "a", "necrocode.io/role=runner")),
+    ("necrocode.io/job=a,necrocode.io/repo-pool", (J, "a", "necrocode.io/repo-pool")),
+    ("necrocode.io/job=a, x in (1,2)", (J, "a", "x in (1,2)")),
+    ("necrocode.io/job=a,necrocode.io/job-uid=u1", (J, "a", "necrocode.io/job-uid=u1")),  # another label
+    ("necrocode.io/released-by=0b1e-77", (R, "0b1e-77", "")),
+    ("necrocode.io/job=a,necrocode.io/released-by=u", (J, "a", "necrocode.io/released-by=u")),  # the first of BATCHED
     (None, None),
     ("", None),
     ("necrocode.io/role=runner", None),
     ("necrocode.io/job!=a", None),
     ("necrocode.io/job in (a,b)", None),
+    ("necrocode.io/job notin (a)", None),
     ("!necrocode.io/job", None),
     ("necrocode.io/job", None),
-    ("necrocode.io/job=", None),  # an empty value: made as asked
-    ("necrocode.io/job=a,necrocode.io/job=b", None),  # two job terms: made as asked
+    ("necrocode.io/job=", None),  # an empty value: shared only with identical lists
+    ("necrocode.io/job=a,necrocode.io/job=b", None),  # two job terms: likewise
     ("necrocode.io/job=a,necrocode.io/job!=b", None),
     ("necrocode.io/job=-bad", None),
     ("necrocode.io/job=a b", None),
     ("necrocode.io/jobx=a", None),  # another key that starts like it
 ])
-def test_which_selectors_are_coalesced(selector: str | None, expected: tuple[str, str] | None) -> None:
-    assert job_term(selector) == expected
+def test_which_selectors_are_batched(selector: str | None, expected: tuple[str, str, str] | None) -> None:
+    assert batchable_term(selector) == expected
 
 
 def test_terms_keep_set_based_terms_whole() -> None:
@@ -45,8 +52,8 @@ def test_terms_keep_set_based_terms_whole() -> None:
 
 
 def test_joined() -> None:
-    assert joined(["a"], "") == "necrocode.io/job=a"
-    assert joined(["a", "b"], "r=1") == "necrocode.io/job in (a,b),r=1"
+    assert joined(J, ["a"], "") == "necrocode.io/job=a"
+    assert joined(J, ["a", "b"], "r=1") == "necrocode.io/job in (a,b),r=1"
 
 
 def obj(job: str, name: str) -> Obj:
@@ -64,12 +71,14 @@ class Lister:
         self.fail: Exception | None = None
         self.budgets: list[Budget | None] = []
 
-    async def __call__(self, path: str, sel: str, fields: str | None, meta: bool) -> tuple[list[Obj], str]:
+    async def __call__(self, path: str, sel: str | None, fields: str | None, meta: bool) -> tuple[list[Obj], str]:
         self.asked.append(sel)
         self.budgets.append(CURRENT.get())
         await self.gate.wait()
         if self.fail is not None:
             raise self.fail
+        if sel is None:
+            return list(self.objs), str(len(self.asked))
         first = sel.split(",necrocode.io/role")[0]
         if " in (" in first:
             jobs = set(first.split("(", 1)[1].rstrip(")").split(","))
@@ -86,27 +95,27 @@ async def settle() -> None:
 Asked = asyncio.Future[tuple[list[Obj], str]]
 
 
-async def behind_one(lists: JobLists, lister: Lister, first: str, *jobs: str) -> tuple[Asked, list[Asked]]:
+async def behind_one(lists: ListCoalescer, lister: Lister, first: str, *jobs: str) -> tuple[Asked, list[Asked]]:
     """A list of `first` in flight (held by the gate), then lists of `jobs` asked meanwhile."""
     lister.gate.clear()
-    head = asyncio.ensure_future(lists.list_job("/p", first, "", None, False))
+    head = asyncio.ensure_future(lists.list("/p", f"necrocode.io/job={first}", None, False))
     await settle()
-    rest = [asyncio.ensure_future(lists.list_job("/p", j, "", None, False)) for j in jobs]
+    rest = [asyncio.ensure_future(lists.list("/p", f"necrocode.io/job={j}", None, False)) for j in jobs]
     await settle()
     return head, rest
 
 
 async def test_a_lone_list_goes_at_once_as_asked() -> None:
     lister = Lister([obj("a", "a1"), obj("b", "b1")])
-    lists = JobLists(lister)
-    items, rv = await lists.list_job("/p", "a", "necrocode.io/role=runner", None, False)
+    lists = ListCoalescer(lister)
+    items, rv = await lists.list("/p", "necrocode.io/job=a,necrocode.io/role=runner", None, False)
     assert [o["metadata"]["name"] for o in items] == ["a1"]
     assert lister.asked == ["necrocode.io/job=a,necrocode.io/role=runner"] and rv == "1"
 
 
 async def test_lists_asked_during_one_go_out_together_and_each_gets_its_own() -> None:
     lister = Lister([obj(j, f"{j}{i}") for j in "abcd" for i in range(2)])
-    lists = JobLists(lister)
+    lists = ListCoalescer(lister)
     first, others = await behind_one(lists, lister, "a", *"dbc")
     assert lister.asked == ["necrocode.io/job=a"]  # the others wait: the first is in flight
     lister.gate.set()
@@ -119,12 +128,12 @@ async def test_lists_asked_during_one_go_out_together_and_each_gets_its_own() ->
 
 async def test_an_answer_never_comes_from_a_request_older_than_the_ask() -> None:
     lister = Lister([obj("a", "a1")])
-    lists = JobLists(lister)
+    lists = ListCoalescer(lister)
     lister.gate.clear()
-    first = asyncio.ensure_future(lists.list_job("/p", "a", "", None, False))
+    first = asyncio.ensure_future(lists.list("/p", "necrocode.io/job=a", None, False))
     await settle()
     lister.objs.append(obj("a", "a2"))  # made after the first request went, before the second ask
-    second = asyncio.ensure_future(lists.list_job("/p", "a", "", None, False))
+    second = asyncio.ensure_future(lists.list("/p", "necrocode.io/job=a", None, False))
     await settle()
     lister.gate.set()
     assert [o["metadata"]["name"] for o in (await first)[0]] == ["a1", "a2"]  # the fake answers late, as it is now
@@ -134,9 +143,9 @@ async def test_an_answer_never_comes_from_a_request_older_than_the_ask() -> None
 
 async def test_other_kinds_do_not_wait_for_each_other() -> None:
     lister = Lister([obj("a", "a1")])
-    lists = JobLists(lister)
+    lists = ListCoalescer(lister)
     lister.gate.clear()
-    tasks = [asyncio.ensure_future(lists.list_job(path, "a", rest, None, meta))
+    tasks = [asyncio.ensure_future(lists.list(path, "necrocode.io/job=a" + (f",{rest}" if rest else ""), None, meta))
              for path, rest, meta in [("/pods", "", False), ("/leases", "", False), ("/pods", "r=1", False),
                                       ("/pods", "", True)]]
     await settle()
@@ -147,7 +156,7 @@ async def test_other_kinds_do_not_wait_for_each_other() -> None:
 
 async def test_a_failed_request_fails_each_of_its_askers_and_the_next_goes() -> None:
     lister = Lister([obj("a", "a1"), obj("b", "b1")])
-    lists = JobLists(lister)
+    lists = ListCoalescer(lister)
     first, (b, c) = await behind_one(lists, lister, "a", "b", "c")
     lister.fail = RuntimeError("500 InternalError")
     lister.gate.set()
@@ -155,13 +164,13 @@ async def test_a_failed_request_fails_each_of_its_askers_and_the_next_goes() -> 
         with pytest.raises(RuntimeError, match="500"):
             await f
     lister.fail = None
-    items, _ = await lists.list_job("/p", "b", "", None, False)
+    items, _ = await lists.list("/p", "necrocode.io/job=b", None, False)
     assert [o["metadata"]["name"] for o in items] == ["b1"]
 
 
 async def test_a_cancelled_asker_leaves_the_others_their_answer() -> None:
     lister = Lister([obj("a", "a1"), obj("b", "b1")])
-    lists = JobLists(lister)
+    lists = ListCoalescer(lister)
     first, (gone, stays) = await behind_one(lists, lister, "a", "a", "b")
     gone.cancel()
     lister.gate.set()
@@ -172,7 +181,7 @@ async def test_a_cancelled_asker_leaves_the_others_their_answer() -> None:
 
 async def test_at_most_max_jobs_per_request() -> None:
     lister = Lister([obj(f"j{i}", f"o{i}") for i in range(5)])
-    lists = JobLists(lister, max_jobs=2)
+    lists = ListCoalescer(lister, max_values=2)
     first, rest = await behind_one(lists, lister, "j0", *(f"j{i}" for i in range(5)))
     lister.gate.set()
     await asyncio.gather(first, *rest)
@@ -181,7 +190,7 @@ async def test_at_most_max_jobs_per_request() -> None:
 
 async def test_two_asks_of_one_job_get_their_own_objects() -> None:
     lister = Lister([obj("a", "a1")])
-    lists = JobLists(lister)
+    lists = ListCoalescer(lister)
     first, (x, y) = await behind_one(lists, lister, "b", "a", "a")
     lister.gate.set()
     await first
@@ -192,10 +201,41 @@ async def test_two_asks_of_one_job_get_their_own_objects() -> None:
 
 async def test_the_shared_request_is_charged_to_no_cancellation() -> None:
     lister = Lister([obj("a", "a1")])
-    lists = JobLists(lister)
+    lists = ListCoalescer(lister)
     token = CURRENT.set(Budget("cancellation", qps=0, burst=0, concurrency=1))
     try:
-        await lists.list_job("/p", "a", "", None, False)
+        await lists.list("/p", "necrocode.io/job=a", None, False)
     finally:
         CURRENT.reset(token)
     assert lister.budgets == [None]
+
+
+async def test_identical_lists_share_one_request_each_getting_every_item() -> None:
+    lister = Lister([obj("a", "a1"), obj("b", "b1")])
+    lists = ListCoalescer(lister)
+    lister.gate.clear()
+    head = asyncio.ensure_future(lists.list("/tc", None, None, False))
+    await settle()
+    same = [asyncio.ensure_future(lists.list("/tc", None, None, False)) for _ in range(3)]
+    other = asyncio.ensure_future(lists.list("/tc", "x=1", None, False))  # not identical: a request of its own
+    await settle()
+    lister.gate.set()
+    got = [await f for f in (head, *same)]
+    await other
+    assert lister.asked == [None, "x=1", None]  # x=1 at once; the three identical ones together after the first
+    assert all([o["metadata"]["name"] for o in items] == ["a1", "b1"] for items, _ in got)
+    assert got[1][0][0] is not got[2][0][0], "each asker its own objects"
+
+
+async def test_the_slots_each_cancellation_released_are_listed_together() -> None:
+    released = [{"metadata": {"name": f"s{u}", "labels": {R: u}}} for u in ("u1", "u2")]
+
+    async def lister(path: str, sel: str | None, fields: str | None, meta: bool) -> tuple[list[Obj], str]:
+        asked.append(sel)
+        return released, "7"
+
+    asked: list[str | None] = []
+    lists = ListCoalescer(lister)
+    got = await asyncio.gather(*(lists.list("/leases", f"{R}={u}", None, True) for u in ("u2", "u1", "u3")))
+    assert asked == [f"{R} in (u1,u2,u3)"]
+    assert [[o["metadata"]["name"] for o in items] for items, _ in got] == [["su2"], ["su1"], []]
