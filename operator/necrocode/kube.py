@@ -434,7 +434,7 @@ class Kube:
                        meta_only: bool = False) -> tuple[list[Obj], str]:
         """All items across pages, and the list's resourceVersion (to start a watch from)."""
         if self.lists is not None:
-            return await self.lists.list(path, label_selector, field_selector, meta_only)
+            return await self.lists.fetch(path, label_selector, field_selector, meta_only)
         return await self._list_pages(path, label_selector=label_selector, field_selector=field_selector, page=page,
                                       meta_only=meta_only)
 

@@ -33,7 +33,7 @@ from typing import Any
 from necrocode.model import LABEL_JOB, LABEL_RELEASED_BY
 
 Obj = dict[str, Any]
-Lister = Callable[[str, str, "str | None", bool], Awaitable[tuple[list[Obj], str]]]
+Lister = Callable[[str, "str | None", "str | None", bool], Awaitable[tuple[list[Obj], str]]]
 """(path, label selector, field selector, metadata only) -> (items, the list's resourceVersion)"""
 
 BATCHED = (LABEL_JOB, LABEL_RELEASED_BY)
@@ -131,7 +131,7 @@ class ListCoalescer:
         self.sent = 0
         """requests made for them"""
 
-    async def list(self, path: str, selector: str | None, field_selector: str | None,
+    async def fetch(self, path: str, selector: str | None, field_selector: str | None,
                    meta_only: bool) -> tuple[list[Obj], str]:
         term = batchable_term(selector)
         label, value, rest = term if term is not None else ("", "", selector or "")
