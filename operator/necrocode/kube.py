@@ -425,8 +425,8 @@ class Kube:
         """From now on, lists asked together go as one request (necrocode.listbatch): for the
         operator's client, where hundreds of cancellations may list at once; not for a client
         acting for one requester."""
-        self.lists = ListCoalescer(lambda path, sel, fields, meta: self._list_pages(
-            path, label_selector=sel, field_selector=fields, meta_only=meta))
+        self.lists = ListCoalescer(lambda path, sel, fields, meta, page: self._list_pages(
+            path, label_selector=sel, field_selector=fields, meta_only=meta, page=page))
         return self.lists
 
     async def list_all(self, path: str, *, label_selector: str | None = None,
@@ -434,7 +434,7 @@ class Kube:
                        meta_only: bool = False) -> tuple[list[Obj], str]:
         """All items across pages, and the list's resourceVersion (to start a watch from)."""
         if self.lists is not None:
-            return await self.lists.fetch(path, label_selector, field_selector, meta_only)
+            return await self.lists.fetch(path, label_selector, field_selector, meta_only, page)
         return await self._list_pages(path, label_selector=label_selector, field_selector=field_selector, page=page,
                                       meta_only=meta_only)
 

@@ -33,8 +33,9 @@ from typing import Any
 from necrocode.model import LABEL_JOB, LABEL_RELEASED_BY
 
 Obj = dict[str, Any]
-Lister = Callable[[str, "str | None", "str | None", bool], Awaitable[tuple[list[Obj], str]]]
-"""(path, label selector, field selector, metadata only) -> (items, the list's resourceVersion)"""
+Lister = Callable[[str, "str | None", "str | None", bool, int], Awaitable[tuple[list[Obj], str]]]
+"""(path, label selector, field selector, metadata only, page size) -> (items, the list's
+resourceVersion)"""
 
 BATCHED = (LABEL_JOB, LABEL_RELEASED_BY)
 """Labels whose single-value lists are batched: a job's objects, the slots one cancellation
@@ -113,9 +114,9 @@ class _Ask:
     answer: asyncio.Future[tuple[list[Obj], str]]
 
 
-Key = tuple[str, str, str, "str | None", bool]
+Key = tuple[str, str, str, "str | None", bool, int]
 """(path, the batched label or "" for a list shared only with identical ones, the selector's
-other terms, the field selector, metadata only)"""
+other terms, the field selector, metadata only, page size)"""
 
 
 class ListCoalescer:
@@ -127,15 +128,15 @@ class ListCoalescer:
         self._busy: set[Key] = set()
         self._drains: set[asyncio.Task[None]] = set()
         self.asked = 0
-        """lists asked (for the tests and the benchmarks: asked - sent is what was saved)"""
+        """lists asked (for the tests: asked - sent is what was saved)"""
         self.sent = 0
         """requests made for them"""
 
     async def fetch(self, path: str, selector: str | None, field_selector: str | None,
-                   meta_only: bool) -> tuple[list[Obj], str]:
+                    meta_only: bool, page: int) -> tuple[list[Obj], str]:
         term = batchable_term(selector)
         label, value, rest = term if term is not None else ("", "", selector or "")
-        key: Key = (path, label, rest, field_selector, meta_only)
+        key: Key = (path, label, rest, field_selector, meta_only, page)
         ask = _Ask(value, asyncio.get_running_loop().create_future())
         self.asked += 1
         self._queued.setdefault(key, []).append(ask)
@@ -160,11 +161,11 @@ class ListCoalescer:
                 a.answer.cancel()
 
     async def _send(self, key: Key, values: list[str], asks: list[_Ask]) -> None:
-        path, label, rest, field_selector, meta_only = key
+        path, label, rest, field_selector, meta_only, page = key
         self.sent += 1
         try:
             items, rv = await self._lister(path, joined(label, values, rest) if label else (rest or None),
-                                           field_selector, meta_only)
+                                           field_selector, meta_only, page)
         except BaseException as exc:
             for a in asks:
                 if not a.answer.done():

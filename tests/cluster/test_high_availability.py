@@ -74,8 +74,8 @@ def test_standby_finishes_when_the_leader_is_killed(kube: Kubectl, cluster: Clus
         st = kube.wait_phase("jobcancellations", ns, "stop", timeout=90)["status"]
         metrics = wait_for(lambda: scrape(ports[standby]), timeout=10, what="the new leader's /metrics")
     finally:
-        for name, p in procs.items():
-            stop(p, logs[0 if name == "a" else 1])
+        for p, log in zip((a, b), logs, strict=True):
+            stop(p, log)
     assert st["phase"] == "Completed", st
     p = st["progress"]
     assert (p["runnersTotal"], p["runnersTerminated"], p["runnersForced"], p["tasksCancelled"]) == (3, 3, 2, 3)

@@ -60,7 +60,8 @@ def populate(kube: Kubectl, ns: str, n: int, job: str = "job", grace: int = 20) 
 
 @contextmanager
 def run_operator(cluster: ClusterInfo, ns: str, log: Path, **env: str) -> Iterator[subprocess.Popen[bytes]]:
-    """The operator as a subprocess serving `ns`, stopped (SIGTERM, then SIGKILL) on exit."""
+    """The operator as a subprocess serving `ns`, stopped on exit (`stop`: SIGTERM, and a failure
+    quoting its log if it overruns STOP_BOUND)."""
     full = {**os.environ, **operator_env(cluster), **PRODUCTION_RETRY, **env}
     proc = subprocess.Popen([sys.executable, "-m", "necrocode.main", "--namespace", ns, "--liveness", ""],
                             env=full, stdout=log.open("ab"), stderr=subprocess.STDOUT)

@@ -70,9 +70,12 @@ class Lister:
         self.gate.set()
         self.fail: Exception | None = None
         self.budgets: list[Budget | None] = []
+        self.pages: list[int] = []
 
-    async def __call__(self, path: str, sel: str | None, fields: str | None, meta: bool) -> tuple[list[Obj], str]:
+    async def __call__(self, path: str, sel: str | None, fields: str | None, meta: bool,
+                       page: int) -> tuple[list[Obj], str]:
         self.asked.append(sel)
+        self.pages.append(page)
         self.budgets.append(CURRENT.get())
         await self.gate.wait()
         if self.fail is not None:
@@ -98,9 +101,9 @@ Asked = asyncio.Future[tuple[list[Obj], str]]
 async def behind_one(lists: ListCoalescer, lister: Lister, first: str, *jobs: str) -> tuple[Asked, list[Asked]]:
     """A list of `first` in flight (held by the gate), then lists of `jobs` asked meanwhile."""
     lister.gate.clear()
-    head = asyncio.ensure_future(lists.fetch("/p", f"necrocode.io/job={first}", None, False))
+    head = asyncio.ensure_future(lists.fetch("/p", f"necrocode.io/job={first}", None, False, 500))
     await settle()
-    rest = [asyncio.ensure_future(lists.fetch("/p", f"necrocode.io/job={j}", None, False)) for j in jobs]
+    rest = [asyncio.ensure_future(lists.fetch("/p", f"necrocode.io/job={j}", None, False, 500)) for j in jobs]
     await settle()
     return head, rest
 
@@ -108,7 +111,7 @@ async def behind_one(lists: ListCoalescer, lister: Lister, first: str, *jobs: st
 async def test_a_lone_list_goes_at_once_as_asked() -> None:
     lister = Lister([obj("a", "a1"), obj("b", "b1")])
     lists = ListCoalescer(lister)
-    items, rv = await lists.fetch("/p", "necrocode.io/job=a,necrocode.io/role=runner", None, False)
+    items, rv = await lists.fetch("/p", "necrocode.io/job=a,necrocode.io/role=runner", None, False, 500)
     assert [o["metadata"]["name"] for o in items] == ["a1"]
     assert lister.asked == ["necrocode.io/job=a,necrocode.io/role=runner"] and rv == "1"
 
@@ -130,10 +133,10 @@ async def test_an_answer_never_comes_from_a_request_older_than_the_ask() -> None
     lister = Lister([obj("a", "a1")])
     lists = ListCoalescer(lister)
     lister.gate.clear()
-    first = asyncio.ensure_future(lists.fetch("/p", "necrocode.io/job=a", None, False))
+    first = asyncio.ensure_future(lists.fetch("/p", "necrocode.io/job=a", None, False, 500))
     await settle()
     lister.objs.append(obj("a", "a2"))  # made after the first request went, before the second ask
-    second = asyncio.ensure_future(lists.fetch("/p", "necrocode.io/job=a", None, False))
+    second = asyncio.ensure_future(lists.fetch("/p", "necrocode.io/job=a", None, False, 500))
     await settle()
     lister.gate.set()
     assert [o["metadata"]["name"] for o in (await first)[0]] == ["a1", "a2"]  # the fake answers late, as it is now
@@ -145,11 +148,12 @@ async def test_other_kinds_do_not_wait_for_each_other() -> None:
     lister = Lister([obj("a", "a1")])
     lists = ListCoalescer(lister)
     lister.gate.clear()
-    tasks = [asyncio.ensure_future(lists.fetch(path, "necrocode.io/job=a" + (f",{rest}" if rest else ""), None, meta))
-             for path, rest, meta in [("/pods", "", False), ("/leases", "", False), ("/pods", "r=1", False),
-                                      ("/pods", "", True)]]
+    kinds = [("/pods", "", False, 500), ("/leases", "", False, 500), ("/pods", "r=1", False, 500),
+             ("/pods", "", True, 500), ("/pods", "", False, 5000)]  # the page size given is the one used
+    tasks = [asyncio.ensure_future(lists.fetch(path, "necrocode.io/job=a" + (f",{rest}" if rest else ""), None, meta,
+                                               page)) for path, rest, meta, page in kinds]
     await settle()
-    assert len(lister.asked) == 4
+    assert len(lister.asked) == 5 and lister.pages == [500, 500, 500, 500, 5000]
     lister.gate.set()
     await asyncio.gather(*tasks)
 
@@ -164,7 +168,7 @@ async def test_a_failed_request_fails_each_of_its_askers_and_the_next_goes() -> 
         with pytest.raises(RuntimeError, match="500"):
             await f
     lister.fail = None
-    items, _ = await lists.fetch("/p", "necrocode.io/job=b", None, False)
+    items, _ = await lists.fetch("/p", "necrocode.io/job=b", None, False, 500)
     assert [o["metadata"]["name"] for o in items] == ["b1"]
 
 
@@ -204,7 +208,7 @@ async def test_the_shared_request_is_charged_to_no_cancellation() -> None:
     lists = ListCoalescer(lister)
     token = CURRENT.set(Budget("cancellation", qps=0, burst=0, concurrency=1))
     try:
-        await lists.fetch("/p", "necrocode.io/job=a", None, False)
+        await lists.fetch("/p", "necrocode.io/job=a", None, False, 500)
     finally:
         CURRENT.reset(token)
     assert lister.budgets == [None]
@@ -214,10 +218,10 @@ async def test_identical_lists_share_one_request_each_getting_every_item() -> No
     lister = Lister([obj("a", "a1"), obj("b", "b1")])
     lists = ListCoalescer(lister)
     lister.gate.clear()
-    head = asyncio.ensure_future(lists.fetch("/tc", None, None, False))
+    head = asyncio.ensure_future(lists.fetch("/tc", None, None, False, 500))
     await settle()
-    same = [asyncio.ensure_future(lists.fetch("/tc", None, None, False)) for _ in range(3)]
-    other = asyncio.ensure_future(lists.fetch("/tc", "x=1", None, False))  # not identical: a request of its own
+    same = [asyncio.ensure_future(lists.fetch("/tc", None, None, False, 500)) for _ in range(3)]
+    other = asyncio.ensure_future(lists.fetch("/tc", "x=1", None, False, 500))  # not identical: a request of its own
     await settle()
     lister.gate.set()
     got = [await f for f in (head, *same)]
@@ -230,12 +234,12 @@ async def test_identical_lists_share_one_request_each_getting_every_item() -> No
 async def test_the_slots_each_cancellation_released_are_listed_together() -> None:
     released = [{"metadata": {"name": f"s{u}", "labels": {R: u}}} for u in ("u1", "u2")]
 
-    async def lister(path: str, sel: str | None, fields: str | None, meta: bool) -> tuple[list[Obj], str]:
+    async def lister(path: str, sel: str | None, fields: str | None, meta: bool, page: int) -> tuple[list[Obj], str]:
         asked.append(sel)
         return released, "7"
 
     asked: list[str | None] = []
     lists = ListCoalescer(lister)
-    got = await asyncio.gather(*(lists.fetch("/leases", f"{R}={u}", None, True) for u in ("u2", "u1", "u3")))
+    got = await asyncio.gather(*(lists.fetch("/leases", f"{R}={u}", None, True, 500) for u in ("u2", "u1", "u3")))
     assert asked == [f"{R} in (u1,u2,u3)"]
     assert [[o["metadata"]["name"] for o in items] for items, _ in got] == [["su2"], ["su1"], []]
