@@ -4,6 +4,11 @@ PY := .venv/bin/python
 CACHE ?= $(HOME)/.cache/necrocode
 CLUSTER_DIR ?= $(CACHE)/cluster
 export NECROCODE_CACHE := $(CACHE)
+# make test's pytest-xdist workers, each with a control plane and an operator of its own (the
+# tests wait far more than they compute: one worker keeps the 2 cores a quarter busy). 0: serial.
+# Serial always against $$KUBECONFIG, whose one cluster the workers would share.
+TEST_WORKERS ?= 2
+TEST_PARALLEL = $(if $(KUBECONFIG),,$(if $(filter 0 1,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder))
 
 .PHONY: help system-deps venv tools chart-sync lock kind-check kind-e2e kind-down cluster-up cluster-down cluster-status test unit lint crds crds-apply demo run clean bench bench-scale soak dist
 
@@ -57,7 +62,7 @@ unit: venv ## unit tests only (no server)
 # reports only those (not a `make cluster-up` cluster running next to the tests).
 test: system-deps venv tools lint ## the whole suite: lint, unit and real-control-plane tests, leftover check
 	@export NECROCODE_TEST_RUN=make-test-$$$$-$$(date +%s); \
-	  $(PY) -m pytest -q && hack/check-leftovers.sh
+	  $(PY) -m pytest -q $(TEST_PARALLEL) && hack/check-leftovers.sh
 
 demo: venv tools ## the main job: a local control plane, the operator, a job, its cancellation, live
 	@$(PY) -m hack.demo

@@ -41,13 +41,54 @@ from tests.support.kube import (
 os.environ.setdefault("NECROCODE_TEST_RUN", f"pytest-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
+# The tests that share the one real node a host can hold (by their files' names): under
+# pytest-xdist they run one after another on one worker; the other workers start none.
+REAL_NODE_FILES = "test_realnode"
+REAL_NODE_GROUP = "real-node"
+
+
+def _group(nodeid: str) -> str:
+    """A test's unit of work for pytest-xdist: its file, or the real node's group."""
+    path = nodeid.split("::", 1)[0]
+    return REAL_NODE_GROUP if path.rsplit("/", 1)[-1].startswith(REAL_NODE_FILES) else path
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """`make test` runs `-n 2 --dist loadfile`: each file goes whole to one worker (a module's
+    fixtures start once), and so do the real-node files together. (pytest-xdist's own
+    `loadgroup` does not work with pytest 9: it renames a test by `item._nodeid`, which pytest
+    9 no longer reads.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByFileRealNodeTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _group(nodeid)
+
+    return ByFileRealNodeTogether(config, log)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A pytest-xdist worker dies with the run's main process, as its control plane dies with it
+    (PR_SET_PDEATHSIG): a `kill -9` of pytest leaves nothing behind, with workers or without."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the main process died before the call
+            os._exit(1)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark each test by its directory (cluster, tools); leave the tools tests out of a `-m`
-    selection that does not name them."""
+    selection that does not name them. The real-node tests go first: under pytest-xdist theirs
+    is the longest unit of work, which, started last, would finish alone."""
     for item in items:
         for kind in ("cluster", "tools"):
             if item.path.parent.name == kind:
                 item.add_marker(kind)
+    items.sort(key=lambda item: _group(item.nodeid) != REAL_NODE_GROUP)  # stable: the rest keep their order
     markexpr = config.getoption("markexpr")
     if markexpr and "tools" not in markexpr:
         left_out = [item for item in items if item.get_closest_marker("tools")]
@@ -83,6 +124,9 @@ def _keep(session: pytest.Session) -> bool:
 @pytest.fixture(scope="session")
 def cluster(request: pytest.FixtureRequest) -> Iterator[ClusterInfo]:
     existing = os.environ.get("KUBECONFIG")
+    if existing and os.environ.get("PYTEST_XDIST_WORKER"):
+        pytest.exit("pytest -n with $KUBECONFIG: every worker would serve the same nc-* namespaces of that "
+                    "cluster with an operator of its own; run it serially (-n 0)", returncode=4)
     if existing:
         yield ClusterInfo(kubeconfig=Path(existing), local=False, bins=None)
         return

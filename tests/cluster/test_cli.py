@@ -26,6 +26,7 @@ from kubernetes.client.rest import ApiException
 from necrocode import cli as necrocode_cli
 from necrocode.cli import connection, kubeconfig, live, options, views
 from tests.support.kube import ClusterInfo, Kubectl, wait_for
+from tests.support.terminal import sigint_as_from_a_terminal
 
 pytestmark = pytest.mark.usefixtures("operator")
 
@@ -564,10 +565,11 @@ def finish_lost_runners(kube: Kubectl, ns: str, name: str) -> None:
 def test_ctrl_c_stops_watching_not_the_cancellation(kube: Kubectl, cluster: ClusterInfo, namespace: str) -> None:
     ns = namespace
     small_job(kube, ns, stop="never", grace=60)
-    proc = subprocess.Popen([sys.executable, "-m", "necrocode.cli", "job", "cancel", "job1", "-n", ns,
-                             "--kubeconfig", str(cluster.kubeconfig), "--grace-period", "60"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    with sigint_as_from_a_terminal():
+        proc = subprocess.Popen([sys.executable, "-m", "necrocode.cli", "job", "cancel", "job1", "-n", ns,
+                                 "--kubeconfig", str(cluster.kubeconfig), "--grace-period", "60"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.stdout is not None
     first = proc.stdout.readline()
     assert first.startswith("jobcancellation.necrocode.io/job1-cancel-") and first.endswith(" created\n")

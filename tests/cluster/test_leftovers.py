@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.kube import ClusterInfo
+from tests.support.terminal import sigint_as_from_a_terminal
 
 SCRIPT = """
 import time
@@ -43,8 +44,9 @@ def _alive(pid: int) -> bool:
 def test_interrupted_run_leaves_no_process(cluster: ClusterInfo, tmp_path: Path, sig: int) -> None:
     if not cluster.local or cluster.bins is None:
         pytest.skip("only for the local control plane")
-    proc = subprocess.Popen([sys.executable, "-c", SCRIPT.format(state=str(tmp_path / "cp"), bins=str(cluster.bins))],
-                            cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE, text=True)
+    with sigint_as_from_a_terminal():
+        proc = subprocess.Popen([sys.executable, "-c", SCRIPT.format(state=str(tmp_path / "cp"), bins=str(cluster.bins))],
+                                cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert line.strip() == "up", line
