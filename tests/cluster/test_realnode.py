@@ -216,10 +216,19 @@ def test_jobcancellation_stops_real_runners(kube: Kubectl, namespace: str, real_
     assert st["progress"]["runnersTerminated"] == 2 and st["progress"]["runnersForced"] == 0, st["progress"]
     graceful, stubborn = pods["graceful"], pods["stubborn"]
     result, last = watcher.report(graceful), watcher.report(stubborn)
-    # the cancellation signal reached both processes through the downward API before they ended
+    # both runners opted in (necrocode.io/signal: annotation): each pod carried the signal when its
+    # deletion began. Whether the process read it before it ended is the kubelet's timing: it
+    # refreshes the downward-API file shortly after the PATCH, mostly before the SIGTERM, but not
+    # surely (docs/runners.md: 6 of 110 measured deletes-at-once never got it, more on a busy
+    # machine). test_runner_saves_its_work_on_sigterm_and_exits_within_grace waits for the file
+    # and so checks that path; here a runner that read it must have read this signal.
+    for name in (graceful, stubborn):
+        signal = json.loads(watcher.annotations_when_deleted[name][CANCEL_ANNOTATION])
+        assert signal["reason"] == "real node" and signal["by"] == "jobcancellation/stop-job1", signal
     for report in (result, last):
-        signal = json.loads(report["cancel-requested"])
-        assert signal["reason"] == "real node" and signal["by"] == "jobcancellation/stop-job1"
+        if report["cancel-requested"] != "none":
+            seen = json.loads(report["cancel-requested"])
+            assert (seen["reason"], seen["by"]) == ("real node", "jobcancellation/stop-job1"), report
     saved, slack_s = t0.until(result, watcher.exits[graceful].finished_at)
     killed, slack_k = t0.until(last, watcher.exits[stubborn].finished_at)
     print(f"\ngraceful runner: exit {watcher.code(graceful)}, work saved {saved:.1f}s after the "

@@ -249,12 +249,14 @@ class Moment:
 class ExitWatch:
     """Records each pod's container terminated state from a watch (written by the kubelet just
     before the pod object goes away; polling could miss it): exit code, termination message (the
-    runner's report), finishedAt."""
+    runner's report), finishedAt; and each pod's annotations as its deletion began (the first
+    version with a deletionTimestamp): what the pod carried when its SIGTERM was asked for."""
 
     def __init__(self, kube: Kubectl, ns: str, selector: str) -> None:
         from kubernetes import watch
 
         self.exits: dict[str, Any] = {}  # pod name -> V1ContainerStateTerminated
+        self.annotations_when_deleted: dict[str, dict[str, str]] = {}  # pod name -> its annotations
         self._stopped = False
         self._w = watch.Watch()
         self._t = threading.Thread(target=self._run, args=(kube, ns, selector), daemon=True)
@@ -265,6 +267,8 @@ class ExitWatch:
             for ev in self._w.stream(kube.core.list_namespaced_pod, ns, label_selector=selector,
                                      timeout_seconds=300):
                 pod = ev["object"]
+                if pod.metadata.deletion_timestamp and pod.metadata.name not in self.annotations_when_deleted:
+                    self.annotations_when_deleted[pod.metadata.name] = dict(pod.metadata.annotations or {})
                 for c in pod.status.container_statuses or []:
                     if c.state.terminated:
                         self.exits[pod.metadata.name] = c.state.terminated
