@@ -68,13 +68,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this process when the thread that started it dies
+    (PR_SET_PDEATHSIG): the one way every process of a test run is tied to the run."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     """Ask the kernel to SIGKILL this child when the process that started it dies, so an
     interrupted or killed test run leaves no control-plane process behind. (SIGKILL, not
     SIGTERM: kube-apiserver's graceful shutdown can hang once etcd is gone; a test cluster's
     state is thrown away anyway.)"""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    die_with_parent()
     os.setsid()
 
 

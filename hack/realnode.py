@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import calendar
-import ctypes
 import ipaddress
 import json
 import os
@@ -56,7 +55,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from hack.localcluster import versions  # the one reader of hack/versions.env
+from hack.localcluster import die_with_parent, versions  # versions: the one reader of hack/versions.env
 
 HACK = Path(__file__).resolve().parent
 REPO = HACK.parent
@@ -209,7 +208,7 @@ def _preexec(tie: bool):  # type: ignore[no-untyped-def]
     def fn() -> None:  # pragma: no cover - runs between fork and exec
         os.setsid()
         if tie:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+            die_with_parent()
     return fn
 
 

@@ -72,10 +72,9 @@ def pytest_configure(config: pytest.Config) -> None:
     """A pytest-xdist worker dies with the run's main process, as its control plane dies with it
     (PR_SET_PDEATHSIG): a `kill -9` of pytest leaves nothing behind, with workers or without."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
-        import ctypes
-        import signal
+        from hack.localcluster import die_with_parent
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        die_with_parent()
         if os.getppid() == 1:  # the main process died before the call
             os._exit(1)
 
