@@ -24,6 +24,7 @@ from kubernetes.client.rest import ApiException
 
 from tests.support.access import allowed
 from tests.support.kube import ClusterInfo, Kubectl, json_lines, operator_env, wait_for
+from tests.support.operators import refusals
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "necrocode-cancel"
@@ -197,7 +198,7 @@ def test_install_run_with_least_privilege_and_uninstall(kube: Kubectl, cluster: 
         tp = tc["progress"]
         assert (tp["tasksCancelled"], tp["leasesReleased"], tp["resourcesDeleted"]) == (2, 1, 1)
         assert (jc["progress"]["runnersForced"], jc["progress"]["tasksCancelled"]) == (1, 2)
-        assert "Forbidden" not in text and "403" not in text
+        assert not refusals(text), refusals(text)
 
         def expired() -> list[tuple[str, int, bool]]:  # logged once the delete (and kopf's finalizer) went through
             return sorted((e["cancellation"], e["ttl_seconds"], e["default_ttl"]) for e in json_lines(log)

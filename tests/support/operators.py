@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -102,6 +103,33 @@ def alive(proc: subprocess.Popen[bytes], log: Path) -> None:
     """Fail at once, with the evidence, when the operator process has exited."""
     if proc.poll() is not None:
         raise AssertionError(f"the operator exited (code {proc.returncode})\n{evidence(log)}")
+
+
+_REFUSED = re.compile(r"forbidden|(?<![\d.])403(?![\d.])", re.IGNORECASE)
+
+
+def refusals(text: str) -> list[str]:
+    """The lines of an operator log that tell of a request the API server refused (403
+    Forbidden). A record is read value by value, leaving out its timestamp: matching the raw
+    text failed a run whose log had a line written at "19:14:51.403Z"."""
+    found = []
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            rec = line
+        if not isinstance(rec, dict):
+            if _REFUSED.search(str(rec)):
+                found.append(line)
+            continue
+        for key, value in rec.items():
+            if key == "ts":
+                continue
+            if (isinstance(value, int) and not isinstance(value, bool) and value == 403 and key in ("status", "code")) \
+                    or _REFUSED.search(value if isinstance(value, str) else json.dumps(value)):
+                found.append(line)
+                break
+    return found
 
 
 def evidence(log: Path, lines: int = 40) -> str:
