@@ -179,9 +179,13 @@ def test_the_runners_report_is_their_termination_message(tmp_path: Path) -> None
 def test_the_stubborn_runner_reports_each_step_until_killed(tmp_path: Path) -> None:
     proc, art, msg = _run("ignore-sigterm.sh", tmp_path)
     proc.send_signal(signal.SIGTERM)  # ignored
-    _wait(lambda: int((art / "progress").read_text() or 0) >= 3, "more steps after SIGTERM")
+    # waits on the termination message itself: the script writes it after `progress`, so a kill
+    # right after `progress` said 3 could find the message still at 2 (a CI run did)
+    _wait(lambda: int(parse_report(msg.read_text()).get("steps") or 0) >= 3, "more steps reported after SIGTERM")
     proc.kill()
     proc.communicate(timeout=10)
     report = parse_report(msg.read_text())
     assert "ended" not in report and int(report["steps"]) >= 3 and report["cancel-requested"] == "none"
+    assert int((art / "progress").read_text()) >= int(report["steps"])  # `progress` is written first
+    assert not (art / "result").exists()  # nothing saved beyond progress
     assert report["boot"] == BOOT_ID
