@@ -160,6 +160,42 @@ def changed_by(task: Obj, ref: Ref) -> bool:
     return False
 
 
+LIVE_TASK_STATES = frozenset({TaskState.PENDING, TaskState.READY, TaskState.RUNNING})
+"""A task in one of these may still be dispatched or still run: what no cancelled task may be."""
+
+
+class TaskWrite(enum.Enum):
+    DONE = "done"
+    """Ours already: the task carries this request's record and is not live."""
+    UNAFFECTED = "unaffected"
+    """Left as it is: it already has the target state, or it finished by itself."""
+    WRITE = "write"
+
+
+def task_write(task: Obj, after: str, by: Ref) -> TaskWrite:
+    """What giving `task` the state `after` needs. Our record alone does not make it done: a
+    late writer (a runner's last report, a dispatcher that had not seen the block) can set a
+    task we cancelled back to Pending, Ready or Running, and then it is written again (Verify
+    finds such a task, and its repair goes through here)."""
+    state = task_state(task)
+    if changed_by(task, by) and state not in LIVE_TASK_STATES:
+        return TaskWrite.DONE
+    if state.value == after or state in FINISHED_TASK_STATES:
+        return TaskWrite.UNAFFECTED
+    return TaskWrite.WRITE
+
+
+def recorded_previous_state(task: Obj, by: Ref) -> str | None:
+    """The state this request's own cancellation record says the task had before it (None: no
+    record of ours). Writing a task again keeps it: what the task was before the cancellation,
+    not what a late writer set."""
+    if not changed_by(task, by):
+        return None
+    rec = (task.get("status") or {}).get("cancellation")
+    prev = rec.get("previousState") if isinstance(rec, Mapping) else None
+    return prev if isinstance(prev, str) and prev in {t.value for t in TaskState} else None
+
+
 # ----------------------------------------------------------------------------- runner markers
 @dataclass(frozen=True)
 class Marker:

@@ -59,6 +59,7 @@ from necrocode.model import (
     parse_time,
 )
 from necrocode.planning import (
+    LIVE_TASK_STATES,
     Claim,
     JobInstance,
     VerifyFindings,
@@ -842,9 +843,11 @@ async def update_task_states(ctx: Ctx) -> StepResult:
         p.tasks_unaffected = len(res.unaffected)
         p.finished_during_cancel = sum(1 for _, state in res.unaffected if state in ENDED_BY_THEMSELVES)
     if ctx.is_job:
-        before = {a.name: a.before for a in ctx.status.affected_tasks}
-        merged = [a if a.before != "Unknown" or a.name not in before else a.model_copy(update={"before": before[a.name]})
-                  for a in res.changed]
+        # a task's state before the cancellation: as first recorded (ClassifyTasks, or a run
+        # before a restart), not as found now (a task set live again by a late writer is
+        # cancelled again, and was not Running before the cancellation)
+        before = {a.name: a.before for a in ctx.status.affected_tasks if a.before != "Unknown"}
+        merged = [a.model_copy(update={"before": before[a.name]}) if a.name in before else a for a in res.changed]
         ctx.status.affected_tasks = sorted(merged, key=lambda a: a.name)[:ctx.listed]
         ctx.status.affected_tasks_total = len(merged)
     else:  # mark those that finished meanwhile
@@ -1043,7 +1046,7 @@ async def _inspect(ctx: Ctx) -> VerifyFindings:
         job_phase())
     f.runner_pods = sorted(p["metadata"]["name"] for p in pods)
     f.held_leases = sorted(o["metadata"]["name"] for o in leases)
-    live = {TaskState.PENDING, TaskState.READY, TaskState.RUNNING}
+    live = LIVE_TASK_STATES
     if ctx.is_job:
         f.live_tasks = sorted(t["metadata"]["name"] for t in tasks if task_state(t) in live)
     else:

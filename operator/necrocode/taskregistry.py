@@ -20,7 +20,6 @@ from necrocode.model import (
     ANNOTATION_CANCELLED_BY,
     ANNOTATION_CANCELLED_BY_UID,
     BLOCKED_DISPATCH,
-    FINISHED_TASK_STATES,
     AffectedTask,
     JobPhase,
     Ref,
@@ -28,7 +27,16 @@ from necrocode.model import (
     TaskState,
     iso,
 )
-from necrocode.planning import JobInstance, belongs_to, changed_by, dispatch_blocked, task_state
+from necrocode.planning import (
+    JobInstance,
+    TaskWrite,
+    belongs_to,
+    changed_by,
+    dispatch_blocked,
+    recorded_previous_state,
+    task_state,
+    task_write,
+)
 
 Obj = dict[str, Any]
 
@@ -75,11 +83,16 @@ class TaskRegistry:
                 nonlocal listed
                 task, listed = (listed, None) if listed is not None else (await self.kube.get(self.task_path(a.name)), None)
                 state = task_state(task)
-                if changed_by(task, by):
+                decision = task_write(task, a.after, by)
+                if decision is TaskWrite.DONE:
                     return "changed", state.value
-                if state.value == a.after or state in FINISHED_TASK_STATES:
+                if decision is TaskWrite.UNAFFECTED:
                     return "unaffected", state.value
-                update = self._update(task, a, by=by, requester=requester, reason=reason, prev=state)
+                if changed_by(task, by):  # set live again after we wrote it: written again
+                    self.log.warning("task live again after its cancellation; cancelling it again", task=a.task_id,
+                                     state=state.value)
+                prev = recorded_previous_state(task, by) or state.value
+                update = self._update(task, a, by=by, requester=requester, reason=reason, prev=prev)
                 # a PUT of the object as read, not a PATCH: the same resourceVersion guard, and
                 # the API server has no patch to apply (a quarter less of its CPU per task)
                 await self.kube.request("PUT", self.task_path(a.name, "status"), body=update, meta_only=True)
@@ -107,7 +120,7 @@ class TaskRegistry:
         return out
 
     def _update(self, task: Obj, a: AffectedTask, *, by: Ref, requester: Requester, reason: str,
-                prev: TaskState) -> Obj:
+                prev: str) -> Obj:
         """The task as read, with its new state: the body of a PUT to its status subresource."""
         now = iso(self.clock.now())
         status: Obj = {**(task.get("status") or {}), "state": a.after}
@@ -116,7 +129,7 @@ class TaskRegistry:
                 "reason": a.reason or reason, "requestedBy": requester.username or None,
                 "requesterVerified": requester.verified if requester.username else None, "cancelledAt": now,
                 "cancelledBy": by.name, "cancelledByKind": by.kind, "cancelledByUid": by.uid or None,
-                "previousState": prev.value}.items() if v is not None}
+                "previousState": prev}.items() if v is not None}
         else:
             status["blockedBy"] = by.name
             if by.uid:

@@ -28,6 +28,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -139,44 +141,66 @@ KILL_AT = [("Validate", "first write"), ("BlockDispatch", "first write"), ("Clas
 assert {s for s, _ in KILL_AT} == set(STEPS)
 
 
-@pytest.mark.parametrize(("step", "moment"), KILL_AT, ids=[f"{s}-{m.replace(' ', '-')}" for s, m in KILL_AT])
-def test_operator_killed_inside_each_step_finishes_with_exact_counts(
-        step: str, moment: str, kube: Kubectl, cluster: ClusterInfo, solo_namespace: str, tmp_path: Path,
-        proxy: tuple[FaultProxy, Path]) -> None:
-    ns = solo_namespace
+@dataclass
+class Operators:
+    first_log: Path
+    second_log: Path
+    first: subprocess.Popen[bytes] = field(init=False)
+    second: subprocess.Popen[bytes] = field(init=False)
+
+
+@contextmanager
+def two_operators(cluster: ClusterInfo, ns: str, tmp_path: Path, proxy: tuple[FaultProxy, Path]) -> Iterator[Operators]:
+    """The first operator, through the proxy, and a warm spare to take over once it is killed;
+    both stopped at the end, whatever happened, with the proxy letting everything through."""
     fp, proxied = proxy
-    first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
     fp.passthrough()
-    first = operator(cluster, ns, first_log, kubeconfig=proxied)
-    second = operator(cluster, ns, second_log, warm=True)  # imports while the first works
-    procs = [first, second]
+    ops = Operators(tmp_path / "first.log", tmp_path / "second.log")
+    ops.first = operator(cluster, ns, ops.first_log, kubeconfig=proxied)
+    ops.second = operator(cluster, ns, ops.second_log, warm=True)  # imports while the first works
     try:
-        make_job(kube, ns)
-        wait_for(lambda: "operator started" in first_log.read_text(), timeout=30, what="the first operator")
-        fp.delay(DELAY)
-        kube.cancel_job(ns, "stop", "job", gracePeriodSeconds=5, escalateAfterSeconds=2)
-        wait_for(lambda: step_log(first_log, "step started", step), timeout=60, interval=0.02,
-                 what=f"step {step} started")
-        probe = FIRST_WRITE[step]
-        if moment == "first write":
-            assert probe is not None
-            wait_for(lambda: probe(kube, ns), timeout=10, interval=0.02, what=f"the first write of {step}")
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=10)
-        killed_at = time.monotonic()
-        fp.passthrough()
-        assert not step_log(first_log, "step finished", step), f"the kill landed after {step} finished"
-        go(second)
-        st = kube.wait_phase("jobcancellations", ns, "stop", timeout=60)["status"]
-        print(f"\n{step}: recovered {time.monotonic() - killed_at:.1f}s after the kill", file=sys.stderr)
+        yield ops
     finally:
         fp.passthrough()
-        for p in procs:
+        for p in (ops.first, ops.second):
             if p.poll() is None:
                 p.terminate()  # before stdin closes: a spare never started must not start now
                 if p.stdin is not None and not p.stdin.closed:
                     p.stdin.close()
                 p.wait(timeout=20)
+
+
+def cancel_and_kill_inside(kube: Kubectl, ns: str, fp: FaultProxy, ops: Operators, step: str, moment: str) -> None:
+    """Cancel the job (made beforehand) and SIGKILL the first operator inside `step`, at `moment`
+    (KILL_AT); the proxy lets everything through again afterwards."""
+    wait_for(lambda: "operator started" in ops.first_log.read_text(), timeout=30, what="the first operator")
+    fp.delay(DELAY)
+    kube.cancel_job(ns, "stop", "job", gracePeriodSeconds=5, escalateAfterSeconds=2)
+    wait_for(lambda: step_log(ops.first_log, "step started", step), timeout=60, interval=0.02,
+             what=f"step {step} started")
+    probe = FIRST_WRITE[step]
+    if moment == "first write":
+        assert probe is not None
+        wait_for(lambda: probe(kube, ns), timeout=10, interval=0.02, what=f"the first write of {step}")
+    ops.first.send_signal(signal.SIGKILL)
+    ops.first.wait(timeout=10)
+    fp.passthrough()
+    assert not step_log(ops.first_log, "step finished", step), f"the kill landed after {step} finished"
+
+
+@pytest.mark.parametrize(("step", "moment"), KILL_AT, ids=[f"{s}-{m.replace(' ', '-')}" for s, m in KILL_AT])
+def test_operator_killed_inside_each_step_finishes_with_exact_counts(
+        step: str, moment: str, kube: Kubectl, cluster: ClusterInfo, solo_namespace: str, tmp_path: Path,
+        proxy: tuple[FaultProxy, Path]) -> None:
+    ns = solo_namespace
+    with two_operators(cluster, ns, tmp_path, proxy) as ops:
+        make_job(kube, ns)
+        cancel_and_kill_inside(kube, ns, proxy[0], ops, step, moment)
+        killed_at = time.monotonic()
+        go(ops.second)
+        st = kube.wait_phase("jobcancellations", ns, "stop", timeout=60)["status"]
+        print(f"\n{step}: recovered {time.monotonic() - killed_at:.1f}s after the kill", file=sys.stderr)
+    second_log = ops.second_log
 
     second_events = json_lines(second_log)
     tail = "\n".join(json.dumps(e) for e in second_events[-40:])
@@ -209,6 +233,56 @@ def test_operator_killed_inside_each_step_finishes_with_exact_counts(
         task = kube.task(ns, "job", t)["status"]
         assert task["state"] == OTHER_STATES[t] and not task.get("cancellation")
     assert kube.get("agentjobs", ns, "job")["status"]["phase"] == "Cancelled"
+
+
+# ----------------------------------------------------------------------------- Verify finds and repairs
+def test_verify_repairs_what_a_late_writer_undid_while_no_operator_ran(
+        kube: Kubectl, cluster: ClusterInfo, solo_namespace: str, tmp_path: Path,
+        proxy: tuple[FaultProxy, Path]) -> None:
+    """Verify's own work: the operator is killed as Verify starts, and while none runs a
+    dispatcher that had not seen the block undoes part of the cancellation (it marks a
+    cancelled task Running, takes a released slot for it, and writes the job's phase Running).
+    The next operator's Verify finds each of them, repairs them once, finds nothing left, and
+    the cancellation ends Completed; nothing of it is reported as an error."""
+    ns = solo_namespace
+    with two_operators(cluster, ns, tmp_path, proxy) as ops:
+        make_job(kube, ns)
+        cancel_and_kill_inside(kube, ns, proxy[0], ops, "Verify", "start")
+        # the late dispatcher's writes (the slot of a runner that is gone, given to task pend)
+        kube.patch_status("agenttasks", ns, "job-pend", {"state": "Running"})
+        kube.coord.patch_namespaced_lease("slot-r1", ns, {
+            "metadata": {"labels": {"necrocode.io/job": "job", "necrocode.io/task": "pend"}},
+            "spec": {"holderIdentity": "job-pend-runner"}})
+        kube.patch_status("agentjobs", ns, "job", {"phase": "Running"})
+        go(ops.second)
+        st = kube.wait_phase("jobcancellations", ns, "stop", timeout=60)["status"]
+
+    found = [e for e in json_lines(ops.second_log) if e.get("event") == "inconsistency found; repairing once"]
+    assert len(found) == 1, json_lines(ops.second_log)[-40:]
+    remaining = {tuple(x) for x in found[0]["remaining"]}
+    # the slot can also be released again by CleanupResources, when the kill came before its
+    # finished status was stored and the next operator resumes there; the rest only Verify sees
+    assert {("agenttask/job-pend", "task still Pending, Ready or Running"),
+            ("agentjob", "job phase is Running, not Cancelled")} <= remaining <= {
+        ("agenttask/job-pend", "task still Pending, Ready or Running"),
+        ("agentjob", "job phase is Running, not Cancelled"),
+        ("lease/slot-r1", "repo slot still held for the job")}, remaining
+
+    assert st["phase"] == "Completed", st
+    verify = next(s for s in st["steps"] if s["name"] == "Verify")
+    assert (verify["state"], verify["message"]) == ("Succeeded", "repaired an inconsistency; now consistent"), verify
+    assert not st.get("errors"), st["errors"]
+    assert st["progress"]["leasesReleased"] == 3, st["progress"]
+    # repaired: the task Cancelled again, the slot free and no longer the job's, the job Cancelled
+    task = kube.task(ns, "job", "pend")["status"]
+    assert task["state"] == "Cancelled" and task["cancellation"]["cancelledBy"] == "stop", task
+    assert task["cancellation"]["previousState"] == "Pending", task  # before the cancellation, not the late write
+    assert {"name": "job-pend", "before": "Pending"}.items() <= next(
+        a for a in st["affectedTasks"] if a["name"] == "job-pend").items(), st["affectedTasks"]
+    lease = kube.coord.read_namespaced_lease("slot-r1", ns)
+    assert not lease.spec.holder_identity and "necrocode.io/job" not in (lease.metadata.labels or {})
+    assert kube.get("agentjobs", ns, "job")["status"]["phase"] == "Cancelled"
+    assert kube.pods(ns, "necrocode.io/job=job") == []
 
 
 # ----------------------------------------------------------------------------- late status writes
