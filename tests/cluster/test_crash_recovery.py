@@ -36,6 +36,7 @@ from urllib.parse import urlparse
 
 import pytest
 import yaml
+from kubernetes.client.exceptions import ApiException
 
 from tests.support.faultproxy import FaultProxy, proxy_kubeconfig
 from tests.support.kube import ClusterInfo, Kubectl, json_lines, operator_env, wait_for
@@ -241,7 +242,8 @@ def test_verify_repairs_what_a_late_writer_undid_while_no_operator_ran(
         proxy: tuple[FaultProxy, Path]) -> None:
     """Verify's own work: the operator is killed as Verify starts, and while none runs a
     dispatcher that had not seen the block undoes part of the cancellation (it marks a
-    cancelled task Running, takes a released slot for it, and writes the job's phase Running).
+    cancelled task Running, takes a released slot for it, and writes the job's phase Running;
+    its runner pod is refused at admission).
     The next operator's Verify finds each of them, repairs them once, finds nothing left, and
     the cancellation ends Completed; nothing of it is reported as an error."""
     ns = solo_namespace
@@ -254,6 +256,10 @@ def test_verify_repairs_what_a_late_writer_undid_while_no_operator_ran(
             "metadata": {"labels": {"necrocode.io/job": "job", "necrocode.io/task": "pend"}},
             "spec": {"holderIdentity": "job-pend-runner"}})
         kube.patch_status("agentjobs", ns, "job", {"phase": "Running"})
+        # its runner for the task is refused: dispatch stays blocked while no operator runs
+        with pytest.raises(ApiException) as refused:
+            kube.create_runner(ns, "job", "pend")
+        assert refused.value.status == 403 and "dispatch is blocked" in refused.value.body, refused.value
         go(ops.second)
         st = kube.wait_phase("jobcancellations", ns, "stop", timeout=60)["status"]
 
