@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from necrocode import metrics
-from necrocode.concurrency import bounded
+from necrocode.concurrency import bounded, together
 from necrocode.kube import ApiError, Kube, NotFound, TransientError, core_path, lease_path
 from necrocode.logs import Bound
 from necrocode.logtail import is_kept_log
@@ -88,9 +88,11 @@ class ResourceCleaner:
         never deleted. An object marked both is in both lists, as each marker says."""
         scratch: list[tuple[str, Obj]] = []
         artifacts: list[tuple[str, Obj]] = []
-        for kind, plural in self.kinds.items():
-            items, _ = await self.kube.list_all(core_path(self.namespace, plural), label_selector=selector,
-                                                meta_only=True)  # names: metadata is enough
+        kinds = list(self.kinds.items())
+        listed = await together(*(  # each kind's list at once; names: metadata is enough
+            self.kube.list_all(core_path(self.namespace, plural), label_selector=selector, meta_only=True)
+            for _, plural in kinds))
+        for (kind, _), (items, _) in zip(kinds, listed, strict=True):
             for o in items:
                 labels = (o.get("metadata") or {}).get("labels") or {}
                 if not _in_tasks(o, only):
@@ -158,8 +160,10 @@ class ResourceCleaner:
         `only` limits it to those tasks. `before_delete(n)` is told how many resources are about
         to be deleted, before the first is."""
         out = CleanupOutcome()
-        await self.release_leases(selector, out, only, by_uid=by_uid, keep=keep, job=job)
-        doomed, artifacts = await self.marked(selector, only, job=job)
+        # the slots go back while the scratch and artifacts are listed: neither waits for the other
+        _, (doomed, artifacts) = await together(
+            self.release_leases(selector, out, only, by_uid=by_uid, keep=keep, job=job),
+            self.marked(selector, only, job=job))
         for kind, obj in artifacts:
             # a kept runner log stays, whatever was asked
             if kind in delete_artifacts and not keep_artifact(obj) and not is_kept_log(obj):

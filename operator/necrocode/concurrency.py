@@ -23,3 +23,19 @@ async def bounded(items: Iterable[Any], fn: Callable[[Any], Awaitable[object]], 
             await fn(item)
 
     await asyncio.gather(*(one(i) for i in items))
+
+
+async def together(*calls: Awaitable[Any]) -> list[Any]:
+    """Await calls that do not depend on each other at once, their answers in order: a step
+    waits for one round trip, not one per call. The first to fail cancels the others, which are
+    awaited (none is left running unseen, as asyncio.gather would leave them), and its own
+    exception is raised as it is, not wrapped in an ExceptionGroup as a TaskGroup would: the
+    callers handle ApiError."""
+    tasks = [asyncio.ensure_future(c) for c in calls]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

@@ -16,7 +16,7 @@ from typing import Any
 from necrocode import access, keeping
 from necrocode.cleaner import CleanupOutcome, ResourceCleaner
 from necrocode.clock import Clock
-from necrocode.concurrency import bounded
+from necrocode.concurrency import bounded, together
 from necrocode.cooperation import CooperativeWindow
 from necrocode.drainer import TaskDrainer
 from necrocode.events import EventRecorder
@@ -661,7 +661,7 @@ async def signal_runners(ctx: Ctx) -> StepResult:
             await ctx.make_total_durable(len(pods) - len(await term.find_foreign(pods)))
 
     readers = [p for p in pods if annotates(ctx.kind, ctx.spec.cooperative_seconds, ctx.contested, p)]
-    n, _ = await asyncio.gather(term.signal(readers, _reason(ctx)), durable_total())
+    n, _ = await together(term.signal(readers, _reason(ctx)), durable_total())
     msg = f"{n} runner(s) annotated necrocode.io/cancel-requested"
     if len(readers) < len(pods):
         msg += (f"; {len(pods) - len(readers)} get the graceful delete as their signal (no cooperative window, "
@@ -1022,7 +1022,7 @@ async def _inspect(ctx: Ctx) -> VerifyFindings:
     """What is left: runner pods, held slots, live tasks, the job's phase. The four reads do not
     depend on each other, so they go at once: Verify waits for one round trip, not four (a
     fixed cost of every cancellation, whatever its size). A failed read fails the step as
-    before; the others' answers are dropped."""
+    before; the others are cancelled (concurrency.together)."""
     f = VerifyFindings()
     term = _terminator(ctx, Termination())
 
@@ -1039,7 +1039,7 @@ async def _inspect(ctx: Ctx) -> VerifyFindings:
         same = ctx.instance is None or job["metadata"].get("uid") == ctx.instance.uid
         return (phase or "unset") if phase != JobPhase.CANCELLED.value and same else None
 
-    (pods, _), leases, tasks, f.job_phase = await asyncio.gather(
+    (pods, _), leases, tasks, f.job_phase = await together(
         term.list_runners(),
         ctx.cleaner.held_leases(ctx.job_selector, ctx.cancelled_task_ids(), job=ctx.instance),
         ctx.registry.list_tasks(ctx.spec.job_name, instance=ctx.instance),
