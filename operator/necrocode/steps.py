@@ -1046,13 +1046,12 @@ async def _inspect(ctx: Ctx) -> VerifyFindings:
         job_phase())
     f.runner_pods = sorted(p["metadata"]["name"] for p in pods)
     f.held_leases = sorted(o["metadata"]["name"] for o in leases)
-    live = LIVE_TASK_STATES
     if ctx.is_job:
-        f.live_tasks = sorted(t["metadata"]["name"] for t in tasks if task_state(t) in live)
+        f.live_tasks = sorted(t["metadata"]["name"] for t in tasks if task_state(t) in LIVE_TASK_STATES)
     else:
         want = {a.name: a.after for a in ctx.affected()}
         f.live_tasks = sorted(t["metadata"]["name"] for t in tasks
-                              if t["metadata"]["name"] in want and task_state(t) in live
+                              if t["metadata"]["name"] in want and task_state(t) in LIVE_TASK_STATES
                               and want[t["metadata"]["name"]] != task_state(t).value)
     return f
 

@@ -118,17 +118,10 @@ def refusals(text: str) -> list[str]:
             rec = json.loads(line)
         except ValueError:
             rec = line
-        if not isinstance(rec, dict):
-            if _REFUSED.search(str(rec)):
-                found.append(line)
-            continue
-        for key, value in rec.items():
-            if key == "ts":
-                continue
-            if (isinstance(value, int) and not isinstance(value, bool) and value == 403 and key in ("status", "code")) \
-                    or _REFUSED.search(value if isinstance(value, str) else json.dumps(value)):
-                found.append(line)
-                break
+        values = ([v if isinstance(v, str) else json.dumps(v) for k, v in rec.items() if k != "ts"]
+                  if isinstance(rec, dict) else [str(rec)])
+        if any(_REFUSED.search(v) for v in values):
+            found.append(line)
     return found
 
 
