@@ -44,6 +44,10 @@ API_BUDGET_WAIT = Counter("necrocode_api_budget_wait_seconds_total",
                           "Seconds the operator's requests waited for the API budget (an in-flight slot or a "
                           "token of the rate), by scope: global (all cancellations together) or cancellation "
                           "(each one's own).", ["scope"])
+EVENTS_SKIPPED = Counter("necrocode_events_skipped_total",
+                         "Per-task and RunnerForced Events not written because the operator's Event budget "
+                         "(NECROCODE_EVENT_QPS, NECROCODE_EVENT_BURST) had no token; each cancellation's summary "
+                         "Event counts them, and every task records its cancellation in its status.")
 KOPF_MEMORIES = Gauge("necrocode_kopf_memories", "Objects kopf keeps a memory of in this operator: the cancellation "
                       "records it still has work for (a finished record's goes once its daemon has; "
                       "necrocode.kopfmemory).")

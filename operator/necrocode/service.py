@@ -16,7 +16,7 @@ from necrocode import metrics
 from necrocode.budget import CURRENT, Budget
 from necrocode.cleaner import ResourceCleaner
 from necrocode.clock import Clock, SystemClock
-from necrocode.events import EventRecorder
+from necrocode.events import DetailEvents, EventRecorder
 from necrocode.kube import ApiError, Kube, NotLeader, TransientError, nc_path
 from necrocode.logs import Bound
 from necrocode.model import (
@@ -59,6 +59,8 @@ class CancellationService:
         self.kube, self.settings = kube, settings
         self.clock: Clock = clock or SystemClock()
         self.runner_watches = RunnerWatches(kube, self.clock) if settings.shared_runner_watch else None
+        self.detail_events = DetailEvents(settings.event_qps, settings.event_burst, self.clock)
+        """The Event budget all cancellations share for their per-task and per-runner Events."""
         self.running: dict[str, Ctx] = {}
         """The cancellations at work in this process, by uid (a forced request escalates one here)."""
 
@@ -111,7 +113,7 @@ class CancellationService:
             kube=self.kube, settings=s, clock=self.clock, kind=kind, namespace=meta["namespace"],
             name=meta["name"], uid=meta.get("uid", ""), spec=spec, status=status, log=log,
             events=EventRecorder(self.kube, self.clock, meta.get("uid", ""), log,
-                                 concurrency=max(1, s.concurrency // 5)),
+                                 concurrency=max(1, s.concurrency // 5), details=self.detail_events),
             registry=TaskRegistry(self.kube, meta["namespace"], clock=self.clock, log=log,
                                   concurrency=s.concurrency),
             cleaner=ResourceCleaner(self.kube, meta["namespace"], log=log, concurrency=s.concurrency,

@@ -99,6 +99,15 @@ class Settings:
     """Per-task Events for at most this many tasks of one cancellation (and RunnerForced Events
     for this many forced runners); beyond it one summary Event says how many more (as
     client-go's event spam filter would)."""
+    event_qps: float = 10.0
+    """Per-task and RunnerForced Events per second, all cancellations together (0: no limit).
+    An Event the budget has no token for is not written, never waited for: the summary Event
+    counts its task or runner, and the task's own status.cancellation records it either way.
+    Like the kubelet's eventRecordQPS: a budget cut stopping a thousand jobs writes a few Events
+    a second, not one per task and runner (about 8,000 in two minutes for 1,000 x 5)."""
+    event_burst: int = 200
+    """Per-task and RunnerForced Events written at once after a quiet spell: one cancellation's
+    full share (task_events_limit of each) is never thinned by the rate alone."""
     shared_runner_watch: bool = True
     """Cancellations in one namespace follow their runners through one shared watch
     (runnerwatch.py); off: a watch each, as before (kept to measure the difference)."""
@@ -153,6 +162,8 @@ class Settings:
             request_timeout=float(_env("NECROCODE_REQUEST_TIMEOUT_SECONDS", "30")),
             status_list_limit=max(1, int(_env("NECROCODE_STATUS_LIST_LIMIT", "100"))),
             task_events_limit=max(0, int(_env("NECROCODE_TASK_EVENTS_LIMIT", "100"))),
+            event_qps=_rate("NECROCODE_EVENT_QPS", "10"),
+            event_burst=_count("NECROCODE_EVENT_BURST", "200", 1, "Events at once after a quiet spell"),
             shared_runner_watch=_flag("NECROCODE_SHARED_RUNNER_WATCH", "true"),
             coalesce_lists=_flag("NECROCODE_COALESCE_LISTS", "true"),
             include_secrets=_flag("NECROCODE_INCLUDE_SECRETS", "false"),

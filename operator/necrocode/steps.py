@@ -149,6 +149,9 @@ class Ctx:
     """The runners' total this run has written to the stored status (make_total_durable)."""
     terminator: RunnerTerminator | None = None
     """The terminator at work, while TerminateRunners runs (an escalation reaches it here)."""
+    forced_announced: int = 0
+    """Forced runners given a RunnerForced Event of their own by this TerminateRunners (its
+    RunnersForced summary counts the others it forced)."""
     forced_now: asyncio.Event = field(default_factory=asyncio.Event)
     """Set while the cancellation is forced (spec.force, an escalation now or before a restart):
     a wait (the drain, the cooperative window, the reading of the runners' logs) ends at once."""
@@ -283,7 +286,7 @@ class Ctx:
     def affected(self) -> list[AffectedTask]:
         return self.affected_all if self.affected_all is not None else list(self.status.affected_tasks)
 
-    def spawn(self, work: Awaitable[None]) -> None:
+    def spawn(self, work: Awaitable[object]) -> None:
         """Off the critical path; the engine waits for it before the final status."""
         async def run() -> None:
             try:
@@ -612,15 +615,18 @@ async def _finished_task_ids(ctx: Ctx) -> frozenset[str]:
 
 def _terminator(ctx: Ctx, state: Termination) -> RunnerTerminator:
     async def forced(name: str) -> None:
-        # like the task Events: one per runner up to the limit (the count is in status and
-        # metrics, every runner is in the log); a mass escalation must not add a write per pod
+        # like the task Events: one per runner up to the limit and as the Event budget allows
+        # (the count is in status and metrics, every runner is in the log); a mass escalation
+        # must not add a write per pod
         if len(state.forced) > ctx.settings.task_events_limit:
             return
-        await ctx.events.emit(ctx.body, f"forced-{name}", "RunnerForced",
-                              f"runner pod {name} force-deleted " + (
-                                  f"(escalated by {ctx.escalated_by})" if ctx.escalated_by else
-                                  f"(grace {ctx.spec.effective_grace}s + {ctx.spec.escalate_after_seconds}s ran out)"),
-                              "Warning")
+        if await ctx.events.emit(ctx.body, f"forced-{name}", "RunnerForced",
+                                 f"runner pod {name} force-deleted " + (
+                                     f"(escalated by {ctx.escalated_by})" if ctx.escalated_by else
+                                     f"(grace {ctx.spec.effective_grace}s + {ctx.spec.escalate_after_seconds}s "
+                                     "ran out)"),
+                                 "Warning", detail=True):
+            ctx.forced_announced += 1
 
     def progress(t: Termination) -> None:
         p = ctx.status.progress
@@ -748,6 +754,8 @@ async def terminate_runners(ctx: Ctx) -> StepResult:
     fresh = listed is not None and ctx.durable_total is not None
     prior = prior_termination(ctx.status.progress, ctx.status.runner_outcomes, fresh=fresh)
     term = ctx.terminator = _terminator(ctx, prior)
+    forced_before = len(prior.forced)  # by an earlier run or attempt: its Events (or summary) told of them
+    ctx.forced_announced = 0
     if ctx.escalated_by:
         term.escalate()
     reading = keeping.read_in_grace(ctx)
@@ -778,11 +786,12 @@ async def terminate_runners(ctx: Ctx) -> StepResult:
     msg = f"{out.terminated}/{out.total} runner(s) gone, {len(out.forced & out.gone)} forced"
     if out.let_go:
         msg += f", {len(out.let_go)} let go with their grace (their task finished)"
-    more = len(out.forced) - ctx.settings.task_events_limit
+    more = len(out.forced) - forced_before - ctx.forced_announced
     if more > 0:
         await ctx.events.emit(ctx.body, "forced-more", "RunnersForced",
-                              f"{more} more runner pod(s) force-deleted besides the {ctx.settings.task_events_limit} "
-                              f"with an Event of their own (status.progress.runnersForced counts them all)", "Warning")
+                              f"{more} more runner pod(s) force-deleted besides the {ctx.forced_announced} with an "
+                              f"Event of their own ({_why_no_event(ctx)}; status.progress.runnersForced counts them "
+                              "all)", "Warning")
     if out.stuck:
         return StepResult(StepState.FAILED, msg + f", {len(out.stuck)} stuck",
                           transient=any(n in out.transient for n in out.stuck))
@@ -879,19 +888,25 @@ async def update_task_states(ctx: Ctx) -> StepResult:
     return StepResult(message=msg)
 
 
+def _why_no_event(ctx: Ctx) -> str:
+    """Why some tasks or runners of a summary have no Event of their own: the two limits."""
+    s = ctx.settings
+    budget = f"the operator's Event budget of {s.event_qps:g}/s" if s.event_qps > 0 else ""
+    return " and ".join(w for w in (f"at most {s.task_events_limit} per cancellation", budget) if w)
+
+
 async def _task_events(ctx: Ctx, changed: list[AffectedTask]) -> None:
     """An Event on each changed AgentTask, for the first task_events_limit of them (by name, so a
-    resumed step picks the same ones); one summary Event on the AgentJob for the rest."""
-    limit = ctx.settings.task_events_limit
+    resumed step picks the same ones) as the operator's Event budget allows; one summary Event on
+    the AgentJob for the rest."""
     ordered = sorted(changed, key=lambda a: a.name)
-
-    async def one(a: AffectedTask) -> None:
+    rest: list[AffectedTask] = []
+    for i, a in enumerate(ordered):
         involved = {"apiVersion": "necrocode.io/v1alpha1", "kind": "AgentTask",
                     "metadata": {"name": a.name, "namespace": ctx.namespace, "uid": None}}
-        await ctx.events.emit(involved, f"task-{a.name}", a.after, f"{a.after} by {ctx.ref}: {a.reason}")
-
-    await bounded(ordered[:limit], one, ctx.settings.concurrency)
-    rest = ordered[limit:]
+        if i >= ctx.settings.task_events_limit or not await ctx.events.emit(
+                involved, f"task-{a.name}", a.after, f"{a.after} by {ctx.ref}: {a.reason}", detail=True):
+            rest.append(a)
     if rest:
         counts: dict[str, int] = {}
         for a in rest:
@@ -900,8 +915,8 @@ async def _task_events(ctx: Ctx, changed: list[AffectedTask]) -> None:
         job = ctx.job or {"apiVersion": "necrocode.io/v1alpha1", "kind": "AgentJob",
                           "metadata": {"name": ctx.spec.job_name, "namespace": ctx.namespace, "uid": None}}
         await ctx.events.emit(job, "tasks-more", "TasksChanged",
-                              f"{what} by {ctx.ref} besides the {limit} with an Event of their own "
-                              f"(kubectl get agenttasks -l {ctx.job_selector})")
+                              f"{what} by {ctx.ref} besides the {len(ordered) - len(rest)} with an Event of their "
+                              f"own ({_why_no_event(ctx)}; kubectl get agenttasks -l {ctx.job_selector})")
 
 
 # ============================================================================ cleanup

@@ -49,6 +49,9 @@ def operator_env(cluster: ClusterInfo, metrics_port: int = 0) -> dict[str, str]:
         "NECROCODE_REQUESTER_POLICY": "true",  # install_crds installs deploy/requester-policy.yaml
         "NECROCODE_LOG_TAIL_KIB": "4",  # kept runner logs: a tail much shorter than kwok's generated log
         "NECROCODE_LOG_READ_TIMEOUT_SECONDS": "10",  # the default, stated: the tests' bounds count it
+        # no Event budget: a test that asserts a task's or runner's Event must not depend on what the
+        # tests before it in this worker spent of one (test_event_budget.py gives its operator one)
+        "NECROCODE_EVENT_QPS": "0",
         "PYTHONFAULTHANDLER": "1",  # a crash in native code, or SIGABRT (tests.support.operators.stop), leaves tracebacks
     }
 

@@ -12,7 +12,7 @@ import pytest
 
 from necrocode.budget import CURRENT, Budget
 from necrocode.concurrency import bounded
-from necrocode.policies.budget import Bucket, default_burst, full, take, tokens_at
+from necrocode.policies.budget import Bucket, default_burst, full, take, tokens_at, try_take
 from necrocode.settings import Settings
 
 
@@ -73,6 +73,39 @@ def test_no_window_sends_more_than_burst_plus_rate_times_its_length(rate: float,
             assert j - i <= burst + rate * window + 1e-6
 
 
+@pytest.mark.parametrize(("tokens", "now", "want_ok", "want_tokens"), [
+    (5.0, 0.0, True, 4.0),     # a token there: taken
+    (1.0, 0.0, True, 0.0),     # the last one
+    (0.5, 0.0, False, 0.5),    # half a token: refused, nothing reserved ahead
+    (0.5, 0.05, True, 0.0),    # ...asked when the rest came in (10/s): taken
+    (0.0, 10.0, True, 4.0),    # a quiet spell refills to the burst, no more
+])
+def test_a_detail_event_takes_a_token_only_when_one_is_there(tokens: float, now: float, want_ok: bool,
+                                                             want_tokens: float) -> None:
+    after, ok = try_take(Bucket(rate=10, burst=5, tokens=tokens, at=0.0), now)
+    assert ok is want_ok
+    assert tokens_at(after, now) == pytest.approx(want_tokens)
+
+
+@pytest.mark.parametrize(("rate", "burst"), [(10, 200), (0.5, 3), (3, 1)])
+def test_refusals_never_push_the_next_event_back(rate: float, burst: int) -> None:
+    """A thousand Events asked at once, then steadily: exactly burst + rate * T pass in T
+    seconds however many were refused meanwhile (a refusal reserves nothing), and 0 a second
+    passes them all."""
+    bucket = full(rate, burst, 0.0)
+    passed = 0
+    for _ in range(1000):
+        bucket, ok = try_take(bucket, 0.0)
+        passed += ok
+    assert passed == burst
+    for i in range(1, 1001):  # 100 asks a second for 10 s
+        bucket, ok = try_take(bucket, i / 100)
+        passed += ok
+    assert passed == pytest.approx(burst + rate * 10, abs=1)
+    unlimited = full(0, 1, 0.0)
+    assert all(try_take(unlimited, 0.0)[1] for _ in range(1000))
+
+
 # ----------------------------------------------------------------------------- settings
 @pytest.mark.usefixtures("clean_settings_env")
 def test_the_budget_settings_default_to_todays_behaviour_and_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -86,7 +119,20 @@ def test_the_budget_settings_default_to_todays_behaviour_and_are_read(monkeypatc
                                                                                                         5, 25)
 
 
+@pytest.mark.usefixtures("clean_settings_env")
+def test_the_event_budget_defaults_to_ten_a_second_with_a_cancellations_share_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    s = Settings.from_env()
+    assert (s.event_qps, s.event_burst) == (10, 200)
+    assert s.event_burst >= 2 * s.task_events_limit  # one cancellation's tasks and forced runners
+    monkeypatch.setenv("NECROCODE_EVENT_QPS", "0")
+    monkeypatch.setenv("NECROCODE_EVENT_BURST", "1")
+    assert (Settings.from_env().event_qps, Settings.from_env().event_burst) == (0, 1)
+
+
 @pytest.mark.parametrize(("env", "message"), [
+    ({"NECROCODE_EVENT_QPS": "-3"}, "NECROCODE_EVENT_QPS='-3': expected requests per second >= 0 (0: no limit)"),
+    ({"NECROCODE_EVENT_BURST": "0"}, "NECROCODE_EVENT_BURST='0': expected Events at once after a quiet spell, 1 to"),
     ({"NECROCODE_CONCURRENCY": "0"}, "NECROCODE_CONCURRENCY='0': expected requests in flight, 1 to 10000"),
     ({"NECROCODE_CONCURRENCY": "many"}, "expected requests in flight, 1 to 10000"),
     ({"NECROCODE_API_QPS": "-1"}, "NECROCODE_API_QPS='-1': expected requests per second >= 0 (0: no limit)"),

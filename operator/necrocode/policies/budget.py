@@ -58,3 +58,16 @@ def take(bucket: Bucket, now: float) -> tuple[Bucket, float]:
     wait = 0.0 if left >= 0 else -left / bucket.rate
     return replace(bucket, tokens=left, at=max(now, bucket.at)), wait
 
+
+
+def try_take(bucket: Bucket, now: float) -> tuple[Bucket, bool]:
+    """Something that is worth sending only now asks at `now` (an Event that would say nothing
+    new once late): the bucket after it took a token, and True, when one is there; the bucket
+    unchanged, and False, when none is (nothing is reserved ahead, so a refusal costs the
+    requests that wait for tokens nothing)."""
+    if bucket.unlimited:
+        return bucket, True
+    held = tokens_at(bucket, now)
+    if held < 1.0:
+        return bucket, False
+    return replace(bucket, tokens=held - 1.0, at=max(now, bucket.at)), True
