@@ -150,8 +150,14 @@ class Ctx:
     terminator: RunnerTerminator | None = None
     """The terminator at work, while TerminateRunners runs (an escalation reaches it here)."""
     forced_announced: int = 0
-    """Forced runners given a RunnerForced Event of their own by this TerminateRunners (its
-    RunnersForced summary counts the others it forced)."""
+    """Forced runners this run gave a RunnerForced Event of their own."""
+    forced_unannounced: int = 0
+    """Forced runners this run left without one (the per-cancellation limit or the Event
+    budget): the RunnersForced summary counts them. Counted where the Event is refused, so a
+    force delete that failed (a stuck runner, not a forced one) is never among them."""
+    task_events: dict[str, bool] = field(default_factory=dict)
+    """The tasks this run asked an Event for, by name: True written, False left out. A retried
+    UpdateTaskStates asks for no task twice (its Event exists, or its refusal is counted)."""
     forced_now: asyncio.Event = field(default_factory=asyncio.Event)
     """Set while the cancellation is forced (spec.force, an escalation now or before a restart):
     a wait (the drain, the cooperative window, the reading of the runners' logs) ends at once."""
@@ -618,15 +624,15 @@ def _terminator(ctx: Ctx, state: Termination) -> RunnerTerminator:
         # like the task Events: one per runner up to the limit and as the Event budget allows
         # (the count is in status and metrics, every runner is in the log); a mass escalation
         # must not add a write per pod
-        if len(state.forced) > ctx.settings.task_events_limit:
+        if len(state.forced) > ctx.settings.task_events_limit or not await ctx.events.emit(
+                ctx.body, f"forced-{name}", "RunnerForced",
+                f"runner pod {name} force-deleted " + (
+                    f"(escalated by {ctx.escalated_by})" if ctx.escalated_by else
+                    f"(grace {ctx.spec.effective_grace}s + {ctx.spec.escalate_after_seconds}s ran out)"),
+                "Warning", detail=True):
+            ctx.forced_unannounced += 1
             return
-        if await ctx.events.emit(ctx.body, f"forced-{name}", "RunnerForced",
-                                 f"runner pod {name} force-deleted " + (
-                                     f"(escalated by {ctx.escalated_by})" if ctx.escalated_by else
-                                     f"(grace {ctx.spec.effective_grace}s + {ctx.spec.escalate_after_seconds}s "
-                                     "ran out)"),
-                                 "Warning", detail=True):
-            ctx.forced_announced += 1
+        ctx.forced_announced += 1
 
     def progress(t: Termination) -> None:
         p = ctx.status.progress
@@ -754,8 +760,6 @@ async def terminate_runners(ctx: Ctx) -> StepResult:
     fresh = listed is not None and ctx.durable_total is not None
     prior = prior_termination(ctx.status.progress, ctx.status.runner_outcomes, fresh=fresh)
     term = ctx.terminator = _terminator(ctx, prior)
-    forced_before = len(prior.forced)  # by an earlier run or attempt: its Events (or summary) told of them
-    ctx.forced_announced = 0
     if ctx.escalated_by:
         term.escalate()
     reading = keeping.read_in_grace(ctx)
@@ -786,7 +790,7 @@ async def terminate_runners(ctx: Ctx) -> StepResult:
     msg = f"{out.terminated}/{out.total} runner(s) gone, {len(out.forced & out.gone)} forced"
     if out.let_go:
         msg += f", {len(out.let_go)} let go with their grace (their task finished)"
-    more = len(out.forced) - forced_before - ctx.forced_announced
+    more = ctx.forced_unannounced  # this run's, over its attempts (a restart's summary counts its own)
     if more > 0:
         await ctx.events.emit(ctx.body, "forced-more", "RunnersForced",
                               f"{more} more runner pod(s) force-deleted besides the {ctx.forced_announced} with an "
@@ -900,13 +904,14 @@ async def _task_events(ctx: Ctx, changed: list[AffectedTask]) -> None:
     resumed step picks the same ones) as the operator's Event budget allows; one summary Event on
     the AgentJob for the rest."""
     ordered = sorted(changed, key=lambda a: a.name)
-    rest: list[AffectedTask] = []
-    for i, a in enumerate(ordered):
+    for a in ordered:
+        if a.name in ctx.task_events:
+            continue  # asked by an earlier attempt of this run
         involved = {"apiVersion": "necrocode.io/v1alpha1", "kind": "AgentTask",
                     "metadata": {"name": a.name, "namespace": ctx.namespace, "uid": None}}
-        if i >= ctx.settings.task_events_limit or not await ctx.events.emit(
-                involved, f"task-{a.name}", a.after, f"{a.after} by {ctx.ref}: {a.reason}", detail=True):
-            rest.append(a)
+        ctx.task_events[a.name] = len(ctx.task_events) < ctx.settings.task_events_limit and await ctx.events.emit(
+            involved, f"task-{a.name}", a.after, f"{a.after} by {ctx.ref}: {a.reason}", detail=True)
+    rest = [a for a in ordered if not ctx.task_events[a.name]]
     if rest:
         counts: dict[str, int] = {}
         for a in rest:

@@ -102,7 +102,7 @@ def test_task_events_keep_to_the_per_cancellation_limit_and_the_operators_budget
         forced = [e for e in kube.events_for(ns, "stop-c") if e.reason == "RunnerForced"]
         c_tasks = task_events(kube, ns, "c")
         written_all = LIMIT + len(written) + len(forced) + len(c_tasks)
-        assert BURST <= written_all <= BURST + refilled, (written, forced, c_tasks)
+        assert written_all <= BURST + refilled, (written, forced, c_tasks)
         if len(forced) < 2:
             text = summary(kube, ns, "stop-c", "RunnersForced")
             assert text.startswith(f"{2 - len(forced)} more runner pod(s) force-deleted besides the {len(forced)} "

@@ -211,6 +211,9 @@ def test_a_runner_whose_delete_is_refused_ends_partially_completed_and_keeps_its
         assert lease_held(kube, ns, "pin-slot-a", "pin")
         assert lease_released(kube, ns, "pin-slot-b") and lease_released(kube, ns, "pin-slot-c")
         assert [x.metadata.name for x in kube.pods(ns, "necrocode.io/job=pin")] == [pinned]
+        # its Events say it is stuck, not that it was force-deleted (it never was)
+        reasons = [e.reason for e in kube.events_for(ns, "first")]
+        assert "RunnerStuck" in reasons and not {"RunnerForced", "RunnersForced"} & set(reasons), reasons
 
         # the fault goes away: a second request finishes the job
         remove_admission(kube, policy, binding_only=True)
