@@ -211,9 +211,11 @@ def test_a_runner_whose_delete_is_refused_ends_partially_completed_and_keeps_its
         assert lease_held(kube, ns, "pin-slot-a", "pin")
         assert lease_released(kube, ns, "pin-slot-b") and lease_released(kube, ns, "pin-slot-c")
         assert [x.metadata.name for x in kube.pods(ns, "necrocode.io/job=pin")] == [pinned]
-        # its Events say it is stuck, not that it was force-deleted (it never was)
-        reasons = [e.reason for e in kube.events_for(ns, "first")]
-        assert "RunnerStuck" in reasons and not {"RunnerForced", "RunnersForced"} & set(reasons), reasons
+        # its Events say it is stuck, not that it was force-deleted (it never was); the others
+        # may have been forced (kwok late on a busy machine), each with an Event of its own
+        events = [(e.reason, e.message) for e in kube.events_for(ns, "first")]
+        assert any(r == "RunnerStuck" and pinned in m for r, m in events), events
+        assert not any(r == "RunnersForced" or (r == "RunnerForced" and pinned in m) for r, m in events), events
 
         # the fault goes away: a second request finishes the job
         remove_admission(kube, policy, binding_only=True)
