@@ -37,7 +37,7 @@ class DetailEvents:
     (or pile up pending writes) for what is only a courtesy to `kubectl describe`."""
 
     def __init__(self, qps: float, burst: int, clock: Clock):
-        self.qps, self.burst, self.clock = qps, burst, clock
+        self.clock = clock
         self._bucket = full(qps, burst, clock.monotonic())
 
     def admit(self) -> bool:

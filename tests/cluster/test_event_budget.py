@@ -8,12 +8,10 @@ listed from it, the skipped ones counted from the operator's /metrics."""
 from __future__ import annotations
 
 import time
-import urllib.request
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from tests.support.kube import ClusterInfo, Kubectl, wait_for
+from tests.support.metrics import scrape
 from tests.support.operators import alive, evidence, run_operator
 
 TASKS = 6
@@ -25,10 +23,7 @@ bounds below still allow what a slow machine's refill adds)."""
 
 
 def skipped(port: int) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
-               if s.name == "necrocode_events_skipped_total")
+    return scrape(port).get(("necrocode_events_skipped_total", ()), 0.0)
 
 
 def cancel_and_wait(kube: Kubectl, ns: str, job: str, op: object, log: Path, **spec: int) -> None:

@@ -5,29 +5,14 @@ finalizer that never clears) is reported as an error, not waited on forever."""
 from __future__ import annotations
 
 import json
-import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.kube import Kubectl
+from tests.support.metrics import Samples, scrape
 
 pytestmark = pytest.mark.usefixtures("operator")
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def scrape(port: int) -> Samples:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    out: Samples = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name.startswith("necrocode_"):
-                out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
 
 def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
     key = (name, tuple(sorted(labels.items())))
