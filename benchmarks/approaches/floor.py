@@ -16,6 +16,7 @@ from benchmarks.world import GoneWatch
 from necrocode.concurrency import bounded
 from necrocode.kube import Kube, core_path, lease_path, nc_path
 from necrocode.model import ANNOTATION_CANCELLED_BY, ANNOTATION_CANCELLED_BY_UID, BLOCKED_DISPATCH
+from necrocode.settings import Settings
 
 
 async def run(h: Harness, n: int) -> Obj:
@@ -138,7 +139,8 @@ CONTRACT_STEPS = ("Validate", "BlockDispatch", "ClassifyTasks", "SignalRunners",
 
 
 async def many_contract(client: Kube, ns: str, pods_of: dict[str, list[str]], watch: GoneWatch, concurrency: int,
-                        create_concurrency: int, final_status: Obj | None = None) -> int:
+                        create_concurrency: int, final_status: Obj | None = None,
+                        task_events_limit: int | None = None) -> int:
     """The contract's floor for many jobs at once: what `many` writes, plus what the contract
     promises per cancellation and the floor leaves out, each once, by a bare client. Per job:
     the JobCancellation created (the request itself, `create_concurrency` at once, as ours'
@@ -149,7 +151,12 @@ async def many_contract(client: Kube, ns: str, pods_of: dict[str, list[str]], wa
     emission" and "cancellation events"), and the record's final status (every step, the
     counts: `final_status`, the one ours wrote, when given). No reads besides the two lists
     the floor makes, no checks, no retries. Run with no operator serving the namespace.
+    Per-task Events as the operator promises them: for the first `task_events_limit` tasks of
+    a job (the operator's setting, NECROCODE_TASK_EVENTS_LIMIT, 100 by default) and one summary
+    Event on the job for the rest, so one big job (item 3's sizes as 1 x N) is not charged an
+    Event per runner that no operator setting writes.
     Returns the API calls made; done when the last job's last write is."""
+    limit = Settings.from_env().task_events_limit if task_events_limit is None else task_events_limit
     w = Writes(client, ns, concurrency)
     creating = asyncio.Semaphore(create_concurrency)
     gone = {j: asyncio.Event() for j in pods_of}
@@ -185,9 +192,10 @@ async def many_contract(client: Kube, ns: str, pods_of: dict[str, list[str]], wa
         calls[0] += finished  # not `+= await`: that reads the count before it waits, and loses others' calls
         await call(client.merge_patch(nc_path(ns, "agentjobs", job, "status"), _job_phase("Cancelled", w.stamp),
                                       meta_only=True))
-        task_names = [p.rsplit("-", 1)[0] for p in pods]  # <job>-<task>-runner -> the task <job>-<task>
-        await asyncio.gather(*(call(_event(client, ns, "AgentTask", t, "Cancelled")) for t in task_names),
-                             call(_event(client, ns, "JobCancellation", f"stop-{job}", "Completed")))
+        task_names = sorted(p.rsplit("-", 1)[0] for p in pods)  # <job>-<task>-runner -> the task <job>-<task>
+        summary = [call(_event(client, ns, "AgentJob", job, "TasksChanged"))] if len(task_names) > limit else []
+        await asyncio.gather(*(call(_event(client, ns, "AgentTask", t, "Cancelled")) for t in task_names[:limit]),
+                             *summary, call(_event(client, ns, "JobCancellation", f"stop-{job}", "Completed")))
         status = final_status or {"phase": "Completed", "progress": {"runnersTotal": len(pods),
                                                                      "runnersTerminated": len(pods)},
                                   "steps": [{"name": s, "state": "Succeeded", "startedAt": w.stamp,
