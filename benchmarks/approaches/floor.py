@@ -139,8 +139,7 @@ CONTRACT_STEPS = ("Validate", "BlockDispatch", "ClassifyTasks", "SignalRunners",
 
 
 async def many_contract(client: Kube, ns: str, pods_of: dict[str, list[str]], watch: GoneWatch, concurrency: int,
-                        create_concurrency: int, final_status: Obj | None = None,
-                        task_events_limit: int | None = None) -> int:
+                        create_concurrency: int, final_status: Obj | None = None) -> int:
     """The contract's floor for many jobs at once: what `many` writes, plus what the contract
     promises per cancellation and the floor leaves out, each once, by a bare client. Per job:
     the JobCancellation created (the request itself, `create_concurrency` at once, as ours'
@@ -151,12 +150,12 @@ async def many_contract(client: Kube, ns: str, pods_of: dict[str, list[str]], wa
     emission" and "cancellation events"), and the record's final status (every step, the
     counts: `final_status`, the one ours wrote, when given). No reads besides the two lists
     the floor makes, no checks, no retries. Run with no operator serving the namespace.
-    Per-task Events as the operator promises them: for the first `task_events_limit` tasks of
-    a job (the operator's setting, NECROCODE_TASK_EVENTS_LIMIT, 100 by default) and one summary
-    Event on the job for the rest, so one big job (item 3's sizes as 1 x N) is not charged an
-    Event per runner that no operator setting writes.
+    Per-task Events as the operator promises them: for the first NECROCODE_TASK_EVENTS_LIMIT
+    tasks of a job by name (the operator's setting, read from the same environment; 100 by
+    default) and one summary Event on the job for the rest, so one big job (item 3's sizes as
+    1 x N) is not charged an Event per runner that no operator setting writes.
     Returns the API calls made; done when the last job's last write is."""
-    limit = Settings.from_env().task_events_limit if task_events_limit is None else task_events_limit
+    limit = Settings.from_env().task_events_limit
     w = Writes(client, ns, concurrency)
     creating = asyncio.Semaphore(create_concurrency)
     gone = {j: asyncio.Event() for j in pods_of}
