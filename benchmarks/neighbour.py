@@ -26,11 +26,12 @@ PREFIX = "neighbour-"  # not nb-*: no cancellation there (the operator serves th
 LABEL = "app=neighbour"
 BUDGET_KEYS = {"qps": "NECROCODE_API_QPS", "burst": "NECROCODE_API_BURST", "concurrency": "NECROCODE_CONCURRENCY",
                "cancellation_concurrency": "NECROCODE_CANCELLATION_CONCURRENCY",
-               "cancellation_qps": "NECROCODE_CANCELLATION_QPS"}
-UNLIMITED: dict[str, str | None] = {v: None for k, v in BUDGET_KEYS.items() if k != "concurrency"}
-"""`unlimited`: none of the budget variables set (inherited ones removed), so the operator runs
-without a rate budget, as it did before the budget existed (its in-flight limit stays at its
-default). If the operator's defaults become a budget, give `unlimited` explicit values here."""
+               "cancellation_qps": "NECROCODE_CANCELLATION_QPS", "adaptive": "NECROCODE_ADAPTIVE_CONCURRENCY"}
+UNLIMITED: dict[str, str | None] = {**{v: None for k, v in BUDGET_KEYS.items() if k != "concurrency"},
+                                    "NECROCODE_ADAPTIVE_CONCURRENCY": "false"}
+"""`unlimited`: none of the budget variables set (inherited ones removed) and the in-flight limit
+fixed, so the operator runs as it did before the budget existed (50 in flight, its old default:
+session 20 made the limit adaptive by default); `adaptive=true` for the default budget."""
 
 
 def parse_budgets(text: str) -> list[tuple[str, dict[str, str | None]]]:

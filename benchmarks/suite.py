@@ -30,6 +30,8 @@ async def run(a: argparse.Namespace, out: Path, cluster: LocalCluster, kubeconfi
     results: Obj = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(),
                     "settings": {"reps": a.reps, "sizes": a.sizes, "reaction_reps": a.reaction_reps,
                                  "operator_concurrency": os.environ.get("NECROCODE_CONCURRENCY", "50"),
+                                 "operator_adaptive_concurrency": os.environ.get("NECROCODE_ADAPTIVE_CONCURRENCY",
+                                                                                 "true"),
                                  "raw_client_concurrency": a.raw_concurrency, "grace_period_seconds": GRACE,
                                  "kwok_nodes": NODES, "kubectl_max_n": a.kubectl_max_n,
                                  "raw_delete_max_n": a.raw_delete_max_n,

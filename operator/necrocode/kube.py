@@ -30,12 +30,16 @@ from necrocode.listbatch import ListCoalescer
 from necrocode.logtail import TailBuffer
 from necrocode.model import FIELD_MANAGER, GROUP, VERSION
 from necrocode.planning import RetryPolicy
+from necrocode.policies.adaptive import Gradient
 
 Obj = dict[str, Any]
 T = TypeVar("T")
 # metadata only (with the full object as a fallback for servers that cannot convert)
 META_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
 META_ONLY_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
+STREAM_CONCURRENCY = 50
+"""Pod log reads in flight at once, per client (Kube.read_tail's lane): the log reads' bound
+before they had a lane of their own, when they shared the pool of NECROCODE_CONCURRENCY (50)."""
 
 
 # ----------------------------------------------------------------------------- errors
@@ -210,7 +214,8 @@ def resource_of(path: str) -> str:
 # ----------------------------------------------------------------------------- client
 class Kube:
     """JSON over HTTP to the API server, with at most `concurrency` requests in flight and, if
-    `qps` is above 0, at most `qps` sent per second (bursts of `burst`)."""
+    `qps` is above 0, at most `qps` sent per second (bursts of `burst`). Pod log reads go in a
+    lane of their own, at most `stream_concurrency` at once (see read_tail)."""
 
     guard: ClassVar[Callable[[], None] | None] = None
     """Called before every request that writes (not GET); raises NotLeader to refuse it. Set by
@@ -223,11 +228,17 @@ class Kube:
     def __init__(self, creds: Credentials, concurrency: int = 50, timeout: float = 30.0,
                  extra_headers: Mapping[str, str] | None = None, retry: RetryPolicy | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 jitter: Callable[[], float] = random.random, qps: float = 0.0, burst: int = 0):
+                 jitter: Callable[[], float] = random.random, qps: float = 0.0, burst: int = 0,
+                 stream_concurrency: int = STREAM_CONCURRENCY, adaptive: bool = False):
         self.creds = creds
         self.concurrency = concurrency
-        self.budget = Budget("global", qps=qps, burst=burst, concurrency=concurrency)
-        """The whole client's budget (the pool holds as many connections as it has slots)."""
+        self.budget = Budget("global", qps=qps, burst=burst, concurrency=concurrency,
+                             gradient=Gradient(high=concurrency) if adaptive else None)
+        """The whole client's budget (the pool holds as many connections as it has slots at
+        most). `adaptive`: its in-flight limit follows the writes' round trips (policies.adaptive)."""
+        self.streams = Budget("streams", concurrency=stream_concurrency)
+        """The log reads' lane: their in-flight slots (their own pool holds as many connections);
+        they still take a token of each rate."""
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self._sleep, self._jitter = sleep, jitter
@@ -240,6 +251,7 @@ class Kube:
         self.calls: dict[str, int] = {}
         self._session: aiohttp.ClientSession | None = None
         self._watch_session: aiohttp.ClientSession | None = None
+        self._stream_session: aiohttp.ClientSession | None = None
 
     def _new_session(self, limit: int) -> aiohttp.ClientSession:
         return aiohttp.ClientSession(
@@ -253,8 +265,14 @@ class Kube:
             self._session = self._new_session(self.concurrency)
         return self._session
 
+    @property
+    def stream_session(self) -> aiohttp.ClientSession:
+        if self._stream_session is None or self._stream_session.closed:
+            self._stream_session = self._new_session(self.streams.concurrency)
+        return self._stream_session
+
     async def close(self) -> None:
-        for s in (self._session, self._watch_session):
+        for s in (self._session, self._watch_session, self._stream_session):
             if s is not None and not s.closed:
                 await s.close()
 
@@ -279,6 +297,15 @@ class Kube:
         self.budget.release()
         if own is not None:
             own.release()
+
+    async def _admit_stream(self) -> None:
+        """Wait for what a log read must pass: a token of each rate (the cancellation's, the
+        client's), then a slot of the log lane, none of the slots of the short requests."""
+        own = CURRENT.get()
+        if own is not None:
+            await own.acquire(hold=False)
+        await self.budget.acquire(hold=False)
+        await self.streams.acquire()
 
     def _count(self, verb: str, path: str) -> None:
         self.calls[verb] = self.calls.get(verb, 0) + 1
@@ -329,16 +356,22 @@ class Kube:
         """GET a body that is not JSON (a pod's log) and keep only its last `limit` bytes, read
         chunk by chunk: whatever the body's size, no more than `limit` plus one chunk is held.
         Retried as every request is (each attempt starts a new buffer); the caller bounds the
-        whole read in time (a log can stream for as long as its kubelet sends it)."""
+        whole read in time (a log can stream for as long as its kubelet sends it).
+
+        Why a lane of its own (`streams`, with its own connections): the API server proxies a log
+        read to the pod's kubelet and counts it as long-running (as a watch; priority and
+        fairness leave it out too), and a read from a lost node's kubelet lasts until its
+        timeout. In the short requests' slots, a few such reads would stop every cancellation's
+        deletes and writes meanwhile, more so the fewer slots there are."""
         headers = {"Accept": "*/*", **self.creds.headers(), **self.extra_headers}
         q = _query(params)
 
         async def once() -> TailBuffer:
-            own = await self._admit()
+            await self._admit_stream()
             self._count("GET", path)
             tail = TailBuffer(limit)
             try:
-                async with self.session.get(
+                async with self.stream_session.get(
                     self.creds.host + path, params=q, headers=headers,
                     timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=self.timeout),
                 ) as resp:
@@ -349,7 +382,7 @@ class Kube:
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 raise TransientError(0, "ConnectionError", f"{type(exc).__name__}: {exc}") from exc
             finally:
-                self._leave(own)
+                self.streams.release()
             return tail
 
         return await self._retrying(once)
@@ -374,10 +407,20 @@ class Kube:
     async def _once(self, method: str, path: str, q: Mapping[str, str], data: bytes | None,
                     headers: Mapping[str, str]) -> Obj:
         own = await self._admit()
+        epoch, sent = self.budget.epoch, asyncio.get_running_loop().time()
         try:
-            return await self._send(method, path, q, data, headers)
+            out = await self._send(method, path, q, data, headers)
+        except ApiError as exc:
+            # a 404 or 409 is a round trip like any other; a 429 or 5xx is often answered at once
+            # because the server is overloaded, so its speed says nothing of how busy it is
+            if 400 <= exc.status < 500 and exc.status != 429 and method != "GET":
+                self.budget.observe(asyncio.get_running_loop().time() - sent, epoch)
+            raise
         finally:
             self._leave(own)
+        if method != "GET":  # writes, one object each, are the adaptive limit's measure (policies.adaptive)
+            self.budget.observe(asyncio.get_running_loop().time() - sent, epoch)
+        return out
 
     async def _send(self, method: str, path: str, q: Mapping[str, str], data: bytes | None,
                     headers: Mapping[str, str]) -> Obj:

@@ -44,6 +44,10 @@ API_BUDGET_WAIT = Counter("necrocode_api_budget_wait_seconds_total",
                           "Seconds the operator's requests waited for the API budget (an in-flight slot or a "
                           "token of the rate), by scope: global (all cancellations together) or cancellation "
                           "(each one's own).", ["scope"])
+API_CONCURRENCY_LIMIT = Gauge("necrocode_api_concurrency_limit",
+                              "Requests the operator's own client may have in flight now, all cancellations "
+                              "together: NECROCODE_CONCURRENCY, or less while the adaptive limit "
+                              "(NECROCODE_ADAPTIVE_CONCURRENCY) finds the API server answering slower with more.")
 EVENTS_SKIPPED = Counter("necrocode_events_skipped_total",
                          "Per-task and RunnerForced Events not written because the operator's Event budget "
                          "(NECROCODE_EVENT_QPS, NECROCODE_EVENT_BURST) had no token; each cancellation's summary "

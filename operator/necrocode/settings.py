@@ -62,7 +62,10 @@ def _flag(name: str, default: str) -> bool:
 class Settings:
     concurrency: int = 50
     """API requests in flight at once, all cancellations together (also the connection pool
-    size). With the four settings below, the operator's API budget (docs/operations.md)."""
+    size). With the five settings below, the operator's API budget (docs/operations.md)."""
+    adaptive_concurrency: bool = True
+    """Whether the in-flight limit follows the API server's latency, from 3 up to `concurrency`
+    (policies.adaptive); false: always `concurrency`."""
     api_qps: float = 0.0
     """API requests sent per second, all cancellations together, retries included, a watch
     counted when opened; 0: no limit (only `concurrency` bounds the rate)."""
@@ -140,6 +143,8 @@ class Settings:
         ns = tuple(n.strip() for n in _env("NECROCODE_NAMESPACES", "").split(",") if n.strip())
         return cls(
             concurrency=_count("NECROCODE_CONCURRENCY", "50", 1, "requests in flight"),
+            adaptive_concurrency=_checked("NECROCODE_ADAPTIVE_CONCURRENCY", "true", str.lower,
+                                          lambda v: v in ("true", "false"), "true or false") == "true",
             api_qps=_rate("NECROCODE_API_QPS", "0"),
             api_burst=_count("NECROCODE_API_BURST", "0", 0, "requests (0: one second's worth of NECROCODE_API_QPS)"),
             cancellation_concurrency=_count("NECROCODE_CANCELLATION_CONCURRENCY", "0", 0,

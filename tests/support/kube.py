@@ -376,14 +376,15 @@ def sa_kubeconfig(kube: Kubectl, src: Path, dst: Path, ns: str, sa: str) -> Path
     return dst
 
 
-def create_unreachable_node(kube: Kubectl, name: str) -> int:
+def create_unreachable_node(kube: Kubectl, name: str, port: int | None = None) -> int:
     """A Node whose kubelet nobody serves: InternalIP 127.0.0.1 and a kubelet port that was free a
     moment ago (a lost node, as the API server sees it when it reads a pod's log there: the
-    connection is refused, on loopback). No kwok annotation, so kwok leaves it alone; a pod bound
-    to it by spec.nodeName stays Pending and must be force-deleted. Returns the port."""
+    connection is refused, on loopback), or `port`, where the test listens itself. No kwok
+    annotation, so kwok leaves it alone; a pod bound to it by spec.nodeName stays Pending and
+    must be force-deleted. Returns the port."""
     from hack.localcluster import free_port
 
-    port = free_port()
+    port = port or free_port()
     kube.core.create_node({"metadata": {"name": name, "labels": {"necrocode.io/test": "unreachable"}}})
     kube.core.patch_node_status(name, {"status": {
         "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": name}],

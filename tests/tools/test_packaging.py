@@ -302,24 +302,27 @@ def test_global_values_are_accepted_alone_and_as_a_subchart(tmp_path: Path) -> N
 
 def test_api_budget_is_rendered_into_the_operators_environment() -> None:
     """operator.apiBudget: the settings of docs/operations.md "The API budget", defaults as the
-    operator's own (no rate limit, 50 in flight, nothing per cancellation)."""
+    operator's own (no rate limit, at most 50 in flight, fewer while the API server slows with
+    more, nothing per cancellation)."""
     budget = ("NECROCODE_CONCURRENCY", "NECROCODE_API_QPS", "NECROCODE_API_BURST", "NECROCODE_CANCELLATION_QPS",
-              "NECROCODE_CANCELLATION_CONCURRENCY")
+              "NECROCODE_CANCELLATION_CONCURRENCY", "NECROCODE_ADAPTIVE_CONCURRENCY")
     env = _operator_env(template())
-    assert [env[k] for k in budget] == ["50", "0", "0", "0", "0"]
+    assert [env[k] for k in budget] == ["50", "0", "0", "0", "0", "true"]
+    assert _operator_env(template("operator.apiBudget.adaptive=false"))["NECROCODE_ADAPTIVE_CONCURRENCY"] == "false"
     env = _operator_env(template("operator.concurrency=20"))  # the older value still works...
     assert env["NECROCODE_CONCURRENCY"] == "20"
     env = _operator_env(template("operator.concurrency=20", "operator.apiBudget.concurrency=30",  # ...the budget's wins
                                  "operator.apiBudget.qps=100", "operator.apiBudget.burst=250",
                                  "operator.apiBudget.perCancellation.qps=15",
                                  "operator.apiBudget.perCancellation.concurrency=5"))
-    assert [env[k] for k in budget] == ["30", "100", "250", "15", "5"]
+    assert [env[k] for k in budget] == ["30", "100", "250", "15", "5", "true"]
 
 
 def test_api_budget_values_are_checked_by_the_schema() -> None:
     for bad in ("operator.apiBudget.qps=-1", "operator.apiBudget.burst=1.5", "operator.apiBudget.concurrency=0",
                 "operator.apiBudget.perCancellation.concurrency=-1", "operator.apiBudget.perCancellation.qps=x",
-                "operator.apiBudget.perCancellation.burst=3", "flowControl.lendablePercent=101",
+                "operator.apiBudget.perCancellation.burst=3", "operator.apiBudget.adaptive=sometimes",
+                "flowControl.lendablePercent=101",
                 "flowControl.matchingPrecedence=10001", "flowControl.queuing.queues=0", "flowControl.bogus=1"):
         out = subprocess.run([helm(), "template", "rel", str(CHART), "--kube-version", "1.36.3", "--set", bad],
                              capture_output=True, text=True)

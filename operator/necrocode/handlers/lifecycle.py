@@ -111,15 +111,19 @@ async def startup(memo: kopf.Memo, **_: Any) -> None:
     tlsbuffers.install()  # before most of the operator's connections (kopf's watches start after startup)
     Kube.on_request = lambda verb, resource: metrics.API_REQUESTS.labels(verb=verb, resource=resource).inc()
     Budget.on_wait = lambda scope, seconds: metrics.API_BUDGET_WAIT.labels(scope=scope).inc(seconds)
+    Budget.on_limit = lambda scope, limit: metrics.API_CONCURRENCY_LIMIT.set(limit) if scope == "global" else None
     kube = Kube(load_credentials(os.environ.get("NECROCODE_KUBECONFIG") or None), concurrency=conf.concurrency,
-                timeout=conf.request_timeout, retry=conf.retry, qps=conf.api_qps, burst=conf.api_burst)
+                timeout=conf.request_timeout, retry=conf.retry, qps=conf.api_qps, burst=conf.api_burst,
+                adaptive=conf.adaptive_concurrency)
+    metrics.API_CONCURRENCY_LIMIT.set(kube.budget.limit)
     if conf.coalesce_lists:
         kube.coalesce_lists()
     service = memo.service = CancellationService(kube, conf)
     metrics.OLDEST_RUNNING.source = lambda: running_ages(service)
     metrics.LEADER.set(1)  # without leader election this process acts (with it, the elector's gauge wins)
     serve_metrics(conf.metrics_port)
-    log("operator started", concurrency=conf.concurrency, api_qps=conf.api_qps or "unlimited",
+    log("operator started", concurrency=conf.concurrency, adaptive_concurrency=conf.adaptive_concurrency,
+        api_qps=conf.api_qps or "unlimited",
         cancellation_concurrency=conf.cancellation_concurrency or "shared",
         cancellation_qps=conf.cancellation_qps or "unlimited", namespaces=list(conf.namespaces) or "all",
         default_ttl_seconds=conf.default_ttl_seconds)

@@ -1,0 +1,199 @@
+"""The adaptive in-flight limit (policies.adaptive; issue 19, item 2): its decisions as table
+tests over the round trips and the time passed in, the two kinds of API server it is for (a far
+one with CPU to spare, where it opens up to the most in flight; a busy one whose answers slow
+with every request more, where it stays a few above the least), and the in-flight slots whose
+number changes while requests wait (budget.Slots) on a real event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable
+
+import pytest
+
+from necrocode.budget import Budget, Slots
+from necrocode.policies.adaptive import (
+    CALIBRATION_SAMPLES,
+    MIN_WINDOW,
+    Gradient,
+    Limit,
+    allowed,
+    median,
+    next_limit,
+    observe,
+    start,
+)
+
+G = Gradient(low=3, high=50, tolerance=0.25, recalibrate_seconds=30.0)
+
+
+def calibrated(limit: float, min_rtt: float = 0.010, calibrate_at: float = 100.0) -> Limit:
+    return Limit(limit=limit, min_rtt=min_rtt, epoch=0, samples=(), calibrate_at=calibrate_at)
+
+
+def feed(s: Limit, rtts: list[float], now: float = 0.0, epoch: int | None = None) -> Limit:
+    for rtt in rtts:
+        s = observe(G, s, rtt, s.epoch if epoch is None else epoch, now)
+    return s
+
+
+# ----------------------------------------------------------------------------- decisions
+def test_it_starts_at_the_low_limit_measuring_the_round_trip() -> None:
+    s = start(G, 5.0)
+    assert (allowed(s), s.min_rtt, s.epoch) == (3, None, 0)
+    assert allowed(start(Gradient(low=3, high=2), 0.0)) == 2  # never above the most allowed
+
+
+def test_min_rtt_is_the_median_of_the_calibrations_round_trips() -> None:
+    rtts = [0.004] * (CALIBRATION_SAMPLES // 2) + [0.006] * (CALIBRATION_SAMPLES // 2 - 1) + [5.0]
+    s = feed(start(G, 0.0), rtts[:-1], now=1.0)
+    assert s.min_rtt is None and len(s.samples) == CALIBRATION_SAMPLES - 1  # one short
+    s = feed(s, rtts[-1:], now=1.0)
+    assert s.min_rtt == pytest.approx(0.005)  # one slow answer does not move it
+    assert (s.samples, s.calibrate_at, allowed(s)) == ((), 31.0, 3)
+
+
+@pytest.mark.parametrize("rtt", [math.nan, math.inf, -0.001])
+def test_a_round_trip_that_is_not_one_is_not_counted(rtt: float) -> None:
+    assert feed(start(G, 0.0), [rtt]).samples == ()
+
+
+def test_a_request_sent_in_an_earlier_calibration_is_not_counted() -> None:
+    s = Limit(limit=3, min_rtt=None, epoch=2, samples=(), calibrate_at=0.0)
+    assert feed(s, [0.5] * 50, epoch=1) == s
+
+
+@pytest.mark.parametrize(("limit", "window_rtt", "want"), [
+    (3, 0.010, 4),                              # as fast as at the low limit: one more in flight
+    (16, 0.0125, 17),                           # within the tolerance: still as fast
+    (16, 0.001, 17),                            # faster than ever: no more than that
+    (16, 0.025, 8),                             # slower: what brings it back to the tolerance
+    (16, 0.015, 16 * 0.0125 / 0.015),
+    (16, 0.100, 8),                             # ten times: never below half at once
+    (50, 0.010, 50),                            # never above the most
+    (4, 1.0, 3),                                # never below the least
+])
+def test_the_limit_grows_while_answers_come_as_fast_and_shrinks_as_they_slow(limit: float, window_rtt: float,
+                                                                             want: float) -> None:
+    assert next_limit(G, limit, 0.010, window_rtt) == pytest.approx(want)
+
+
+def test_the_limit_changes_once_a_window_is_full() -> None:
+    s = calibrated(16)
+    s = feed(s, [0.010] * 15, now=1.0)
+    assert (s.limit, len(s.samples)) == (16, 15)  # a window is as many round trips as the limit
+    s = feed(s, [0.010], now=1.0)
+    assert (s.limit, s.samples) == (17, ())
+    small = feed(calibrated(3), [0.010] * (MIN_WINDOW - 1), now=1.0)
+    assert small.limit == 3  # and at least MIN_WINDOW of them
+
+
+def test_min_rtt_is_measured_again_once_its_time_has_come() -> None:
+    s = feed(calibrated(40, calibrate_at=30.0), [0.010] * 40, now=30.0)
+    assert (allowed(s), s.min_rtt, s.epoch, s.samples) == (3, None, 1, ())
+    s = feed(s, [0.020] * CALIBRATION_SAMPLES, now=31.0)
+    assert (s.min_rtt, s.calibrate_at) == (pytest.approx(0.020), 61.0)
+
+
+def test_the_median_of_an_even_count_is_the_mean_of_the_middle_two() -> None:
+    assert median([4, 1, 3, 2]) == 2.5 and median([3, 1, 2]) == 2
+
+
+# ----------------------------------------------------------------------------- two API servers
+def run(rtt_at: Callable[[int], float], requests: int) -> list[int]:
+    """The limits a client goes through making `requests` writes, each answered after
+    rtt_at(requests in flight) seconds (all in flight at the limit, as a big cancellation keeps
+    them); time passes by the round trips."""
+    s, now, limits = start(G, 0.0), 0.0, []
+    for _ in range(requests):
+        in_flight = allowed(s)
+        now += rtt_at(in_flight) / in_flight
+        s = observe(G, s, rtt_at(in_flight), s.epoch, now)
+        limits.append(allowed(s))
+    return limits
+
+
+def test_a_far_api_server_with_cpu_to_spare_gets_the_most_in_flight() -> None:
+    """30 ms a round trip, whatever is in flight (a managed control plane across a network):
+    the limit climbs to 50, one a window, within 1,400 writes, and stays there between
+    calibrations."""
+    limits = run(lambda n: 0.030, 4000)
+    assert limits.index(50) < 1400, limits[:1400:50]
+    assert sum(1 for n in limits[1400:] if n == 50) > 0.9 * len(limits[1400:])
+
+
+def test_a_busy_api_server_keeps_its_queue_short() -> None:
+    """2 ms of work a request and one core for it (the benchmark's API server is bound by its
+    CPU): each request more in flight is answered later by as much. The limit stays a few above
+    the least, where the 50 a fixed limit allows would make everyone else wait 50 requests long."""
+    limits = run(lambda n: 0.002 * n, 5000)
+    settled = sorted(limits[500:])
+    assert 3 <= settled[len(settled) // 2] <= 4, settled[len(settled) // 2]
+    assert max(limits) <= 5
+
+
+# ----------------------------------------------------------------------------- slots
+async def test_slots_are_first_come_first_served_and_follow_a_new_limit() -> None:
+    slots, order = Slots(1), []
+    await slots.acquire()
+
+    async def one(i: int) -> None:
+        await slots.acquire()
+        order.append(i)
+
+    waiting = [asyncio.create_task(one(i)) for i in range(4)]
+    await asyncio.sleep(0)
+    assert order == [] and slots.locked()
+    slots.resize(3)  # a raised limit lets two in at once, in the order they asked
+    await asyncio.sleep(0)
+    assert order == [0, 1] and slots.used == 3
+    slots.resize(1)  # a lowered one lets none in until enough are given back
+    slots.release()
+    slots.release()
+    await asyncio.sleep(0)
+    assert order == [0, 1] and slots.used == 1
+    slots.release()
+    await asyncio.sleep(0)
+    assert order == [0, 1, 2] and slots.used == 1
+    slots.release()
+    await asyncio.gather(*waiting)
+    assert order == [0, 1, 2, 3]
+
+
+async def test_a_waiter_cancelled_gives_back_or_never_takes_its_slot() -> None:
+    slots = Slots(1)
+    await slots.acquire()
+    first = asyncio.create_task(slots.acquire())
+    second = asyncio.create_task(slots.acquire())
+    await asyncio.sleep(0)
+    first.cancel()  # cancelled while waiting: takes nothing...
+    slots.release()  # ...even when a release passes over it before it has run: second is let in
+    [outcome] = await asyncio.gather(first, return_exceptions=True)
+    assert isinstance(outcome, asyncio.CancelledError)
+    await second
+    assert slots.used == 1
+    third = asyncio.create_task(slots.acquire())
+    await asyncio.sleep(0)
+    slots.release()  # third let in...
+    third.cancel()  # ...and cancelled before it ran: the slot comes back
+    await asyncio.gather(third, return_exceptions=True)
+    assert slots.used == 0 and not slots.locked()
+
+
+async def test_an_adaptive_budget_starts_low_and_opens_for_a_fast_server() -> None:
+    seen: list[int] = []
+    Budget.on_limit, saved = (lambda scope, limit: seen.append(limit)), Budget.on_limit
+    try:
+        b = Budget("global", concurrency=50, gradient=Gradient(high=50))
+        assert b.limit == 3
+        for _ in range(1400):
+            await b.acquire()
+            b.release()
+            b.observe(0.030, b.epoch)
+        assert b.limit == 50 and seen[-1] == 50 and seen == sorted(seen)
+        fixed = Budget("global", concurrency=50)
+        fixed.observe(5.0, 0)
+        assert fixed.limit == 50
+    finally:
+        Budget.on_limit = saved
