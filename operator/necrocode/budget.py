@@ -117,12 +117,11 @@ class Budget:
     def observe(self, rtt: float, epoch: int) -> None:
         """A request sent in calibration `epoch` was answered after `rtt` seconds: an adaptive
         limit takes it into account (a fixed one ignores it)."""
-        if self.gradient is None:
+        if self.gradient is None or self._limit is None:
             return
         now = asyncio.get_running_loop().time()
         before = self.limit
-        self._limit = adaptive.observe(self.gradient, self._limit or adaptive.start(self.gradient, now), rtt, epoch,
-                                       now)
+        self._limit = adaptive.observe(self.gradient, self._limit, rtt, epoch, now)
         if self.limit != before:
             if self._slots is not None:
                 self._slots[1].resize(self.limit)

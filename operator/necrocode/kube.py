@@ -298,15 +298,6 @@ class Kube:
         if own is not None:
             own.release()
 
-    async def _admit_stream(self) -> None:
-        """Wait for what a log read must pass: a token of each rate (the cancellation's, the
-        client's), then a slot of the log lane, none of the slots of the short requests."""
-        own = CURRENT.get()
-        if own is not None:
-            await own.acquire(hold=False)
-        await self.budget.acquire(hold=False)
-        await self.streams.acquire()
-
     def _count(self, verb: str, path: str) -> None:
         self.calls[verb] = self.calls.get(verb, 0) + 1
         if Kube.on_request is not None:
@@ -367,7 +358,8 @@ class Kube:
         q = _query(params)
 
         async def once() -> TailBuffer:
-            await self._admit_stream()
+            await self._admit(hold=False)  # a token of each rate, none of the short requests' slots
+            await self.streams.acquire()
             self._count("GET", path)
             tail = TailBuffer(limit)
             try:
@@ -408,19 +400,20 @@ class Kube:
                     headers: Mapping[str, str]) -> Obj:
         own = await self._admit()
         epoch, sent = self.budget.epoch, asyncio.get_running_loop().time()
+        answered = False
         try:
             out = await self._send(method, path, q, data, headers)
+            answered = True
+            return out
         except ApiError as exc:
             # a 404 or 409 is a round trip like any other; a 429 or 5xx is often answered at once
             # because the server is overloaded, so its speed says nothing of how busy it is
-            if 400 <= exc.status < 500 and exc.status != 429 and method != "GET":
-                self.budget.observe(asyncio.get_running_loop().time() - sent, epoch)
+            answered = 400 <= exc.status < 500 and exc.status != 429
             raise
         finally:
             self._leave(own)
-        if method != "GET":  # writes, one object each, are the adaptive limit's measure (policies.adaptive)
-            self.budget.observe(asyncio.get_running_loop().time() - sent, epoch)
-        return out
+            if answered and method != "GET":  # writes, one object each: the adaptive limit's measure
+                self.budget.observe(asyncio.get_running_loop().time() - sent, epoch)
 
     async def _send(self, method: str, path: str, q: Mapping[str, str], data: bytes | None,
                     headers: Mapping[str, str]) -> Obj:
