@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
+import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -26,7 +27,8 @@ PREFIX = "neighbour-"  # not nb-*: no cancellation there (the operator serves th
 LABEL = "app=neighbour"
 BUDGET_KEYS = {"qps": "NECROCODE_API_QPS", "burst": "NECROCODE_API_BURST", "concurrency": "NECROCODE_CONCURRENCY",
                "cancellation_concurrency": "NECROCODE_CANCELLATION_CONCURRENCY",
-               "cancellation_qps": "NECROCODE_CANCELLATION_QPS", "adaptive": "NECROCODE_ADAPTIVE_CONCURRENCY"}
+               "cancellation_qps": "NECROCODE_CANCELLATION_QPS", "adaptive": "NECROCODE_ADAPTIVE_CONCURRENCY",
+               "tolerance_percent": "NECROCODE_ADAPTIVE_TOLERANCE_PERCENT"}
 UNLIMITED: dict[str, str | None] = {**{v: None for k, v in BUDGET_KEYS.items() if k != "concurrency"},
                                     "NECROCODE_ADAPTIVE_CONCURRENCY": "false"}
 """`unlimited`: none of the budget variables set (inherited ones removed) and the in-flight limit
@@ -199,6 +201,7 @@ async def run(h: Harness, cluster: LocalCluster, *, runners: int, approaches: li
     load = Load(h.kube.creds, ns, write_rate, read_rate)
     seconds: dict[str, list[float]] = {}
     failed: dict[str, list[str]] = {}
+    limits: dict[str, list[Any]] = {}  # ours' in-flight limit during each run (approaches.ours.sample_limit)
     try:
         await load.setup()
         load.start()
@@ -213,7 +216,10 @@ async def run(h: Harness, cluster: LocalCluster, *, runners: int, approaches: li
                 try:
                     r = await APPROACHES[name].run(h2, runners)
                     seconds.setdefault(label, []).append(r["seconds"])
-                    say(f"neighbour rep {rep + 1}/{reps} {label:<28} {r['seconds']:8.2f} s")
+                    if "concurrency_limit" in r:
+                        limits.setdefault(label, []).append(r["concurrency_limit"])
+                    say(f"neighbour rep {rep + 1}/{reps} {label:<28} {r['seconds']:8.2f} s"
+                        f"{'  limit ' + json.dumps(r['concurrency_limit']) if 'concurrency_limit' in r else ''}")
                 except Exception as exc:  # recorded and reported, and the run goes on
                     failed.setdefault(label, []).append(repr(exc)[:1000])
                     say(f"neighbour rep {rep + 1}/{reps} {label} FAILED: {exc!r}"[:400])
@@ -227,5 +233,5 @@ async def run(h: Harness, cluster: LocalCluster, *, runners: int, approaches: li
     return {"runners": runners, "reps": reps, "idle_seconds": idle_seconds, "write_rate_per_second": write_rate,
             "read_rate_per_second": read_rate, "budgets": {label: {k: v for k, v in env.items() if v is not None}
                                                            for label, env in parse_budgets(budgets)},
-            "phases": phases, "failed_runs": failed,
+            "phases": phases, "failed_runs": failed, "concurrency_limit": limits,
             "cancellation_seconds": {k: {"runs": v, "median": median(v)} for k, v in seconds.items()}}

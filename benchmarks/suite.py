@@ -32,6 +32,8 @@ async def run(a: argparse.Namespace, out: Path, cluster: LocalCluster, kubeconfi
                                  "operator_concurrency": os.environ.get("NECROCODE_CONCURRENCY", "50"),
                                  "operator_adaptive_concurrency": os.environ.get("NECROCODE_ADAPTIVE_CONCURRENCY",
                                                                                  "true"),
+                                 "operator_adaptive_tolerance_percent": os.environ.get("NECROCODE_ADAPTIVE_TOLERANCE_PERCENT",
+                                                                                       "25"),
                                  "raw_client_concurrency": a.raw_concurrency, "grace_period_seconds": GRACE,
                                  "kwok_nodes": NODES, "kubectl_max_n": a.kubectl_max_n,
                                  "raw_delete_max_n": a.raw_delete_max_n,
@@ -63,7 +65,8 @@ async def run(a: argparse.Namespace, out: Path, cluster: LocalCluster, kubeconfi
                         continue
                     per.setdefault(name, {"runs": []})["runs"].append(r)
                     say(f"N={n:>5} rep {rep + 1}/{a.reps} {name:<15} {r['seconds']:8.3f} s"
-                        + (f"  ({r['api_calls_total']} operator API calls)" if name == "ours" else "")
+                        + (f"  ({r['api_calls_total']} operator API calls, in-flight limit {r['concurrency_limit']})"
+                           if name == "ours" else "")
                         + f"  [{time.monotonic() - started:.0f}s with setup]")
                     if r.get("cpu_seconds"):
                         c = r["cpu_seconds"]

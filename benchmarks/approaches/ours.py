@@ -25,12 +25,18 @@ async def run(h: Harness, n: int) -> Obj:
         cpu = h.cpu_start()
         t0 = time.perf_counter()
         prof = h.pprof(f"ours-{n}")
-        await h.kube.create(nc_path(ns, "jobcancellations"), {
-            "apiVersion": "necrocode.io/v1alpha1", "kind": "JobCancellation", "metadata": {"name": "stop"},
-            "spec": {"jobName": "job", "reason": "benchmark"}})
-        done = await wait_phases(h.kube, ns, "jobcancellations", {"stop"}, timeout=900)
-        seconds = done["stop"] - t0
-        cpu_used = h.cpu_since(cpu)
+        stop = asyncio.Event()
+        limits = asyncio.create_task(sample_limit(h, stop))
+        try:
+            await h.kube.create(nc_path(ns, "jobcancellations"), {
+                "apiVersion": "necrocode.io/v1alpha1", "kind": "JobCancellation", "metadata": {"name": "stop"},
+                "spec": {"jobName": "job", "reason": "benchmark"}})
+            done = await wait_phases(h.kube, ns, "jobcancellations", {"stop"}, timeout=900)
+            seconds = done["stop"] - t0
+            cpu_used = h.cpu_since(cpu)
+        finally:
+            stop.set()
+            limit_seen = await limits
         if prof:
             await prof
         calls = delta(before, h.op.metrics())
@@ -43,9 +49,32 @@ async def run(h: Harness, n: int) -> Obj:
         assert left == 0 and not held, (left, len(held))
         return {"seconds": seconds, "api_calls": calls, "api_calls_total": sum(calls.values()),
                 "cpu_seconds": cpu_used, "steps": steps, "progress": st.get("progress"), "pods_left": left,
-                "leases_held": len(held)}
+                "leases_held": len(held), "concurrency_limit": limit_seen}
     finally:
         await h.world.drop_namespace(ns)
+
+
+async def sample_limit(h: Harness, stop: asyncio.Event, every: float = 0.25) -> Obj:
+    """The operator's in-flight limit (necrocode_api_concurrency_limit) every `every` seconds
+    until `stop` is set: how the adaptive limit moved during the timed window (fixed: one
+    value). Returns its samples' quantiles; a failed scrape is skipped."""
+    seen: list[float] = []
+    while not stop.is_set():
+        try:
+            v = await asyncio.to_thread(h.op.gauge, "necrocode_api_concurrency_limit")
+        except OSError:
+            v = None
+        if v is not None:
+            seen.append(v)
+        try:
+            await asyncio.wait_for(stop.wait(), every)
+        except TimeoutError:
+            pass
+    if not seen:
+        return {"samples": 0}
+    seen.sort()
+    at = {name: seen[min(len(seen) - 1, int(f * len(seen)))] for name, f in (("p10", 0.1), ("p50", 0.5), ("p90", 0.9))}
+    return {"samples": len(seen), **at, "max": seen[-1]}
 
 
 def _step_seconds(step: Obj) -> float | None:

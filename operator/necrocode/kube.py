@@ -229,13 +229,15 @@ class Kube:
                  extra_headers: Mapping[str, str] | None = None, retry: RetryPolicy | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  jitter: Callable[[], float] = random.random, qps: float = 0.0, burst: int = 0,
-                 stream_concurrency: int = STREAM_CONCURRENCY, adaptive: bool = False):
+                 stream_concurrency: int = STREAM_CONCURRENCY, adaptive: bool = False,
+                 tolerance: float = Gradient.tolerance):
         self.creds = creds
         self.concurrency = concurrency
         self.budget = Budget("global", qps=qps, burst=burst, concurrency=concurrency,
-                             gradient=Gradient(high=concurrency) if adaptive else None)
+                             gradient=Gradient(high=concurrency, tolerance=tolerance) if adaptive else None)
         """The whole client's budget (the pool holds as many connections as it has slots at
-        most). `adaptive`: its in-flight limit follows the writes' round trips (policies.adaptive)."""
+        most). `adaptive`: its in-flight limit follows the writes' round trips (policies.adaptive),
+        growing while they are answered within `tolerance` of the round trip at its low limit."""
         self.streams = Budget("streams", concurrency=stream_concurrency)
         """The log reads' lane: their in-flight slots (their own pool holds as many connections);
         they still take a token of each rate."""

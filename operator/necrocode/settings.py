@@ -66,6 +66,10 @@ class Settings:
     adaptive_concurrency: bool = True
     """Whether the in-flight limit follows the API server's latency, from 3 up to `concurrency`
     (policies.adaptive); false: always `concurrency`."""
+    adaptive_tolerance: float = 0.25
+    """How much slower than at 3 in flight the writes may be answered while the adaptive limit
+    still grows (0.25: a quarter; NECROCODE_ADAPTIVE_TOLERANCE_PERCENT); more gives a cancellation more of a busy API server and
+    its other clients less (docs/benchmarks.md, session 21)."""
     api_qps: float = 0.0
     """API requests sent per second, all cancellations together, retries included, a watch
     counted when opened; 0: no limit (only `concurrency` bounds the rate)."""
@@ -145,6 +149,8 @@ class Settings:
             concurrency=_count("NECROCODE_CONCURRENCY", "50", 1, "requests in flight"),
             adaptive_concurrency=_checked("NECROCODE_ADAPTIVE_CONCURRENCY", "true", str.lower,
                                           lambda v: v in ("true", "false"), "true or false") == "true",
+            adaptive_tolerance=_checked("NECROCODE_ADAPTIVE_TOLERANCE_PERCENT", "25", int, lambda t: 5 <= t <= 400,
+                                        "a percentage of the round trip at 3 in flight, 5 to 400") / 100,
             api_qps=_rate("NECROCODE_API_QPS", "0"),
             api_burst=_count("NECROCODE_API_BURST", "0", 0, "requests (0: one second's worth of NECROCODE_API_QPS)"),
             cancellation_concurrency=_count("NECROCODE_CANCELLATION_CONCURRENCY", "0", 0,

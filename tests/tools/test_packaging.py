@@ -309,6 +309,9 @@ def test_api_budget_is_rendered_into_the_operators_environment() -> None:
     env = _operator_env(template())
     assert [env[k] for k in budget] == ["50", "0", "0", "0", "0", "true"]
     assert _operator_env(template("operator.apiBudget.adaptive=false"))["NECROCODE_ADAPTIVE_CONCURRENCY"] == "false"
+    assert env["NECROCODE_ADAPTIVE_TOLERANCE_PERCENT"] == "25"
+    assert _operator_env(template("operator.apiBudget.adaptiveTolerancePercent=50"))[
+        "NECROCODE_ADAPTIVE_TOLERANCE_PERCENT"] == "50"
     env = _operator_env(template("operator.concurrency=20"))  # the older value still works...
     assert env["NECROCODE_CONCURRENCY"] == "20"
     env = _operator_env(template("operator.concurrency=20", "operator.apiBudget.concurrency=30",  # ...the budget's wins
@@ -322,6 +325,7 @@ def test_api_budget_values_are_checked_by_the_schema() -> None:
     for bad in ("operator.apiBudget.qps=-1", "operator.apiBudget.burst=1.5", "operator.apiBudget.concurrency=0",
                 "operator.apiBudget.perCancellation.concurrency=-1", "operator.apiBudget.perCancellation.qps=x",
                 "operator.apiBudget.perCancellation.burst=3", "operator.apiBudget.adaptive=sometimes",
+                "operator.apiBudget.adaptiveTolerancePercent=4", "operator.apiBudget.adaptiveTolerancePercent=0.5",
                 "flowControl.lendablePercent=101",
                 "flowControl.matchingPrecedence=10001", "flowControl.queuing.queues=0", "flowControl.bogus=1"):
         out = subprocess.run([helm(), "template", "rel", str(CHART), "--kube-version", "1.36.3", "--set", bad],

@@ -101,15 +101,15 @@ def test_the_median_of_an_even_count_is_the_mean_of_the_middle_two() -> None:
 
 
 # ----------------------------------------------------------------------------- two API servers
-def run(rtt_at: Callable[[int], float], requests: int) -> list[int]:
+def run(rtt_at: Callable[[int], float], requests: int, g: Gradient = G) -> list[int]:
     """The limits a client goes through making `requests` writes, each answered after
     rtt_at(requests in flight) seconds (all in flight at the limit, as a big cancellation keeps
     them); time passes by the round trips."""
-    s, now, limits = start(G, 0.0), 0.0, []
+    s, now, limits = start(g, 0.0), 0.0, []
     for _ in range(requests):
         in_flight = allowed(s)
         now += rtt_at(in_flight) / in_flight
-        s = observe(G, s, rtt_at(in_flight), s.epoch, now)
+        s = observe(g, s, rtt_at(in_flight), s.epoch, now)
         limits.append(allowed(s))
     return limits
 
@@ -131,6 +131,16 @@ def test_a_busy_api_server_keeps_its_queue_short() -> None:
     settled = sorted(limits[500:])
     assert 3 <= settled[len(settled) // 2] <= 4, settled[len(settled) // 2]
     assert max(limits) <= 5
+
+
+@pytest.mark.parametrize(("tolerance", "least", "most"), [(0.25, 3, 4), (0.5, 4, 5), (1.0, 6, 7)])
+def test_the_tolerance_is_how_much_longer_a_busy_api_servers_queue_may_grow(tolerance: float, least: int,
+                                                                            most: int) -> None:
+    """On the busy API server the limit settles near low x (1 + tolerance): the round trip a
+    cancellation may cost everyone else (NECROCODE_ADAPTIVE_TOLERANCE_PERCENT)."""
+    limits = run(lambda n: 0.002 * n, 5000, Gradient(high=50, tolerance=tolerance))
+    settled = sorted(limits[500:])
+    assert least <= settled[len(settled) // 2] <= most, settled[len(settled) // 2]
 
 
 # ----------------------------------------------------------------------------- slots

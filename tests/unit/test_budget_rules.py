@@ -112,7 +112,9 @@ def test_the_budget_settings_default_to_todays_behaviour_and_are_read(monkeypatc
     s = Settings.from_env()
     assert (s.concurrency, s.api_qps, s.api_burst, s.cancellation_concurrency, s.cancellation_qps) == (50, 0, 0, 0, 0)
     assert s.adaptive_concurrency  # since session 20: at most 50, fewer while the API server slows with more
-    for k, v in {"NECROCODE_CONCURRENCY": "20", "NECROCODE_API_QPS": "150.5", "NECROCODE_API_BURST": "300",
+    assert s.adaptive_tolerance == 0.25
+    for k, v in {"NECROCODE_ADAPTIVE_TOLERANCE_PERCENT": "50", "NECROCODE_CONCURRENCY": "20",
+                 "NECROCODE_API_QPS": "150.5", "NECROCODE_API_BURST": "300",
                  "NECROCODE_CANCELLATION_CONCURRENCY": "5", "NECROCODE_CANCELLATION_QPS": "25",
                  "NECROCODE_ADAPTIVE_CONCURRENCY": "False"}.items():
         monkeypatch.setenv(k, v)
@@ -120,6 +122,7 @@ def test_the_budget_settings_default_to_todays_behaviour_and_are_read(monkeypatc
     assert (s.concurrency, s.api_qps, s.api_burst, s.cancellation_concurrency, s.cancellation_qps) == (20, 150.5, 300,
                                                                                                         5, 25)
     assert not s.adaptive_concurrency
+    assert s.adaptive_tolerance == 0.5
 
 
 @pytest.mark.usefixtures("clean_settings_env")
@@ -145,6 +148,10 @@ def test_the_event_budget_defaults_to_ten_a_second_with_a_cancellations_share_at
     ({"NECROCODE_CANCELLATION_CONCURRENCY": "-2"}, "expected requests in flight per cancellation (0: no own limit)"),
     ({"NECROCODE_CANCELLATION_QPS": "ten"}, "NECROCODE_CANCELLATION_QPS='ten': expected requests per second"),
     ({"NECROCODE_ADAPTIVE_CONCURRENCY": "sometimes"}, "NECROCODE_ADAPTIVE_CONCURRENCY='sometimes': expected true or false"),
+    ({"NECROCODE_ADAPTIVE_TOLERANCE_PERCENT": "0"},
+     "NECROCODE_ADAPTIVE_TOLERANCE_PERCENT='0': expected a percentage of the round trip at 3 in flight, 5 to 400"),
+    ({"NECROCODE_ADAPTIVE_TOLERANCE_PERCENT": "0.25"}, "NECROCODE_ADAPTIVE_TOLERANCE_PERCENT='0.25': expected"),
+    ({"NECROCODE_ADAPTIVE_TOLERANCE_PERCENT": "25%"}, "NECROCODE_ADAPTIVE_TOLERANCE_PERCENT='25%': expected"),
 ])
 def test_bad_budget_settings_are_refused_at_start(monkeypatch: pytest.MonkeyPatch, env: dict[str, str],
                                                   message: str) -> None:

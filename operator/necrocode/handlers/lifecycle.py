@@ -114,7 +114,7 @@ async def startup(memo: kopf.Memo, **_: Any) -> None:
     Budget.on_limit = lambda scope, limit: metrics.API_CONCURRENCY_LIMIT.set(limit) if scope == "global" else None
     kube = Kube(load_credentials(os.environ.get("NECROCODE_KUBECONFIG") or None), concurrency=conf.concurrency,
                 timeout=conf.request_timeout, retry=conf.retry, qps=conf.api_qps, burst=conf.api_burst,
-                adaptive=conf.adaptive_concurrency)
+                adaptive=conf.adaptive_concurrency, tolerance=conf.adaptive_tolerance)
     metrics.API_CONCURRENCY_LIMIT.set(kube.budget.limit)
     if conf.coalesce_lists:
         kube.coalesce_lists()
@@ -123,6 +123,7 @@ async def startup(memo: kopf.Memo, **_: Any) -> None:
     metrics.LEADER.set(1)  # without leader election this process acts (with it, the elector's gauge wins)
     serve_metrics(conf.metrics_port)
     log("operator started", concurrency=conf.concurrency, adaptive_concurrency=conf.adaptive_concurrency,
+        adaptive_tolerance=conf.adaptive_tolerance,
         api_qps=conf.api_qps or "unlimited",
         cancellation_concurrency=conf.cancellation_concurrency or "shared",
         cancellation_qps=conf.cancellation_qps or "unlimited", namespaces=list(conf.namespaces) or "all",
