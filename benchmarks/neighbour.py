@@ -216,10 +216,11 @@ async def run(h: Harness, cluster: LocalCluster, *, runners: int, approaches: li
                 try:
                     r = await APPROACHES[name].run(h2, runners)
                     seconds.setdefault(label, []).append(r["seconds"])
-                    if "concurrency_limit" in r:
-                        limits.setdefault(label, []).append(r["concurrency_limit"])
+                    limit = r.get("concurrency_limit")  # ours only
+                    if limit is not None:
+                        limits.setdefault(label, []).append(limit)
                     say(f"neighbour rep {rep + 1}/{reps} {label:<28} {r['seconds']:8.2f} s"
-                        f"{'  limit ' + json.dumps(r['concurrency_limit']) if 'concurrency_limit' in r else ''}")
+                        + (f"  limit {json.dumps(limit)}" if limit is not None else ""))
                 except Exception as exc:  # recorded and reported, and the run goes on
                     failed.setdefault(label, []).append(repr(exc)[:1000])
                     say(f"neighbour rep {rep + 1}/{reps} {label} FAILED: {exc!r}"[:400])

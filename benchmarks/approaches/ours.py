@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from benchmarks.cluster import delta
-from benchmarks.common import SELECTOR, Obj
+from benchmarks.common import SELECTOR, Obj, percentile
 from benchmarks.harness import Harness
 from benchmarks.world import wait_phases
 from necrocode.kube import lease_path, nc_path
@@ -57,7 +57,7 @@ async def run(h: Harness, n: int) -> Obj:
 async def sample_limit(h: Harness, stop: asyncio.Event, every: float = 0.25) -> Obj:
     """The operator's in-flight limit (necrocode_api_concurrency_limit) every `every` seconds
     until `stop` is set: how the adaptive limit moved during the timed window (fixed: one
-    value). Returns its samples' quantiles; a failed scrape is skipped."""
+    value). Returns its samples' nearest-rank percentiles; a failed scrape is skipped."""
     seen: list[float] = []
     while not stop.is_set():
         try:
@@ -72,9 +72,7 @@ async def sample_limit(h: Harness, stop: asyncio.Event, every: float = 0.25) -> 
             pass
     if not seen:
         return {"samples": 0}
-    seen.sort()
-    at = {name: seen[min(len(seen) - 1, int(f * len(seen)))] for name, f in (("p10", 0.1), ("p50", 0.5), ("p90", 0.9))}
-    return {"samples": len(seen), **at, "max": seen[-1]}
+    return {"samples": len(seen), **{f"p{q}": percentile(seen, q) for q in (10, 50, 90)}, "max": max(seen)}
 
 
 def _step_seconds(step: Obj) -> float | None:

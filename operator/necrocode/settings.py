@@ -68,8 +68,9 @@ class Settings:
     (policies.adaptive); false: always `concurrency`."""
     adaptive_tolerance: float = 0.25
     """How much slower than at 3 in flight the writes may be answered while the adaptive limit
-    still grows (0.25: a quarter; NECROCODE_ADAPTIVE_TOLERANCE_PERCENT); more gives a cancellation more of a busy API server and
-    its other clients less (docs/benchmarks.md, session 21)."""
+    still grows (0.25: a quarter; set in percent, NECROCODE_ADAPTIVE_TOLERANCE_PERCENT); more
+    gives a cancellation more of a busy API server and its other clients less
+    (docs/benchmarks.md, session 21)."""
     api_qps: float = 0.0
     """API requests sent per second, all cancellations together, retries included, a watch
     counted when opened; 0: no limit (only `concurrency` bounds the rate)."""
