@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks.common import NODES, REPO
@@ -98,12 +99,19 @@ class Operator:
 
     def gauge(self, name: str) -> float | None:
         """A label-free metric's value from the operator's /metrics (None: not exported)."""
+        return self.gauges((name,)).get(name)
+
+    def gauges(self, names: Sequence[str]) -> dict[str, float]:
+        """Label-free metrics' values from one scrape of the operator's /metrics (those it does
+        not export are left out)."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
             text = r.read().decode()
+        out: dict[str, float] = {}
         for line in text.splitlines():
-            if line.startswith(name + " "):
-                return float(line.rsplit(" ", 1)[1])
-        return None
+            name, _, value = line.partition(" ")
+            if name in names:
+                out[name] = float(value)
+        return out
 
     def status(self) -> dict[str, int]:
         """The numbers of its /proc status: memory fields in kB, Threads (each can hold a malloc

@@ -87,6 +87,10 @@ class Budget:
     """Called with (scope, limit) each time an adaptive in-flight limit changes (the operator
     shows it as necrocode_api_concurrency_limit)."""
 
+    on_min_rtt: ClassVar[Callable[[str, float], None] | None] = None
+    """Called with (scope, seconds) each time an adaptive limit measured its round trip at the
+    low limit (the operator shows it as necrocode_api_min_rtt_seconds)."""
+
     def __init__(self, scope: str, *, qps: float = 0.0, burst: int = 0, concurrency: int = 0,
                  gradient: adaptive.Gradient | None = None):
         self.scope = scope
@@ -120,8 +124,10 @@ class Budget:
         if self.gradient is None or self._limit is None:
             return
         now = asyncio.get_running_loop().time()
-        before = self.limit
+        before, min_rtt = self.limit, self._limit.min_rtt
         self._limit = adaptive.observe(self.gradient, self._limit, rtt, epoch, now)
+        if self._limit.min_rtt is not None and self._limit.min_rtt != min_rtt and Budget.on_min_rtt is not None:
+            Budget.on_min_rtt(self.scope, self._limit.min_rtt)
         if self.limit != before:
             if self._slots is not None:
                 self._slots[1].resize(self.limit)

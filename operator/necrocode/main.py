@@ -85,7 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.release_finalizers:
         return _release(a)
     namespaces: list[str] = a.namespace or [n for n in os.environ.get("NECROCODE_NAMESPACES", "").split(",") if n]
+    from necrocode import gctuning, metrics
     from necrocode.handlers import lifecycle  # importing the package registers every handler
+
+    gctuning.tune()  # everything imported: frozen, and the collections spaced out (why: gctuning)
+    gctuning.watch(lambda generation, seconds: metrics.GC_PAUSE.labels(generation=str(generation)).observe(seconds))
 
     def operate(stop: asyncio.Event | None = None) -> Awaitable[None]:
         # with leader election the process serves its own liveness endpoint from the start, as a

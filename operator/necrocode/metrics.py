@@ -48,6 +48,17 @@ API_CONCURRENCY_LIMIT = Gauge("necrocode_api_concurrency_limit",
                               "Requests the operator's own client may have in flight now, all cancellations "
                               "together: NECROCODE_CONCURRENCY, or less while the adaptive limit "
                               "(NECROCODE_ADAPTIVE_CONCURRENCY) finds the API server answering slower with more.")
+API_MIN_RTT = Gauge("necrocode_api_min_rtt_seconds",
+                    "The round trip the adaptive in-flight limit judges by: the least of the last 5 minutes' "
+                    "measurements of the operator's writes at 3 in flight (0 while it is first measured, or "
+                    "with a fixed limit).")
+EVENT_LOOP_LAG = Gauge("necrocode_event_loop_lag_seconds",
+                       "The most a short timer of the operator's event loop ran late in the last second: how long "
+                       "an answer that had arrived could wait before the operator read it.")
+GC_PAUSE = Histogram("necrocode_gc_pause_seconds",
+                     "How long each of Python's garbage collections stopped the operator (its event loop "
+                     "with it), by generation (2: a full collection; necrocode.gctuning).", ["generation"],
+                     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0))
 EVENTS_SKIPPED = Counter("necrocode_events_skipped_total",
                          "Per-task and RunnerForced Events not written because the operator's Event budget "
                          "(NECROCODE_EVENT_QPS, NECROCODE_EVENT_BURST) had no token; each cancellation's summary "

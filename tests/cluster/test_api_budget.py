@@ -44,10 +44,14 @@ def requests_and_waits(port: int) -> tuple[float, dict[str, float]]:
 
 def concurrency_limit(port: int) -> float:
     """necrocode_api_concurrency_limit: the requests the operator may have in flight now."""
+    return gauge(port, "necrocode_api_concurrency_limit")
+
+
+def gauge(port: int, name: str) -> float:
+    """A sample of the operator's /metrics, summed over its labels (0: not exported)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         text = r.read().decode()
-    return next(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
-                if s.name == "necrocode_api_concurrency_limit")
+    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples if s.name == name)
 
 
 def assert_within_rate(samples: list[tuple[float, float, float]], qps: float, burst: int) -> None:
@@ -184,7 +188,10 @@ def test_an_api_server_far_away_gets_more_requests_in_flight(kube: Kubectl, clus
     the same however many are in flight. The limit starts at 3, while the operator measures the
     round trip, and opens past 8 while one cancellation of 200 runners makes its deletes, by the
     operator's own necrocode_api_concurrency_limit; the cancellation ends Completed. On a fixed
-    limit the gauge would not move (and before session 20 there was none)."""
+    limit the gauge would not move (and before session 20 there was none). The round trip it was
+    judged against, necrocode_api_min_rtt_seconds, shows the proxy's delay, and the event loop's
+    lateness is exported beside it (necrocode_event_loop_lag_seconds, session 22), and so are
+    its garbage collections' pauses (necrocode_gc_pause_seconds)."""
     from hack.localcluster import free_port
 
     ns, log, port = solo_namespace, tmp_path / "operator.log", free_port()
@@ -217,6 +224,9 @@ def test_an_api_server_far_away_gets_more_requests_in_flight(kube: Kubectl, clus
                 return peak > 8
 
             wait_for(opened, timeout=120, interval=0.05, what="the in-flight limit opened past 8")
+            assert gauge(port, "necrocode_api_min_rtt_seconds") >= 0.05
+            assert gauge(port, "necrocode_event_loop_lag_seconds") > 0  # fed: the worst of a second is never exactly on time
+            assert gauge(port, "necrocode_gc_pause_seconds_count") > 0  # the process's collections are timed
             wait_for(lambda: (kube.get("jobcancellations", ns, "stop").get("status") or {}).get("phase")
                      in ("Completed", "PartiallyCompleted", "Failed"), timeout=120, what="the cancellation to finish")
             st = kube.get("jobcancellations", ns, "stop")["status"]

@@ -22,7 +22,9 @@ from necrocode.policies.adaptive import (
     median,
     next_limit,
     observe,
+    remembered,
     start,
+    window_size,
 )
 
 G = Gradient(low=3, high=50, tolerance=0.25, recalibrate_seconds=30.0)
@@ -96,6 +98,34 @@ def test_min_rtt_is_measured_again_once_its_time_has_come() -> None:
     assert (s.min_rtt, s.calibrate_at) == (pytest.approx(0.020), 61.0)
 
 
+def test_min_rtt_is_the_least_calibration_of_the_last_five_minutes() -> None:
+    def calibrate(s: Limit, rtt: float, now: float) -> Limit:
+        s = feed(s, [0.010] * window_size(s), now=now)  # a window, then the calibration's time has come
+        assert s.min_rtt is None
+        return feed(s, [rtt] * CALIBRATION_SAMPLES, now=now)
+
+    s = feed(start(G, 0.0), [0.010] * CALIBRATION_SAMPLES, now=1.0)
+    assert s.min_rtt == pytest.approx(0.010) and s.calibrations == ((1.0, 0.010),)
+    s = calibrate(s, 0.025, now=31.0)  # longer, right after a busy window: the earlier one still counts
+    assert s.min_rtt == pytest.approx(0.010) and len(s.calibrations) == 2
+    s = calibrate(s, 0.008, now=61.0)  # shorter: counts at once
+    assert s.min_rtt == pytest.approx(0.008)
+    s = calibrate(s, 0.030, now=362.0)  # the 0.010 and 0.008 are more than 300 s old
+    assert s.min_rtt == pytest.approx(0.030) and s.calibrations == ((362.0, 0.030),)
+    assert G.memory_seconds == 300.0
+
+
+@pytest.mark.parametrize(("calibrations", "now", "kept"), [
+    ((), 0.0, ()),
+    (((0.0, 0.01),), 1000.0, ((0.0, 0.01),)),                         # the latest always counts
+    (((0.0, 0.01), (100.0, 0.02), (400.0, 0.03)), 400.0, ((100.0, 0.02), (400.0, 0.03))),
+    (((0.0, 0.01), (300.0, 0.02)), 300.0, ((0.0, 0.01), (300.0, 0.02))),  # 300 s old: still counts
+])
+def test_remembered_calibrations(calibrations: tuple[tuple[float, float], ...], now: float,
+                                 kept: tuple[tuple[float, float], ...]) -> None:
+    assert remembered(G, calibrations, now) == kept
+
+
 def test_the_median_of_an_even_count_is_the_mean_of_the_middle_two() -> None:
     assert median([4, 1, 3, 2]) == 2.5 and median([3, 1, 2]) == 2
 
@@ -131,6 +161,30 @@ def test_a_busy_api_server_keeps_its_queue_short() -> None:
     settled = sorted(limits[500:])
     assert 3 <= settled[len(settled) // 2] <= 4, settled[len(settled) // 2]
     assert max(limits) <= 5
+
+
+@pytest.mark.parametrize(("memory", "least", "most"), [(300.0, 3, 5), (0.0, 40, 50)])
+def test_calibrations_lengthened_by_the_limits_own_windows_do_not_open_it(memory: float, least: int,
+                                                                          most: int) -> None:
+    """The busy API server of the test above, where a calibration made right after a window at
+    a higher limit is answered later by what that window left the API server to do (2 ms more
+    for each request the window had in flight; calibrations every 3 s, so that 40 s hold a
+    dozen). Judged by the latest calibration alone (memory 0), each higher limit lengthens the
+    next calibration and the limit climbs to the most; judged by the least of the last five
+    minutes, it stays a few above the least."""
+    g = Gradient(high=50, recalibrate_seconds=3.0, memory_seconds=memory)
+    s, now, limits, backlog = start(g, 0.0), 0.0, [], 0
+    for _ in range(20000):
+        in_flight = allowed(s)
+        rtt = 0.002 * in_flight + (0.002 * backlog if s.min_rtt is None and s.epoch else 0.0)
+        now += rtt / in_flight
+        calibrating = s.min_rtt is None
+        s = observe(g, s, rtt, s.epoch, now)
+        if not calibrating:
+            backlog = in_flight  # what the latest window had in flight
+        limits.append(allowed(s))
+    settled = sorted(limits[2000:])
+    assert least <= settled[int(len(settled) * 0.9)] <= most, settled[int(len(settled) * 0.9)]
 
 
 @pytest.mark.parametrize(("tolerance", "least", "most"), [(0.25, 3, 4), (0.5, 4, 5), (1.0, 6, 7)])
@@ -193,7 +247,9 @@ async def test_a_waiter_cancelled_gives_back_or_never_takes_its_slot() -> None:
 
 async def test_an_adaptive_budget_starts_low_and_opens_for_a_fast_server() -> None:
     seen: list[int] = []
+    rtts: list[float] = []
     Budget.on_limit, saved = (lambda scope, limit: seen.append(limit)), Budget.on_limit
+    Budget.on_min_rtt, saved_rtt = (lambda scope, rtt: rtts.append(rtt)), Budget.on_min_rtt
     try:
         b = Budget("global", concurrency=50, gradient=Gradient(high=50))
         assert b.limit == 3
@@ -202,8 +258,10 @@ async def test_an_adaptive_budget_starts_low_and_opens_for_a_fast_server() -> No
             b.release()
             b.observe(0.030, b.epoch)
         assert b.limit == 50 and seen[-1] == 50 and seen == sorted(seen)
+        assert rtts == [0.030]  # measured once: the 1,400 answers came within one recalibration period
         fixed = Budget("global", concurrency=50)
         fixed.observe(5.0, 0)
-        assert fixed.limit == 50
+        assert fixed.limit == 50 and rtts == [0.030]
     finally:
         Budget.on_limit = saved
+        Budget.on_min_rtt = saved_rtt

@@ -9,6 +9,8 @@ of them share these objects):
   memo.expiries  the pending TTL deletions of this process (handlers/common.py)
   memo.kopf_connections  the size of kopf's connection pool (necrocode.kopfclient; 0: unbounded)
   memo.stop_flag the flag given to kopf.operator (None: signals alone stop it); cleanup raises it
+  memo.loop_lag  the task that times the event loop (necrocode.looplag; set by startup,
+                 cancelled by cleanup)
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from necrocode.budget import Budget
 from necrocode.kopfmemory import LeanMemories
 from necrocode.kube import Kube, load_credentials
 from necrocode.logs import log
+from necrocode.looplag import LoopLag
 from necrocode.model import FINALIZER, parse_time
 from necrocode.service import CancellationService
 from necrocode.settings import Settings
@@ -55,7 +58,8 @@ def kopf_settings(conf: Settings, namespaces: Sequence[str]) -> kopf.OperatorSet
 def new_memo(conf: Settings, kopf_connections: int,
              stop_flag: asyncio.Event | threading.Event | None = None) -> kopf.Memo:
     """The operator-wide memo (passed to `kopf.operator(memo=...)`), one per run of kopf."""
-    return kopf.Memo(conf=conf, service=None, expiries={}, kopf_connections=kopf_connections, stop_flag=stop_flag)
+    return kopf.Memo(conf=conf, service=None, expiries={}, kopf_connections=kopf_connections, stop_flag=stop_flag,
+                     loop_lag=None)
 
 
 def operate(conf: Settings, namespaces: Sequence[str], *, liveness: str | None,
@@ -112,6 +116,7 @@ async def startup(memo: kopf.Memo, **_: Any) -> None:
     Kube.on_request = lambda verb, resource: metrics.API_REQUESTS.labels(verb=verb, resource=resource).inc()
     Budget.on_wait = lambda scope, seconds: metrics.API_BUDGET_WAIT.labels(scope=scope).inc(seconds)
     Budget.on_limit = lambda scope, limit: metrics.API_CONCURRENCY_LIMIT.set(limit) if scope == "global" else None
+    Budget.on_min_rtt = lambda scope, rtt: metrics.API_MIN_RTT.set(rtt) if scope == "global" else None
     kube = Kube(load_credentials(os.environ.get("NECROCODE_KUBECONFIG") or None), concurrency=conf.concurrency,
                 timeout=conf.request_timeout, retry=conf.retry, qps=conf.api_qps, burst=conf.api_burst,
                 adaptive=conf.adaptive_concurrency, tolerance=conf.adaptive_tolerance)
@@ -122,6 +127,7 @@ async def startup(memo: kopf.Memo, **_: Any) -> None:
     metrics.OLDEST_RUNNING.source = lambda: running_ages(service)
     metrics.LEADER.set(1)  # without leader election this process acts (with it, the elector's gauge wins)
     serve_metrics(conf.metrics_port)
+    memo.loop_lag = asyncio.create_task(LoopLag(metrics.EVENT_LOOP_LAG.set).watch(), name="necrocode loop lag")
     log("operator started", concurrency=conf.concurrency, adaptive_concurrency=conf.adaptive_concurrency,
         adaptive_tolerance=conf.adaptive_tolerance,
         api_qps=conf.api_qps or "unlimited",
@@ -171,6 +177,10 @@ def running_ages(service: CancellationService) -> list[tuple[str, float]]:
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     metrics.OLDEST_RUNNING.source = None
     metrics.LEADER.set(0)
+    lag: asyncio.Task[None] | None = memo.get("loop_lag")
+    if lag is not None:
+        lag.cancel()
+        await asyncio.gather(lag, return_exceptions=True)
     service: CancellationService | None = memo.service
     memo.service = None
     if service is not None:

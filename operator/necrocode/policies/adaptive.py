@@ -11,10 +11,19 @@ few only lengthens the queue every other client of the API server waits in: 50 i
 the neighbours' p99 to 5-10x its idle value, 4 kept it within 1.3x at nearly the same speed.
 One fixed number cannot be right for both, so the limit follows what the API server answers:
 
-- It measures the round trip at a low limit (`low` in flight): `min_rtt`, the median of
+- It measures the round trip at a low limit (`low` in flight): the median of
   `CALIBRATION_SAMPLES` requests sent while no more than that were in flight. It measures it
   again every `recalibrate_seconds` (the API server's idle speed changes: other load, a new
-  replica), and from the start of each calibration only requests sent in it count.
+  replica), and from the start of each calibration only requests sent in it count. `min_rtt`
+  is the least of the calibrations of the last `memory_seconds` (as TCP Vegas keeps the least
+  round trip it has seen): a calibration is made right after a window at a higher limit, while
+  the API server still works off what that window and everyone else's answers to it left
+  (watch events, a neighbour's retries), and one taken then is longer; judged against it, the
+  next windows may have more in flight, which makes the next calibration longer still. Beside
+  a steady load on the benchmark's API server, the calibrations of one cancellation went from
+  10-12 ms to 17-31 ms and the limit to 20-33 with them (docs/benchmarks.md, session 22). An
+  API server that became slower for good is judged by its new speed once the faster
+  calibrations are older than `memory_seconds`; until then the limit stays low, the safe side.
 - Then, every window of requests (as many as the limit, at least `MIN_WINDOW`), the median
   round trip of that window against `min_rtt` decides. Within `tolerance` of it, the API server
   answers about as fast as at the low limit: one more may go. Slower, a queue is building: the
@@ -54,6 +63,8 @@ class Gradient:
     """How much above min_rtt a window's round trip may be and still count as not slower."""
     recalibrate_seconds: float = 30.0
     """How often min_rtt is measured again (monotonic seconds; while requests are made)."""
+    memory_seconds: float = 300.0
+    """How long a calibration counts towards min_rtt (the least of those this recent)."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +81,8 @@ class Limit:
     """The round trips of the current calibration or window."""
     calibrate_at: float
     """When min_rtt is measured again (the caller's clock)."""
+    calibrations: tuple[tuple[float, float], ...] = ()
+    """(when, median round trip) of each calibration of the last memory_seconds, oldest first."""
 
 
 def start(g: Gradient, now: float) -> Limit:
@@ -98,6 +111,12 @@ def next_limit(g: Gradient, limit: float, min_rtt: float, window_rtt: float) -> 
     return min(float(g.high), max(float(g.low), limit))
 
 
+def remembered(g: Gradient, calibrations: tuple[tuple[float, float], ...],
+               now: float) -> tuple[tuple[float, float], ...]:
+    """The calibrations that still count at `now` (the latest always does)."""
+    return tuple(c for c in calibrations[:-1] if now - c[0] <= g.memory_seconds) + calibrations[-1:]
+
+
 def window_size(s: Limit) -> int:
     return max(MIN_WINDOW, allowed(s))
 
@@ -111,7 +130,9 @@ def observe(g: Gradient, s: Limit, rtt: float, epoch: int, now: float) -> Limit:
     if s.min_rtt is None:
         if len(samples) < CALIBRATION_SAMPLES:
             return replace(s, samples=samples)
-        return replace(s, min_rtt=median(samples), samples=(), calibrate_at=now + g.recalibrate_seconds)
+        calibrations = remembered(g, (*s.calibrations, (now, median(samples))), now)
+        return replace(s, min_rtt=min(rtt for _, rtt in calibrations), samples=(), calibrations=calibrations,
+                       calibrate_at=now + g.recalibrate_seconds)
     if len(samples) < window_size(s):
         return replace(s, samples=samples)
     if now >= s.calibrate_at:
