@@ -88,8 +88,8 @@ class Budget:
     shows it as necrocode_api_concurrency_limit)."""
 
     on_min_rtt: ClassVar[Callable[[str, float], None] | None] = None
-    """Called with (scope, seconds) each time an adaptive limit measured its round trip at the
-    low limit (the operator shows it as necrocode_api_min_rtt_seconds)."""
+    """Called with (scope, seconds) each time the round trip an adaptive limit judges by changes
+    (policies.adaptive: min_rtt; the operator shows it as necrocode_api_min_rtt_seconds)."""
 
     def __init__(self, scope: str, *, qps: float = 0.0, burst: int = 0, concurrency: int = 0,
                  gradient: adaptive.Gradient | None = None):

@@ -21,7 +21,7 @@ One fixed number cannot be right for both, so the limit follows what the API ser
   (watch events, a neighbour's retries), and one taken then is longer; judged against it, the
   next windows may have more in flight, which makes the next calibration longer still. Beside
   a steady load on the benchmark's API server, the calibrations of one cancellation went from
-  10-12 ms to 17-31 ms and the limit to 20-33 with them (docs/benchmarks.md, session 22). An
+  10-12 ms to 17-31 ms and the limit's most to 14-33 with them (docs/benchmarks.md, session 22). An
   API server that became slower for good is judged by its new speed once the faster
   calibrations are older than `memory_seconds`; until then the limit stays low, the safe side.
 - Then, every window of requests (as many as the limit, at least `MIN_WINDOW`), the median
