@@ -20,24 +20,16 @@ WINDOW = 1.0
 """Each report is the worst lateness seen over this many seconds."""
 
 
-class LoopLag:
-    """The event loop's recent lateness: `worst` of the last full window, reported to `report`
-    at the end of each (the operator sets the gauge)."""
-
-    def __init__(self, report: Callable[[float], None] | None = None):
-        self.report = report
-        self.worst = 0.0
-
-    async def watch(self, period: float = PERIOD, window: float = WINDOW) -> None:
-        """Runs until cancelled (the operator's cleanup cancels it)."""
-        loop = asyncio.get_running_loop()
-        worst, since = 0.0, loop.time()
-        while True:
-            asked = loop.time()
-            await asyncio.sleep(period)
-            now = loop.time()
-            worst = max(worst, now - asked - period)
-            if now - since >= window:
-                self.worst, worst, since = worst, 0.0, now
-                if self.report is not None:
-                    self.report(self.worst)
+async def watch(report: Callable[[float], None], period: float = PERIOD, window: float = WINDOW) -> None:
+    """Report the worst lateness of each `window` seconds to `report` (the operator sets the
+    gauge); runs until cancelled (the operator's cleanup cancels it)."""
+    loop = asyncio.get_running_loop()
+    worst, since = 0.0, loop.time()
+    while True:
+        asked = loop.time()
+        await asyncio.sleep(period)
+        now = loop.time()
+        worst = max(worst, now - asked - period)
+        if now - since >= window:
+            report(worst)
+            worst, since = 0.0, now

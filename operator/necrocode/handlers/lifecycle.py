@@ -26,12 +26,11 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
-from necrocode import kopfclient, metrics, tlsbuffers
+from necrocode import kopfclient, looplag, metrics, tlsbuffers
 from necrocode.budget import Budget
 from necrocode.kopfmemory import LeanMemories
 from necrocode.kube import Kube, load_credentials
 from necrocode.logs import log
-from necrocode.looplag import LoopLag
 from necrocode.model import FINALIZER, parse_time
 from necrocode.service import CancellationService
 from necrocode.settings import Settings
@@ -127,7 +126,7 @@ async def startup(memo: kopf.Memo, **_: Any) -> None:
     metrics.OLDEST_RUNNING.source = lambda: running_ages(service)
     metrics.LEADER.set(1)  # without leader election this process acts (with it, the elector's gauge wins)
     serve_metrics(conf.metrics_port)
-    memo.loop_lag = asyncio.create_task(LoopLag(metrics.EVENT_LOOP_LAG.set).watch(), name="necrocode loop lag")
+    memo.loop_lag = asyncio.create_task(looplag.watch(metrics.EVENT_LOOP_LAG.set), name="necrocode loop lag")
     log("operator started", concurrency=conf.concurrency, adaptive_concurrency=conf.adaptive_concurrency,
         adaptive_tolerance=conf.adaptive_tolerance,
         api_qps=conf.api_qps or "unlimited",
