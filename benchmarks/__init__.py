@@ -13,6 +13,9 @@ Approaches, each timed from the request to the moment the work is observably don
                   mode Cancel without a cooperative window (graceful DELETE per runner, the
                   delete being the signal; once all are gone, task PUT + lease PUT), 100 in
                   flight, nothing else: the floor under any operator keeping the promises
+  floor-budgeted  the same writes under the operator's API budget (by default its adaptive
+                  in-flight limit, 3 to 50; its settings read from the environment as the
+                  operator reads them): the floor as gentle with the API server as ours
   raw-delete      a bare asyncio client: concurrent DELETEs of the same pods, until a watch has
                   seen every pod DELETED
   raw-collection  one DELETE collection (label selector), until every pod is DELETED

@@ -14,6 +14,7 @@ from benchmarks.harness import Harness
 from benchmarks.world import GoneWatch, wait_phases
 from necrocode.concurrency import bounded
 from necrocode.kube import Kube, lease_path, nc_path
+from necrocode.settings import Settings
 
 RUNNERS = "necrocode.io/role=runner"
 
@@ -96,14 +97,15 @@ async def ours(h: Harness, jobs: int, per_job: int, create_concurrency: int = 50
 
 
 async def floor(h: Harness, jobs: int, per_job: int, contract: bool = False, create_concurrency: int = 50,
-                final_status: Obj | None = None) -> Obj:
+                final_status: Obj | None = None, budgeted: bool = False) -> Obj:
     """The floor over the same jobs (approaches.floor.many: each job's promised writes as if
     alone, all jobs at once, one client of raw_concurrency connections), timed from the first
     write until the last job's last write; every runner checked gone and every lease released.
     `contract`: the contract's floor instead (approaches.floor.many_contract: the requests
     created too, at the same concurrency as ours, and each cancellation's own promised writes),
-    with the operator stopped meanwhile (it would act on those requests)."""
-    ns = await _world(h, "manycontract" if contract else "manyfloor", jobs, per_job)
+    with the operator stopped meanwhile (it would act on those requests). `budgeted`: the floor
+    under the operator's API budget instead of raw_concurrency (approaches.floor.run_budgeted)."""
+    ns = await _world(h, "manycontract" if contract else "manybudget" if budgeted else "manyfloor", jobs, per_job)
     if contract:
         h.op.stop()
     try:
@@ -112,16 +114,20 @@ async def floor(h: Harness, jobs: int, per_job: int, contract: bool = False, cre
         pods_of: dict[str, list[str]] = {}
         for p in pods:  # <job>-<task>-runner
             pods_of.setdefault(p.split("-", 1)[0], []).append(p)
-        client = Kube(h.kube.creds, concurrency=h.raw_concurrency, timeout=120)
+        client, concurrency = Kube(h.kube.creds, concurrency=h.raw_concurrency, timeout=120), h.raw_concurrency
+        if budgeted:
+            await client.close()
+            conf = Settings.from_env()
+            client, concurrency = floor_approach.budgeted_client(h, conf), conf.concurrency
         try:
             cpu = h.cpu_start()
-            prof = h.pprof(f"many-{'contract' if contract else 'floor'}-{jobs}x{per_job}")
+            prof = h.pprof(f"many-{'contract' if contract else 'budget' if budgeted else 'floor'}-{jobs}x{per_job}")
             t0 = time.perf_counter()
             if contract:
                 calls = await floor_approach.many_contract(client, ns, pods_of, watch, h.raw_concurrency,
                                                            create_concurrency, final_status)
             else:
-                calls = await floor_approach.many(client, ns, pods_of, watch, h.raw_concurrency)
+                calls = await floor_approach.many(client, ns, pods_of, watch, concurrency)
             seconds = time.perf_counter() - t0
             cpu_used = h.cpu_since(cpu)
             if prof is not None:
@@ -140,12 +146,13 @@ async def floor(h: Harness, jobs: int, per_job: int, contract: bool = False, cre
 
 
 async def run(h: Harness, shapes: list[tuple[int, int]], reps: int, with_floor: bool = True,
-              create_concurrency: int = 50, contract: bool = True) -> Obj:
-    """Each shape `reps` times, ours, the floor and (`contract`) the contract's floor
-    interleaved; a failed run is recorded and counted (the goal is every run terminal with
-    every runner gone)."""
+              create_concurrency: int = 50, contract: bool = True, budgeted: bool = False) -> Obj:
+    """Each shape `reps` times, ours, the floor, (`contract`) the contract's floor and
+    (`budgeted`) the floor under the operator's budget interleaved; a failed run is recorded
+    and counted (the goal is every run terminal with every runner gone)."""
     out: Obj = {}
-    names = ("ours", "floor", "contract") if with_floor and contract else ("ours", "floor") if with_floor else ("ours",)
+    names = ("ours", *(("floor",) if with_floor else ()), *(("contract",) if with_floor and contract else ()),
+             *(("floor-budgeted",) if with_floor and budgeted else ()))
     for jobs, per_job in shapes:
         shape: Obj = out.setdefault(f"{jobs}x{per_job}", {"jobs": jobs, "runners_per_job": per_job,
                                                           "create_concurrency": create_concurrency})
@@ -159,13 +166,14 @@ async def run(h: Harness, shapes: list[tuple[int, int]], reps: int, with_floor: 
                         final_status = res.pop("_final_status", None) or final_status
                     else:
                         res = await floor(h, jobs, per_job, contract=name == "contract",
-                                          create_concurrency=create_concurrency, final_status=final_status)
+                                          create_concurrency=create_concurrency, final_status=final_status,
+                                          budgeted=name == "floor-budgeted")
                 except Exception as exc:  # recorded and reported, and the run goes on
                     r["failed_runs"].append(repr(exc)[:1000])
                     say(f"many {jobs}x{per_job} rep {rep + 1} {name} FAILED: {exc!r}"[:400])
                     continue
                 r["runs"].append(res)
-                say(f"many {jobs}x{per_job} rep {rep + 1}/{reps} {name:<8} {res['seconds']:8.2f} s, "
+                say(f"many {jobs}x{per_job} rep {rep + 1}/{reps} {name:<14} {res['seconds']:8.2f} s, "
                     f"{res['api_calls_per_runner']} calls/runner"
                     + (f", created within {res['creation_spread_seconds']:.2f} s, operator "
                        f"{res['operator_cpu_seconds']} CPU-s, peak RSS {res['operator_peak_rss_mib']} MiB"

@@ -22,6 +22,7 @@ class Approach:
 APPROACHES: dict[str, Approach] = {
     "ours": Approach("necrocode-cancel (JobCancellation)", ours.run),
     "floor": Approach("floor: the promised writes, bare client", floor.run),
+    "floor-budgeted": Approach("floor under the operator's API budget", floor.run_budgeted),
     "raw-delete": Approach("raw: concurrent DELETEs", raw.delete_each),
     "raw-collection": Approach("raw: DELETE collection", raw.delete_collection),
     "kubectl": Approach("kubectl delete -l --wait", kubectl.run),

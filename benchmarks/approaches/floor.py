@@ -25,14 +25,40 @@ async def run(h: Harness, n: int) -> Obj:
     per runner the graceful DELETE (mode Cancel without a cooperative window: the delete is the
     signal; Writes(signal=True) adds the annotation PATCH a window needs); once every pod is
     gone, per task its Cancelled status PUT and per lease its release PUT (listed objects)."""
-    ns = await h.world.namespace("floor")
+    return await _run(h, n, "floor", None)
+
+
+async def run_budgeted(h: Harness, n: int) -> Obj:
+    """The floor under the operator's API budget: the same writes, by a bare client whose
+    requests in flight are held by the budget the operator would run with (its settings read
+    from the same environment: by default the adaptive limit, 3 to 50 in flight). Why: the
+    budget is what keeps the neighbours' latency within 2x (item 2), and on an API server whose
+    CPU is the bottleneck it is also what makes each write dearer (fewer at once, so etcd,
+    kwok and the API server's watchers batch less: docs/benchmarks.md, session 23); ours'
+    ratio to this floor is the operator's own cost at the same gentleness, as the floor per
+    mode (item 4) is the operator's cost for the same promises."""
+    return await _run(h, n, "floorbudget", Settings.from_env())
+
+
+def budgeted_client(h: Harness, conf: Settings) -> Kube:
+    """A bare client with the operator's budget (as necrocode.handlers.lifecycle builds it)."""
+    return Kube(h.kube.creds, concurrency=conf.concurrency, timeout=120, qps=conf.api_qps, burst=conf.api_burst,
+                adaptive=conf.adaptive_concurrency, tolerance=conf.adaptive_tolerance)
+
+
+async def _run(h: Harness, n: int, name: str, budget: Settings | None) -> Obj:
+    ns = await h.world.namespace(name)
     try:
         watch, names, client = await h.armed(ns, n, full_world=True)
+        concurrency = h.raw_concurrency
+        if budget is not None:
+            await client.close()
+            client, concurrency = budgeted_client(h, budget), budget.concurrency
         try:
             cpu = h.cpu_start()
             t0 = time.perf_counter()
-            prof = h.pprof(f"floor-{n}")
-            calls = await Writes(client, ns, h.raw_concurrency).job(SELECTOR, names, watch)
+            prof = h.pprof(f"{name}-{n}")
+            calls = await Writes(client, ns, concurrency).job(SELECTOR, names, watch)
             seconds = time.perf_counter() - t0
             cpu_used = h.cpu_since(cpu)
             gone = max(watch.deleted.values()) - t0

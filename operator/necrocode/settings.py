@@ -83,11 +83,14 @@ class Settings:
     """API requests sent per second for one cancellation (burst: one second's worth); 0: no limit."""
     status_write_interval: float = 0.5
     """At most one status write per this many seconds per cancellation while work goes on."""
-    status_write_rate: float = 20.0
+    status_write_rate: float = 5.0
     """Background status writes per second, all cancellations together (0: no limit): with many
     in flight each one's interval stretches to in-flight / rate (policies.status_writes), so a
     budget cut stopping a thousand jobs does not spend the API server on progress counts. The
-    writes at a cancellation's start, before its first deletion and at its end are not delayed."""
+    writes at a cancellation's start, before its first deletion and at its end are not delayed.
+    5, not 20 as before: 100 cancellations of 50 runners at once took 1.45x the floor at 5 a
+    second against 1.63x at 20 (docs/benchmarks.md, session 23); a single cancellation, or two,
+    still writes every status_write_interval."""
     step_events: str = "failures"
     """Which steps get Events: "failures" (a step that failed; the cancellation's Started and
     final Events and the per-task ones always go), or "all" (a Started and an outcome Event for
@@ -158,7 +161,7 @@ class Settings:
                                             "requests in flight per cancellation (0: no own limit)"),
             cancellation_qps=_rate("NECROCODE_CANCELLATION_QPS", "0"),
             status_write_interval=float(_env("NECROCODE_STATUS_WRITE_INTERVAL", "0.5")),
-            status_write_rate=_checked("NECROCODE_STATUS_WRITE_RATE", "20", float,
+            status_write_rate=_checked("NECROCODE_STATUS_WRITE_RATE", "5", float,
                                        lambda q: math.isfinite(q) and 0 <= q <= 10_000,
                                        "status writes per second >= 0 (0: no limit), at most 10000"),
             step_events=_checked("NECROCODE_STEP_EVENTS", "failures", str.strip, lambda v: v in STEP_EVENTS,

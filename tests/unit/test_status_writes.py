@@ -76,7 +76,7 @@ def test_many_cancellations_share_the_status_write_rate(in_flight: int, rate: fl
 @pytest.mark.usefixtures("clean_settings_env")
 def test_the_write_rate_and_step_events_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     s = Settings.from_env()
-    assert (s.status_write_rate, s.step_events) == (20.0, "failures")
+    assert (s.status_write_rate, s.step_events) == (5.0, "failures")
     monkeypatch.setenv("NECROCODE_STATUS_WRITE_RATE", "0")
     monkeypatch.setenv("NECROCODE_STEP_EVENTS", "all")
     s = Settings.from_env()
