@@ -59,9 +59,11 @@ class Harness:
             self.on_window(False)
         return self.meter.since(before) if self.meter and before else {}
 
-    async def armed(self, ns: str, n: int, *, full_world: bool) -> tuple[GoneWatch, list[str], Kube]:
+    async def armed(self, ns: str, n: int, *, full_world: bool,
+                    client: Kube | None = None) -> tuple[GoneWatch, list[str], Kube]:
         """n Running runner pods (with their job, tasks and leases when `full_world`), a watch
-        following them, and a bare client of raw_concurrency connections: ready to time."""
+        following them, and `client` (by default a bare one of raw_concurrency connections):
+        ready to time."""
         if full_world:
             await self.world.job(ns, "job", n)
         else:
@@ -70,4 +72,4 @@ class Harness:
         await asyncio.sleep(1.0)
         watch = GoneWatch(self.kube, ns, SELECTOR)
         names = await watch.start()
-        return watch, names, Kube(self.kube.creds, concurrency=self.raw_concurrency, timeout=120)
+        return watch, names, client or Kube(self.kube.creds, concurrency=self.raw_concurrency, timeout=120)

@@ -14,7 +14,6 @@ from benchmarks.harness import Harness
 from benchmarks.world import GoneWatch, wait_phases
 from necrocode.concurrency import bounded
 from necrocode.kube import Kube, lease_path, nc_path
-from necrocode.settings import Settings
 
 RUNNERS = "necrocode.io/role=runner"
 
@@ -114,11 +113,8 @@ async def floor(h: Harness, jobs: int, per_job: int, contract: bool = False, cre
         pods_of: dict[str, list[str]] = {}
         for p in pods:  # <job>-<task>-runner
             pods_of.setdefault(p.split("-", 1)[0], []).append(p)
-        if budgeted:
-            conf = Settings.from_env()
-            client, concurrency = floor_approach.budgeted_client(h, conf), conf.concurrency
-        else:
-            client, concurrency = Kube(h.kube.creds, concurrency=h.raw_concurrency, timeout=120), h.raw_concurrency
+        client, concurrency = (floor_approach.budgeted_client(h) if budgeted else
+                               (Kube(h.kube.creds, concurrency=h.raw_concurrency, timeout=120), h.raw_concurrency))
         try:
             cpu = h.cpu_start()
             prof = h.pprof(f"many-{'contract' if contract else 'budget' if budgeted else 'floor'}-{jobs}x{per_job}")

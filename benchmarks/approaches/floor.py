@@ -25,7 +25,7 @@ async def run(h: Harness, n: int) -> Obj:
     per runner the graceful DELETE (mode Cancel without a cooperative window: the delete is the
     signal; Writes(signal=True) adds the annotation PATCH a window needs); once every pod is
     gone, per task its Cancelled status PUT and per lease its release PUT (listed objects)."""
-    return await _run(h, n, "floor", None)
+    return await _run(h, n, "floor", budgeted=False)
 
 
 async def run_budgeted(h: Harness, n: int) -> Obj:
@@ -37,23 +37,23 @@ async def run_budgeted(h: Harness, n: int) -> Obj:
     kwok and the API server's watchers batch less: docs/benchmarks.md, session 23); ours'
     ratio to this floor is the operator's own cost at the same gentleness, as the floor per
     mode (item 4) is the operator's cost for the same promises."""
-    return await _run(h, n, "floorbudget", Settings.from_env())
+    return await _run(h, n, "floorbudget", budgeted=True)
 
 
-def budgeted_client(h: Harness, conf: Settings) -> Kube:
-    """A bare client with the operator's budget (as necrocode.handlers.lifecycle builds it)."""
+def budgeted_client(h: Harness) -> tuple[Kube, int]:
+    """A bare client with the operator's budget, its settings read from the environment as the
+    operator reads them (built as necrocode.handlers.lifecycle builds the operator's), and the
+    most requests in flight it allows."""
+    conf = Settings.from_env()
     return Kube(h.kube.creds, concurrency=conf.concurrency, timeout=120, qps=conf.api_qps, burst=conf.api_burst,
-                adaptive=conf.adaptive_concurrency, tolerance=conf.adaptive_tolerance)
+                adaptive=conf.adaptive_concurrency, tolerance=conf.adaptive_tolerance), conf.concurrency
 
 
-async def _run(h: Harness, n: int, name: str, budget: Settings | None) -> Obj:
+async def _run(h: Harness, n: int, name: str, budgeted: bool) -> Obj:
     ns = await h.world.namespace(name)
     try:
-        watch, names, client = await h.armed(ns, n, full_world=True)
-        concurrency = h.raw_concurrency
-        if budget is not None:
-            await client.close()
-            client, concurrency = budgeted_client(h, budget), budget.concurrency
+        client, concurrency = budgeted_client(h) if budgeted else (None, h.raw_concurrency)
+        watch, names, client = await h.armed(ns, n, full_world=True, client=client)
         try:
             cpu = h.cpu_start()
             t0 = time.perf_counter()
