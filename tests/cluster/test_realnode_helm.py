@@ -45,6 +45,7 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client
+from kubernetes import watch as kwatch
 from kubernetes.client.rest import ApiException
 
 from tests.support.access import allowed
@@ -213,30 +214,77 @@ def why_restarted(kube: Kubectl, pod: Any) -> str:
 
 
 class ReadyWatch:
-    """Polls the operator pods while something happens: how many are Ready at once (not being
+    """Watches the operator pods while something happens: how many are Ready at once (not being
     deleted: what the Deployment and the PodDisruptionBudget count), and each pod's role (from
-    its own /healthz) whenever it is Ready."""
+    its own /healthz) whenever it is Ready.
+
+    The counts come from a watch, not from polling: the API server sends every change of every
+    pod in order, so each state the pods passed through is seen, also a short one (the new pod
+    Ready next to the old one during a one-replica rollout lasts as long as the Deployment
+    controller takes to scale the old ReplicaSet down; a poll every 0.2 s missed it). The roles
+    are asked for in a thread of their own, so a slow /healthz never delays the counting."""
 
     def __init__(self, kube: Kubectl, rel: Release, node: str) -> None:
         self.kube, self.rel, self.node = kube, rel, node
+        self.selector = f"app.kubernetes.io/instance={rel.name},{OPERATOR}"
         self.min_ready, self.max_ready = 99, 0
         self.max_ready_any = 0  # terminating pods included
         self.roles: dict[str, set[str]] = {}
         self.nodes: dict[str, str] = {}
+        self._pods: dict[str, Any] = {}
+        self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
+        listed = kube.core.list_namespaced_pod(rel.ns, label_selector=self.selector)
+        for p in listed.items:  # the state before anything happens, then every change after it
+            self._pods[p.metadata.name] = p
+        self._count()
+        self._threads = [threading.Thread(target=self._watch, args=(listed.metadata.resource_version,), daemon=True),
+                         threading.Thread(target=self._ask_roles, daemon=True)]
+        for t in self._threads:
+            t.start()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    def _count(self) -> None:
+        with self._lock:
+            every = [p for p in self._pods.values() if ready(p)]
+        pods = [p for p in every if not p.metadata.deletion_timestamp]
+        self.min_ready, self.max_ready = min(self.min_ready, len(pods)), max(self.max_ready, len(pods))
+        self.max_ready_any = max(self.max_ready_any, len(every))
+
+    def _watch(self, rv: str) -> None:
+        """Streams of 1 s from the last resourceVersion seen; one more after stop() drains what
+        happened before it. A 410 (the version compacted away) lists again."""
+        last = False
+        while not last:
+            last = self._stop.is_set()
             try:
-                every = [p for p in self.kube.pods(self.rel.ns, f"app.kubernetes.io/instance={self.rel.name},{OPERATOR}")
-                         if ready(p)]
+                for ev in kwatch.Watch().stream(self.kube.core.list_namespaced_pod, self.rel.ns,
+                                                label_selector=self.selector, resource_version=rv,
+                                                allow_watch_bookmarks=True, timeout_seconds=1,
+                                                _request_timeout=10):
+                    p = ev["object"]
+                    rv = p.metadata.resource_version
+                    if ev["type"] == "BOOKMARK":
+                        continue
+                    with self._lock:
+                        if ev["type"] == "DELETED":
+                            self._pods.pop(p.metadata.name, None)
+                        else:
+                            self._pods[p.metadata.name] = p
+                    self._count()
+            except ApiException as exc:
+                if exc.status == 410:
+                    listed = self.kube.core.list_namespaced_pod(self.rel.ns, label_selector=self.selector)
+                    with self._lock:
+                        self._pods = {p.metadata.name: p for p in listed.items}
+                    rv = listed.metadata.resource_version
+                    self._count()
             except Exception:
-                continue
-            pods = [p for p in every if not p.metadata.deletion_timestamp]
-            self.min_ready, self.max_ready = min(self.min_ready, len(pods)), max(self.max_ready, len(pods))
-            self.max_ready_any = max(self.max_ready_any, len(every))
+                time.sleep(0.2)
+
+    def _ask_roles(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                pods = [p for p in self._pods.values() if ready(p) and not p.metadata.deletion_timestamp]
             for p in pods:
                 self.nodes[p.metadata.name] = p.spec.node_name
                 if p.spec.node_name == self.node:  # a real pod (not one of kwok's, whose IP leads nowhere)
@@ -244,11 +292,12 @@ class ReadyWatch:
                         self.roles.setdefault(p.metadata.name, set()).add(role(self.kube, p))
                     except (OSError, ApiException, ValueError):
                         pass
-            time.sleep(0.2)
+            self._stop.wait(0.2)
 
     def stop(self) -> ReadyWatch:
         self._stop.set()
-        self._t.join(5)
+        for t in self._threads:
+            t.join(15)
         return self
 
 
