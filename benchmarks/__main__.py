@@ -44,6 +44,9 @@ def main() -> int:
     ap.add_argument("--many-budgeted-floor", action=argparse.BooleanOptionalAction, default=True,
                     help="many at once: also the floor under the operator's API budget (its settings from the "
                          "environment, as the operator reads them)")
+    ap.add_argument("--many-budgeted-contract", action=argparse.BooleanOptionalAction, default=True,
+                    help="many at once: also the contract's floor under the operator's API budget (the requests "
+                         "still created unbudgeted, as ours' are)")
     ap.add_argument("--many-create-concurrency", type=int, default=50,
                     help="clients creating the many JobCancellations at once (the spread is recorded)")
     ap.add_argument("--neighbour-reps", type=int, default=3, help="repetitions of the good-neighbour run (0: skip)")

@@ -102,9 +102,11 @@ async def floor(h: Harness, jobs: int, per_job: int, contract: bool = False, cre
     write until the last job's last write; every runner checked gone and every lease released.
     `contract`: the contract's floor instead (approaches.floor.many_contract: the requests
     created too, at the same concurrency as ours, and each cancellation's own promised writes),
-    with the operator stopped meanwhile (it would act on those requests). `budgeted`: the floor
-    under the operator's API budget instead of raw_concurrency (approaches.floor.run_budgeted)."""
-    ns = await _world(h, "manycontract" if contract else "manybudget" if budgeted else "manyfloor", jobs, per_job)
+    with the operator stopped meanwhile (it would act on those requests). `budgeted`: under the
+    operator's API budget instead of raw_concurrency (approaches.floor.run_budgeted), the floor
+    or (with `contract`) the contract's floor, whose requests are still created unbudgeted."""
+    tag = f"{'contract' if contract else 'floor'}{'budget' if budgeted else ''}"
+    ns = await _world(h, f"many{tag}", jobs, per_job)
     if contract:
         h.op.stop()
     try:
@@ -113,15 +115,15 @@ async def floor(h: Harness, jobs: int, per_job: int, contract: bool = False, cre
         pods_of: dict[str, list[str]] = {}
         for p in pods:  # <job>-<task>-runner
             pods_of.setdefault(p.split("-", 1)[0], []).append(p)
-        client, concurrency = (floor_approach.budgeted_client(h) if budgeted else
-                               (Kube(h.kube.creds, concurrency=h.raw_concurrency, timeout=120), h.raw_concurrency))
+        raw = Kube(h.kube.creds, concurrency=h.raw_concurrency, timeout=120)
+        client, concurrency = floor_approach.budgeted_client(h) if budgeted else (raw, h.raw_concurrency)
         try:
             cpu = h.cpu_start()
-            prof = h.pprof(f"many-{'contract' if contract else 'budget' if budgeted else 'floor'}-{jobs}x{per_job}")
+            prof = h.pprof(f"many-{tag}-{jobs}x{per_job}")
             t0 = time.perf_counter()
             if contract:
-                calls = await floor_approach.many_contract(client, ns, pods_of, watch, h.raw_concurrency,
-                                                           create_concurrency, final_status)
+                calls = await floor_approach.many_contract(client, ns, pods_of, watch, concurrency,
+                                                           create_concurrency, final_status, creator=raw)
             else:
                 calls = await floor_approach.many(client, ns, pods_of, watch, concurrency)
             seconds = time.perf_counter() - t0
@@ -131,6 +133,8 @@ async def floor(h: Harness, jobs: int, per_job: int, contract: bool = False, cre
         finally:
             await watch.stop()
             await client.close()
+            if client is not raw:
+                await raw.close()
         pods_left, held = await _left(h, ns)
         assert pods_left == 0 and held == 0, (pods_left, held)
         return {"seconds": seconds, "api_calls_total": calls, "api_calls_per_runner": round(calls / len(pods), 2),
@@ -142,13 +146,16 @@ async def floor(h: Harness, jobs: int, per_job: int, contract: bool = False, cre
 
 
 async def run(h: Harness, shapes: list[tuple[int, int]], reps: int, with_floor: bool = True,
-              create_concurrency: int = 50, contract: bool = True, budgeted: bool = False) -> Obj:
-    """Each shape `reps` times, ours, the floor, (`contract`) the contract's floor and
-    (`budgeted`) the floor under the operator's budget interleaved; a failed run is recorded
-    and counted (the goal is every run terminal with every runner gone)."""
+              create_concurrency: int = 50, contract: bool = True, budgeted: bool = False,
+              budgeted_contract: bool = False) -> Obj:
+    """Each shape `reps` times, ours, the floor, (`contract`) the contract's floor,
+    (`budgeted`) the floor under the operator's budget and (`budgeted_contract`) the contract's
+    floor under it interleaved; a failed run is recorded and counted (the goal is every run
+    terminal with every runner gone)."""
     out: Obj = {}
     names = ("ours", *(("floor",) if with_floor else ()), *(("contract",) if with_floor and contract else ()),
-             *(("floor-budgeted",) if with_floor and budgeted else ()))
+             *(("floor-budgeted",) if with_floor and budgeted else ()),
+             *(("contract-budgeted",) if with_floor and budgeted_contract else ()))
     for jobs, per_job in shapes:
         shape: Obj = out.setdefault(f"{jobs}x{per_job}", {"jobs": jobs, "runners_per_job": per_job,
                                                           "create_concurrency": create_concurrency})
@@ -161,9 +168,9 @@ async def run(h: Harness, shapes: list[tuple[int, int]], reps: int, with_floor: 
                         res = await ours(h, jobs, per_job, create_concurrency)
                         final_status = res.pop("_final_status", None) or final_status
                     else:
-                        res = await floor(h, jobs, per_job, contract=name == "contract",
+                        res = await floor(h, jobs, per_job, contract=name.startswith("contract"),
                                           create_concurrency=create_concurrency, final_status=final_status,
-                                          budgeted=name == "floor-budgeted")
+                                          budgeted=name.endswith("-budgeted"))
                 except Exception as exc:  # recorded and reported, and the run goes on
                     r["failed_runs"].append(repr(exc)[:1000])
                     say(f"many {jobs}x{per_job} rep {rep + 1} {name} FAILED: {exc!r}"[:400])

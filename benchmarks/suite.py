@@ -42,7 +42,8 @@ async def run(a: argparse.Namespace, out: Path, cluster: LocalCluster, kubeconfi
                                  "scenarios": a.scenarios, "many_shapes": a.many_shapes, "many_reps": a.many_reps,
                                  "many_create_concurrency": a.many_create_concurrency,
                                  "many_contract": a.many_contract,
-                                 "many_budgeted_floor": a.many_budgeted_floor, "budgets": a.budgets,
+                                 "many_budgeted_floor": a.many_budgeted_floor,
+                                 "many_budgeted_contract": a.many_budgeted_contract, "budgets": a.budgets,
                                  "leak_cancellations": a.leak_cancellations, "leak_runners": a.leak_runners,
                                  "leak_reps": a.leak_reps},
                     "sizes": {}, "raw_limit": {}}
@@ -94,7 +95,8 @@ async def run(a: argparse.Namespace, out: Path, cluster: LocalCluster, kubeconfi
                 + (" and the contract's floor" if a.many_contract else ""))
             results["many"] = await many.run(h, many.parse_shapes(a.many_shapes), a.many_reps,
                                              create_concurrency=a.many_create_concurrency, contract=a.many_contract,
-                                             budgeted=a.many_budgeted_floor)
+                                             budgeted=a.many_budgeted_floor,
+                                             budgeted_contract=a.many_budgeted_contract)
             report.summarise(results)
             report.write(results, out)
         results["operator_memory_after_all_mib"] = op.memory()

@@ -165,7 +165,7 @@ CONTRACT_STEPS = ("Validate", "BlockDispatch", "ClassifyTasks", "SignalRunners",
 
 
 async def many_contract(client: Kube, ns: str, pods_of: dict[str, list[str]], watch: GoneWatch, concurrency: int,
-                        create_concurrency: int, final_status: Obj | None = None) -> int:
+                        create_concurrency: int, final_status: Obj | None = None, creator: Kube | None = None) -> int:
     """The contract's floor for many jobs at once: what `many` writes, plus what the contract
     promises per cancellation and the floor leaves out, each once, by a bare client. Per job:
     the JobCancellation created (the request itself, `create_concurrency` at once, as ours'
@@ -180,6 +180,9 @@ async def many_contract(client: Kube, ns: str, pods_of: dict[str, list[str]], wa
     tasks of a job by name (the operator's setting, read from the same environment; 100 by
     default) and one summary Event on the job for the rest, so one big job (item 3's sizes as
     1 x N) is not charged an Event per runner that no operator setting writes.
+    `creator`: the client that creates the JobCancellations (default `client`): under the
+    operator's budget the requests are still created by an unbudgeted client, as ours' are by
+    the harness (a user's requests do not pass the operator's budget).
     Returns the API calls made; done when the last job's last write is."""
     limit = Settings.from_env().task_events_limit
     w = Writes(client, ns, concurrency)
@@ -194,7 +197,7 @@ async def many_contract(client: Kube, ns: str, pods_of: dict[str, list[str]], wa
     async def one(job: str) -> None:
         rec_path = nc_path(ns, "jobcancellations", f"stop-{job}")
         async with creating:
-            rec = await call(client.create(nc_path(ns, "jobcancellations"), {
+            rec = await call((creator or client).create(nc_path(ns, "jobcancellations"), {
                 "apiVersion": "necrocode.io/v1alpha1", "kind": "JobCancellation",
                 "metadata": {"name": f"stop-{job}"}, "spec": {"jobName": job, "reason": "benchmark"}}))
         job_path = nc_path(ns, "agentjobs", job)
