@@ -26,7 +26,8 @@ plus the reaction latency of a TaskCancellation (creation -> first pod deletion 
 watch), many JobCancellations at once (100 of 50 runners, 1,000 of 5) against the floor over the
 same jobs and the contract's floor (the floor plus the requests themselves and what the contract
 promises per cancellation: the dispatch block, the job's phases, an Event per task and one for the
-cancellation, the record's status at its start and its end), the operator's peak RSS with
+cancellation, the record's status at its start and its end), both floors also under the
+operator's API budget, the operator's peak RSS with
 10,000 unrelated pods in the cluster, a leak check (RSS and connections before and after 500
 sequential cancellations) and the good neighbour (a steady
 load's latency in another namespace, idle and during each approach, ours under several API
