@@ -115,15 +115,17 @@ async def floor(h: Harness, jobs: int, per_job: int, contract: bool = False, cre
         pods_of: dict[str, list[str]] = {}
         for p in pods:  # <job>-<task>-runner
             pods_of.setdefault(p.split("-", 1)[0], []).append(p)
-        raw = Kube(h.kube.creds, concurrency=h.raw_concurrency, timeout=120)
-        client, concurrency = floor_approach.budgeted_client(h) if budgeted else (raw, h.raw_concurrency)
+        client, concurrency = (floor_approach.budgeted_client(h) if budgeted else
+                               (Kube(h.kube.creds, concurrency=h.raw_concurrency, timeout=120), h.raw_concurrency))
+        # the requests themselves are created unbudgeted, as ours' are by the harness
+        creator = Kube(h.kube.creds, concurrency=h.raw_concurrency, timeout=120) if contract and budgeted else client
         try:
             cpu = h.cpu_start()
             prof = h.pprof(f"many-{tag}-{jobs}x{per_job}")
             t0 = time.perf_counter()
             if contract:
                 calls = await floor_approach.many_contract(client, ns, pods_of, watch, concurrency,
-                                                           create_concurrency, final_status, creator=raw)
+                                                           create_concurrency, final_status, creator=creator)
             else:
                 calls = await floor_approach.many(client, ns, pods_of, watch, concurrency)
             seconds = time.perf_counter() - t0
@@ -133,8 +135,8 @@ async def floor(h: Harness, jobs: int, per_job: int, contract: bool = False, cre
         finally:
             await watch.stop()
             await client.close()
-            if client is not raw:
-                await raw.close()
+            if creator is not client:
+                await creator.close()
         pods_left, held = await _left(h, ns)
         assert pods_left == 0 and held == 0, (pods_left, held)
         return {"seconds": seconds, "api_calls_total": calls, "api_calls_per_runner": round(calls / len(pods), 2),

@@ -234,14 +234,19 @@ class ReadyWatch:
         self._pods: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        listed = kube.core.list_namespaced_pod(rel.ns, label_selector=self.selector)
-        for p in listed.items:  # the state before anything happens, then every change after it
-            self._pods[p.metadata.name] = p
-        self._count()
-        self._threads = [threading.Thread(target=self._watch, args=(listed.metadata.resource_version,), daemon=True),
+        rv = self._list()  # the state before anything happens, then every change after it
+        self._threads = [threading.Thread(target=self._watch, args=(rv,), daemon=True),
                          threading.Thread(target=self._ask_roles, daemon=True)]
         for t in self._threads:
             t.start()
+
+    def _list(self) -> str:
+        """The pods as they are now (counted); the resourceVersion to watch from."""
+        listed = self.kube.core.list_namespaced_pod(self.rel.ns, label_selector=self.selector)
+        with self._lock:
+            self._pods = {p.metadata.name: p for p in listed.items}
+        self._count()
+        return str(listed.metadata.resource_version)
 
     def _count(self) -> None:
         with self._lock:
@@ -250,13 +255,15 @@ class ReadyWatch:
         self.min_ready, self.max_ready = min(self.min_ready, len(pods)), max(self.max_ready, len(pods))
         self.max_ready_any = max(self.max_ready_any, len(every))
 
-    def _watch(self, rv: str) -> None:
+    def _watch(self, rv: str | None) -> None:
         """Streams of 1 s from the last resourceVersion seen; one more after stop() drains what
         happened before it. A 410 (the version compacted away) lists again."""
         last = False
         while not last:
             last = self._stop.is_set()
             try:
+                if rv is None:
+                    rv = self._list()
                 for ev in kwatch.Watch().stream(self.kube.core.list_namespaced_pod, self.rel.ns,
                                                 label_selector=self.selector, resource_version=rv,
                                                 allow_watch_bookmarks=True, timeout_seconds=1,
@@ -273,11 +280,7 @@ class ReadyWatch:
                     self._count()
             except ApiException as exc:
                 if exc.status == 410:
-                    listed = self.kube.core.list_namespaced_pod(self.rel.ns, label_selector=self.selector)
-                    with self._lock:
-                        self._pods = {p.metadata.name: p for p in listed.items}
-                    rv = listed.metadata.resource_version
-                    self._count()
+                    rv = None
             except Exception:
                 time.sleep(0.2)
 
